@@ -1,0 +1,414 @@
+//! Node settings, layered: config file < environment (`WEBMESH_*`) < flags.
+//!
+//! Pure: reading the file is the only IO. Every error names the key and the bad value
+//! on one line, so an operator can fix it without reading code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::ids;
+
+/// A bad setting: which key, which value, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn invalid(key: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What a new mesh does with traffic no network ACL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    #[default]
+    Accept,
+    Deny,
+}
+
+/// Command-line flags. Each one can also come from `WEBMESH_<NAME>` and from the config
+/// file key of the same name; flags win over the environment, which wins over the file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "webmesh", version = crate::version::LONG, about = "A zero-configuration WireGuard mesh node.")]
+pub struct Flags {
+    /// YAML or JSON config file; its keys are the long flag names (e.g. `node-id`).
+    #[arg(long, env = "WEBMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's ID [default: the stored ID, else the hostname].
+    #[arg(long, env = "WEBMESH_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Where the node keeps its Raft log, state, keys and identity [default: /var/lib/webmesh].
+    #[arg(long, env = "WEBMESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the public gRPC API [default: [::]:8443].
+    #[arg(long, env = "WEBMESH_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
+    /// TCP port of the internal Raft transport [default: 9443].
+    #[arg(long, env = "WEBMESH_RAFT_PORT", value_name = "N")]
+    pub raft_port: Option<String>,
+    /// Create a new mesh in the data dir (resumes it if it exists).
+    #[arg(long, env = "WEBMESH_BOOTSTRAP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub bootstrap: Option<String>,
+    /// IPv4 network of a new mesh [default: 172.16.0.0/12].
+    #[arg(long, env = "WEBMESH_IPV4_NETWORK", value_name = "CIDR")]
+    pub ipv4_network: Option<String>,
+    /// IPv6 /48 of a new mesh [default: a random ULA /48].
+    #[arg(long, env = "WEBMESH_IPV6_NETWORK", value_name = "CIDR")]
+    pub ipv6_network: Option<String>,
+    /// DNS domain of a new mesh [default: webmesh.internal].
+    #[arg(long, env = "WEBMESH_MESH_DOMAIN", value_name = "DOMAIN")]
+    pub mesh_domain: Option<String>,
+    /// Network ACL policy of a new mesh: accept or deny [default: accept].
+    #[arg(
+        long,
+        env = "WEBMESH_BOOTSTRAP_DEFAULT_POLICY",
+        value_name = "accept|deny"
+    )]
+    pub bootstrap_default_policy: Option<String>,
+    /// Log filter (tracing EnvFilter syntax) [default: info].
+    #[arg(long, env = "WEBMESH_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The config file: the same keys as the long flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    data_dir: Option<PathBuf>,
+    grpc_listen: Option<String>,
+    raft_port: Option<u16>,
+    bootstrap: Option<bool>,
+    ipv4_network: Option<String>,
+    ipv6_network: Option<String>,
+    mesh_domain: Option<String>,
+    bootstrap_default_policy: Option<String>,
+    log_level: Option<String>,
+}
+
+/// The effective, validated settings of a node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    /// `None` means: the ID stored in the data dir, else the hostname.
+    pub node_id: Option<String>,
+    pub data_dir: PathBuf,
+    pub grpc_listen: SocketAddr,
+    pub raft_port: u16,
+    pub bootstrap: bool,
+    pub ipv4_network: Ipv4Net,
+    /// `None` means a random ULA /48, chosen when the mesh is bootstrapped.
+    pub ipv6_network: Option<Ipv6Net>,
+    pub mesh_domain: String,
+    pub bootstrap_default_policy: DefaultPolicy,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            data_dir: PathBuf::from("/var/lib/webmesh"),
+            grpc_listen: SocketAddr::from(([0u16; 8], 8443)),
+            raft_port: 9443,
+            bootstrap: false,
+            ipv4_network: "172.16.0.0/12".parse().expect("valid default"),
+            ipv6_network: None,
+            mesh_domain: "webmesh.internal".into(),
+            bootstrap_default_policy: DefaultPolicy::Accept,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Builds the settings from flags (already merged with the environment by clap) over
+    /// the config file they name, over the defaults.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::layer(file, flags)
+    }
+
+    /// Parses a config file's text (YAML, of which JSON is a subset) over the defaults.
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = parse_file(text, path)?;
+        Self::layer(file, &Flags::default())
+    }
+
+    fn layer(file: FileConfig, flags: &Flags) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some(id) = flags.node_id.clone().or(file.node_id) {
+            ids::validate_node_id(&id).map_err(|e| invalid("node-id", &id, e))?;
+            cfg.node_id = Some(id);
+        }
+        if let Some(dir) = flags.data_dir.clone().or(file.data_dir) {
+            if dir.as_os_str().is_empty() {
+                return Err(invalid("data-dir", "", "must not be empty"));
+            }
+            cfg.data_dir = dir;
+        }
+        if let Some(addr) = flags.grpc_listen.clone().or(file.grpc_listen) {
+            cfg.grpc_listen = parse_listen(&addr).map_err(|e| invalid("grpc-listen", &addr, e))?;
+        }
+        match (&flags.raft_port, file.raft_port) {
+            (Some(p), _) => {
+                cfg.raft_port = parse_port(p).map_err(|e| invalid("raft-port", p, e))?
+            }
+            (None, Some(0)) => return Err(invalid("raft-port", 0, "must be 1-65535")),
+            (None, Some(p)) => cfg.raft_port = p,
+            (None, None) => {}
+        }
+        if let Some(b) = &flags.bootstrap {
+            cfg.bootstrap = parse_bool(b).map_err(|e| invalid("bootstrap", b, e))?;
+        } else if let Some(b) = file.bootstrap {
+            cfg.bootstrap = b;
+        }
+        if let Some(net) = flags.ipv4_network.clone().or(file.ipv4_network) {
+            cfg.ipv4_network =
+                parse_ipv4_network(&net).map_err(|e| invalid("ipv4-network", &net, e))?;
+        }
+        if let Some(net) = flags.ipv6_network.clone().or(file.ipv6_network) {
+            cfg.ipv6_network =
+                Some(parse_ipv6_network(&net).map_err(|e| invalid("ipv6-network", &net, e))?);
+        }
+        if let Some(domain) = flags.mesh_domain.clone().or(file.mesh_domain) {
+            validate_domain(&domain).map_err(|e| invalid("mesh-domain", &domain, e))?;
+            cfg.mesh_domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+        if let Some(p) = flags
+            .bootstrap_default_policy
+            .clone()
+            .or(file.bootstrap_default_policy)
+        {
+            cfg.bootstrap_default_policy = match p.as_str() {
+                "accept" => DefaultPolicy::Accept,
+                "deny" => DefaultPolicy::Deny,
+                _ => {
+                    return Err(invalid(
+                        "bootstrap-default-policy",
+                        &p,
+                        "must be accept or deny",
+                    ));
+                }
+            };
+        }
+        if let Some(level) = flags.log_level.clone().or(file.log_level) {
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .map_err(|e| invalid("log-level", &level, e))?;
+            cfg.log_level = level;
+        }
+        Ok(cfg)
+    }
+
+    /// The effective settings as YAML, for `--print-config`.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    parse_file(&text, path)
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string().replace('\n', " "),
+    })
+}
+
+fn parse_bool(s: &str) -> Result<bool, &'static str> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false"),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, &'static str> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err("must be a port number 1-65535"),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// Accepts `HOST:PORT` with an IP host, or a bare `:PORT` meaning every address.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix(':') {
+        return Ok(SocketAddr::from(([0u16; 8], parse_port(port)?)));
+    }
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| "must be IP:PORT, [IPv6]:PORT or :PORT".to_string())?;
+    if addr.port() == 0 {
+        return Err("port must be 1-65535".into());
+    }
+    Ok(addr)
+}
+
+fn parse_ipv4_network(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|_| "must be an IPv4 CIDR such as 172.16.0.0/12")?;
+    if net.prefix_len() > 30 {
+        return Err("prefix must be /30 or shorter to hold nodes".into());
+    }
+    if net != net.trunc() {
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+fn parse_ipv6_network(s: &str) -> Result<Ipv6Net, String> {
+    let net: Ipv6Net = s
+        .parse()
+        .map_err(|_| "must be an IPv6 CIDR such as fd00:1:2::/48")?;
+    if net.prefix_len() != 48 {
+        return Err("must be a /48 (each node gets a /64 inside it)".into());
+    }
+    if net != net.trunc() {
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+fn validate_domain(s: &str) -> Result<(), &'static str> {
+    let s = s.trim_end_matches('.');
+    if s.is_empty() || s.len() > 253 {
+        return Err("must be a DNS name of 1-253 characters");
+    }
+    for label in s.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err("each label must be 1-63 letters, digits or inner hyphens");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut v = vec!["webmesh"];
+        v.extend_from_slice(args);
+        Flags::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let c = Config::load(&flags(&[])).unwrap();
+        assert_eq!(c.grpc_listen.to_string(), "[::]:8443");
+        assert_eq!(c.raft_port, 9443);
+        assert_eq!(c.ipv4_network.to_string(), "172.16.0.0/12");
+        assert_eq!(c.mesh_domain, "webmesh.internal");
+        assert!(!c.bootstrap);
+        assert_eq!(c.bootstrap_default_policy, DefaultPolicy::Accept);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "node-id: from-file\nraft-port: 7000\nbootstrap: true\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&flags(&["--config", p, "--node-id", "from-flag"])).unwrap();
+        assert_eq!(c.node_id.as_deref(), Some("from-flag"));
+        assert_eq!(c.raft_port, 7000);
+        assert!(c.bootstrap);
+        let c = Config::load(&flags(&["--config", p, "--bootstrap=false"])).unwrap();
+        assert!(!c.bootstrap);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--raft-port", "abc"], "invalid raft-port \"abc\""),
+            (&["--raft-port", "0"], "invalid raft-port \"0\""),
+            (&["--ipv4-network", "10.0.0.1/8"], "did you mean 10.0.0.0/8"),
+            (&["--ipv4-network", "nope"], "invalid ipv4-network \"nope\""),
+            (&["--ipv6-network", "fd00::/64"], "must be a /48"),
+            (
+                &["--grpc-listen", "localhost"],
+                "invalid grpc-listen \"localhost\"",
+            ),
+            (&["--node-id", "a/b"], "invalid node-id \"a/b\""),
+            (&["--mesh-domain", "bad_domain"], "invalid mesh-domain"),
+            (
+                &["--bootstrap-default-policy", "maybe"],
+                "must be accept or deny",
+            ),
+            (&["--bootstrap=perhaps"], "invalid bootstrap \"perhaps\""),
+        ];
+        for (args, want) in cases {
+            let err = Config::load(&flags(args)).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_key() {
+        let err = Config::from_file_text("raft-port: lots\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.yaml") && err.contains("raft-port"), "{err}");
+        let err = Config::from_file_text("no-such-key: 1\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no-such-key"), "{err}");
+    }
+
+    #[test]
+    fn print_config_round_trips_through_the_file_format() {
+        let c = Config::load(&flags(&[
+            "--node-id",
+            "n1",
+            "--ipv6-network",
+            "fd12:3456:789a::/48",
+        ]))
+        .unwrap();
+        let again = Config::from_file_text(&c.to_yaml(), Path::new("printed.yaml")).unwrap();
+        assert_eq!(again.node_id.as_deref(), Some("n1"));
+        assert_eq!(again.ipv6_network, c.ipv6_network);
+        assert_eq!(again.grpc_listen, c.grpc_listen);
+    }
+}

@@ -1,0 +1,13 @@
+//! The Webmesh node.
+//!
+//! Pure logic (no IO) lives in [`mesh`] and [`config`]; [`store`] and [`raft`] own
+//! RocksDB and consensus; [`services`] are the gRPC shells; [`node`] wires them up.
+//! `ARCHITECTURE.md` at the repository root has the map.
+
+pub mod config;
+pub mod mesh;
+pub mod node;
+pub mod raft;
+pub mod services;
+pub mod store;
+pub mod version;

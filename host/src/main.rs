@@ -1,0 +1,89 @@
+//! `webmesh`: run a mesh node.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use webmesh::config::{Config, Flags};
+use webmesh::node::Node;
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line naming the flag and the value.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("webmesh: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("webmesh: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.print_config {
+        print!("{}", cfg.to_yaml());
+        return ExitCode::SUCCESS;
+    }
+    // openraft narrates every election at INFO; keep it to warnings unless asked.
+    let filter = if cfg.log_level.contains("openraft") {
+        cfg.log_level.clone()
+    } else {
+        format!("{},openraft=warn", cfg.log_level)
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("webmesh: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("webmesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let node = Node::start(cfg).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Raft: openraft on the node's RocksDB, with an internal gRPC transport.
+
+pub mod network;
+pub mod server;
+pub mod storage;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+pub use storage::StateEvent;
+use storage::{LogStore, StateMachine};
+pub use types::{Member, NodeId, Raft, TypeConfig};
+
+use crate::mesh::ids;
+use crate::store::engine::Engine;
+use crate::store::ops::{ApplyOutcome, Op, Proposal, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is who is, when known.
+    #[error("this node is not the Raft leader{}", leader_hint(.leader))]
+    NotLeader { leader: Option<Member> },
+    /// The state machine refused the proposal; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// Raft cannot take writes now (shutting down, no quorum, storage failure).
+    #[error("raft unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn leader_hint(leader: &Option<Member>) -> String {
+    match leader {
+        Some(m) => format!("; the leader is {} at {}", m.name, m.grpc_addr),
+        None => "; no leader is known right now".into(),
+    }
+}
+
+/// A committed proposal: where it landed and what it did.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub index: u64,
+    pub outcome: ApplyOutcome,
+}
+
+/// The node's Raft and its replica of the state.
+#[derive(Clone)]
+pub struct RaftNode {
+    pub raft: Raft,
+    pub engine: Engine,
+    pub state_machine: StateMachine,
+    pub id: NodeId,
+    pub name: String,
+    events: broadcast::Sender<StateEvent>,
+}
+
+/// Timing suited to a LAN or WAN mesh: a lost leader is replaced in about a second.
+fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "webmesh".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        install_snapshot_timeout: 5_000,
+        max_payload_entries: 64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    }
+}
+
+impl RaftNode {
+    /// Starts Raft over `engine`. The node is a member only once it is initialized
+    /// ([`RaftNode::initialize`]) or added by a leader.
+    pub async fn start(engine: Engine, name: &str) -> Result<RaftNode, ProposeError> {
+        let config = raft_config()
+            .validate()
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        let (events, _) = broadcast::channel(4096);
+        let state_machine = StateMachine::new(engine.clone(), events.clone());
+        let id = ids::raft_id(name);
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Network,
+            LogStore::new(engine.clone()),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        Ok(RaftNode {
+            raft,
+            engine,
+            state_machine,
+            id,
+            name: name.to_string(),
+            events,
+        })
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Makes this node the single voter of a new cluster.
+    pub async fn initialize(&self, me: Member) -> Result<(), ProposeError> {
+        let members = BTreeMap::from([(self.id, me)]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))
+    }
+
+    /// Waits until some node leads, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ProposeError> {
+        let mut rx = self.raft.metrics();
+        let wait = rx.wait_for(|m| m.current_leader.is_some());
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(m)) => Ok(m.current_leader.expect("waited for a leader")),
+            Ok(Err(_)) => Err(ProposeError::Unavailable("raft stopped".into())),
+            Err(_) => Err(ProposeError::Unavailable(format!(
+                "no leader elected within {timeout:?}"
+            ))),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The member record of `id` in the current membership.
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    pub fn leader(&self) -> Option<Member> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.member(leader)
+    }
+
+    /// Whether the node named `name` is a voter in the current membership.
+    pub fn is_voter(&self, name: &str) -> bool {
+        let id = ids::raft_id(name);
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().any(|v| v == id)
+            && membership.get_node(&id).is_some_and(|n| n.name == name)
+    }
+
+    /// Commits `ops` as one proposal (leader only) and returns what applying did.
+    pub async fn propose(&self, ops: Vec<Op>) -> Result<Committed, ProposeError> {
+        let proposal = Proposal {
+            issued_at_ms: now_ms(),
+            ops,
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(resp) => {
+                if let Some(err) = resp.data.error.clone() {
+                    return Err(ProposeError::Refused(err));
+                }
+                Ok(Committed {
+                    index: resp.log_id.index,
+                    outcome: resp.data,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_node,
+                })
+            }
+            Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Proposes deletes of expired keys while this node leads, so that expired keys
+    /// disappear from every replica (reads hide them from the moment they expire).
+    pub fn spawn_ttl_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !node.is_leader() {
+                    continue;
+                }
+                let expired = match node.engine.expired(now_ms(), 512) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the TTL index");
+                        continue;
+                    }
+                };
+                if expired.is_empty() {
+                    continue;
+                }
+                let n = expired.len();
+                let ops = expired
+                    .into_iter()
+                    .map(|(key, expires_at_ms)| Op::Expire { key, expires_at_ms })
+                    .collect();
+                match node.propose(ops).await {
+                    Ok(c) => debug!(keys = n, index = c.index, "expired keys removed"),
+                    Err(e) => debug!(error = %e, "TTL sweep not committed"),
+                }
+            }
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
+        } else {
+            info!("raft stopped");
+        }
+    }
+}

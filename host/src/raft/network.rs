@@ -1,0 +1,132 @@
+//! Raft transport, client side: openraft messages, postcard-encoded, over the internal
+//! gRPC service of each member's raft port.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use webmesh_api::internal::RaftMessage;
+use webmesh_api::internal::raft_transport_client::RaftTransportClient;
+
+use super::types::{Member, NodeId, TypeConfig};
+
+/// Largest Raft message either side accepts (entries carry values up to 1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Makes a client per peer; connections are made lazily and kept.
+#[derive(Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        let client = Endpoint::from_shared(format!("http://{}", node.raft_addr))
+            .map(|e| {
+                e.connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .connect_lazy()
+            })
+            .map(|ch| {
+                RaftTransportClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })
+            .map_err(|e| e.to_string());
+        Peer { target, client }
+    }
+}
+
+pub struct Peer {
+    target: NodeId,
+    client: Result<RaftTransportClient<Channel>, String>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: Kind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&StrErr(e.clone())))),
+        };
+        let data =
+            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftMessage { data });
+        request.set_timeout(option.hard_ttl());
+        let resp = match kind {
+            Kind::Append => client.append_entries(request).await,
+            Kind::Vote => client.vote(request).await,
+            Kind::Snapshot => client.install_snapshot(request).await,
+        };
+        let msg = resp.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
+            _ => RPCError::Network(NetworkError::new(&s)),
+        })?;
+        let res: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&msg.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+#[derive(Debug)]
+struct StrErr(String);
+impl std::fmt::Display for StrErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for StrErr {}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call(Kind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(Kind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(Kind::Vote, &rpc, &option).await
+    }
+}

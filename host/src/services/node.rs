@@ -1,0 +1,360 @@
+//! `v1.Node`: status, raw log application and snapshots of a node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::Stream;
+use openraft::ServerState;
+use tonic::{Request, Response, Status, Streaming};
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::node_server::Node;
+use webmesh_api::v1::{
+    ClusterStatus, DataChannelNegotiation, Feature, GetStatusRequest, InterfaceMetrics,
+    JoinRequest, JoinResponse, LeaveRequest, RaftApplyResponse, RaftCommandType, RaftLogEntry,
+    SnapshotRequest, SnapshotResponse, Status as NodeStatus, UpdateRequest, UpdateResponse,
+};
+
+use super::{Caller, caller_from_addr, internal, propose_status};
+use crate::mesh::{ids, keys};
+use crate::raft::RaftNode;
+use crate::store::ops::Op;
+use crate::version;
+
+/// What the Node service knows about the node it runs on.
+pub struct NodeInfo {
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub features: Vec<Feature>,
+}
+
+pub struct NodeService {
+    raft: RaftNode,
+    info: Arc<NodeInfo>,
+    /// WireGuard metrics, once the interface is up.
+    metrics: Arc<dyn Fn() -> Option<InterfaceMetrics> + Send + Sync>,
+}
+
+impl NodeService {
+    pub fn new(
+        raft: RaftNode,
+        info: Arc<NodeInfo>,
+        metrics: Arc<dyn Fn() -> Option<InterfaceMetrics> + Send + Sync>,
+    ) -> NodeService {
+        NodeService {
+            raft,
+            info,
+            metrics,
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Caller {
+        caller_from_addr(req.remote_addr().map(|a| a.ip()), &self.raft.name)
+    }
+
+    fn local_status(&self) -> NodeStatus {
+        let m = self.raft.metrics();
+        let cluster_status = match m.state {
+            ServerState::Leader => ClusterStatus::ClusterLeader,
+            _ if self.raft.is_voter(&self.raft.name) => ClusterStatus::ClusterVoter,
+            _ if m
+                .membership_config
+                .membership()
+                .get_node(&self.raft.id)
+                .is_some() =>
+            {
+                ClusterStatus::ClusterNonVoter
+            }
+            _ => ClusterStatus::Unknown,
+        };
+        let started = self
+            .info
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        NodeStatus {
+            id: self.raft.name.clone(),
+            version: version::VERSION.into(),
+            commit: version::COMMIT.into(),
+            build_date: version::BUILD_DATE.into(),
+            uptime: format_duration(self.info.started.elapsed()),
+            started_at: Some(webmesh_api::wkt::Timestamp {
+                seconds: started.as_secs() as i64,
+                nanos: started.subsec_nanos() as i32,
+            }),
+            features: self.info.features.iter().map(|f| *f as i32).collect(),
+            cluster_status: cluster_status as i32,
+            current_leader: self.raft.leader().map(|l| l.name).unwrap_or_default(),
+            current_term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            interface_metrics: (self.metrics)(),
+        }
+    }
+
+    /// Asks another member for its own status.
+    async fn remote_status(&self, id: &str) -> Result<NodeStatus, Status> {
+        let member = self
+            .raft
+            .member(ids::raft_id(id))
+            .filter(|m| m.name == id)
+            .ok_or_else(|| {
+                Status::not_found(format!("id: no node {id:?} is a member of this mesh"))
+            })?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!(
+                "node {id} at {} did not answer: {e}",
+                member.grpc_addr
+            ))
+        };
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", member.grpc_addr))
+                .map_err(|e| unreachable(&e))?
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| unreachable(&e))?;
+        let status = NodeClient::new(channel)
+            .get_status(GetStatusRequest { id: id.to_string() })
+            .await
+            .map_err(|e| unreachable(&e.message()))?;
+        Ok(status.into_inner())
+    }
+}
+
+/// Go-style duration text ("1h2m3.456s"), as the reference reports uptime.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let (h, rem) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rem) = (rem / 60_000, rem % 60_000);
+    let s = format!("{}.{:03}s", rem / 1000, rem % 1000);
+    let s = s.replace(".000s", "s");
+    match (h, m) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
+}
+
+/// Checks a `v1.RaftLogEntry` from the network; the error names the bad field.
+pub fn validate_entry(e: &RaftLogEntry) -> Result<Op, Status> {
+    let bad = |field: &str, why: String| Status::invalid_argument(format!("{field}: {why}"));
+    let kind = RaftCommandType::try_from(e.r#type).map_err(|_| {
+        bad(
+            "type",
+            format!(
+                "unknown command type {}; use PUT (1) or DELETE (2)",
+                e.r#type
+            ),
+        )
+    })?;
+    keys::validate_key(&e.key).map_err(|why| bad("key", why))?;
+    match kind {
+        RaftCommandType::Unknown => Err(bad("type", "must be PUT (1) or DELETE (2)".into())),
+        RaftCommandType::Put => {
+            keys::validate_value(&e.value).map_err(|why| bad("value", why))?;
+            if let Some(ttl) = &e.ttl {
+                if ttl.seconds < 0 || ttl.nanos < 0 || ttl.nanos >= 1_000_000_000 {
+                    return Err(bad(
+                        "ttl",
+                        format!(
+                            "must be a non-negative duration, got {}s {}ns",
+                            ttl.seconds, ttl.nanos
+                        ),
+                    ));
+                }
+                if ttl.seconds > 10 * 365 * 24 * 3600 {
+                    return Err(bad("ttl", "must be at most 10 years".into()));
+                }
+            }
+            Ok(Op::from_entry(e).expect("PUT maps to an op"))
+        }
+        RaftCommandType::Delete => {
+            if !e.value.is_empty() {
+                return Err(bad("value", "DELETE takes no value".into()));
+            }
+            if e.ttl.is_some() {
+                return Err(bad("ttl", "DELETE takes no TTL".into()));
+            }
+            Ok(Op::from_entry(e).expect("DELETE maps to an op"))
+        }
+    }
+}
+
+type DataChannelStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<DataChannelNegotiation, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn join(&self, _req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Err(Status::unimplemented(
+            "Join: this node does not accept joins yet",
+        ))
+    }
+
+    async fn update(
+        &self,
+        _req: Request<UpdateRequest>,
+    ) -> Result<Response<UpdateResponse>, Status> {
+        Err(Status::unimplemented(
+            "Update: this node does not accept updates yet",
+        ))
+    }
+
+    async fn leave(&self, _req: Request<LeaveRequest>) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented(
+            "Leave: this node does not handle leaves yet",
+        ))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<NodeStatus>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() || id == self.raft.name {
+            return Ok(Response::new(self.local_status()));
+        }
+        ids::validate_node_id(&id).map_err(|why| Status::invalid_argument(format!("id: {why}")))?;
+        self.remote_status(&id).await.map(Response::new)
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotResponse>, Status> {
+        let sm = self.raft.state_machine.clone();
+        let (meta, data) =
+            tokio::task::spawn_blocking(move || sm.export().map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| internal("snapshot task failed", e))?
+                .map_err(|e| internal("cannot read the state", e))?;
+        Ok(Response::new(SnapshotResponse {
+            last_log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            current_term: self.raft.metrics().current_term,
+            snapshot: data,
+        }))
+    }
+
+    async fn apply(
+        &self,
+        req: Request<RaftLogEntry>,
+    ) -> Result<Response<RaftApplyResponse>, Status> {
+        let caller = self.caller(&req);
+        let op = validate_entry(req.get_ref())?;
+        match &caller {
+            Caller::Node(name) if self.raft.is_voter(name) => {}
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "Apply is for voting members; {caller} is not a voter"
+                )));
+            }
+        }
+        if !self.raft.is_leader() {
+            let hint = match self.raft.leader() {
+                Some(l) => format!("send it to the leader {} at {}", l.name, l.grpc_addr),
+                None => "no leader is known right now; retry shortly".into(),
+            };
+            return Err(Status::failed_precondition(format!(
+                "Apply needs the Raft leader; {hint}"
+            )));
+        }
+        let start = Instant::now();
+        let resp = match self.raft.propose(vec![op]).await {
+            Ok(_) => RaftApplyResponse {
+                time: format_duration_precise(start.elapsed()),
+                error: String::new(),
+            },
+            Err(crate::raft::ProposeError::Refused(reason)) => RaftApplyResponse {
+                time: format_duration_precise(start.elapsed()),
+                error: reason,
+            },
+            Err(e) => return Err(propose_status(e)),
+        };
+        Ok(Response::new(resp))
+    }
+
+    type NegotiateDataChannelStream = DataChannelStream;
+
+    async fn negotiate_data_channel(
+        &self,
+        _req: Request<Streaming<DataChannelNegotiation>>,
+    ) -> Result<Response<Self::NegotiateDataChannelStream>, Status> {
+        Err(Status::unimplemented(
+            "NegotiateDataChannel: ICE data channels are not offered by this node",
+        ))
+    }
+}
+
+/// Sub-millisecond duration text for apply times ("1.234ms", "850µs").
+fn format_duration_precise(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{}µs", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{:.3}ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webmesh_api::wkt::Duration as PbDuration;
+
+    fn entry(t: i32, key: &str, value: &str, ttl: Option<(i64, i32)>) -> RaftLogEntry {
+        RaftLogEntry {
+            r#type: t,
+            key: key.into(),
+            value: value.into(),
+            ttl: ttl.map(|(seconds, nanos)| PbDuration { seconds, nanos }),
+        }
+    }
+
+    #[test]
+    fn valid_entries_become_ops() {
+        let op = validate_entry(&entry(1, "/a/b", "v", Some((2, 500_000_000)))).unwrap();
+        assert_eq!(
+            op,
+            Op::Put {
+                key: "/a/b".into(),
+                value: "v".into(),
+                ttl_ms: 2500
+            }
+        );
+        let op = validate_entry(&entry(2, "/a/b", "", None)).unwrap();
+        assert_eq!(op, Op::Delete { key: "/a/b".into() });
+    }
+
+    #[test]
+    fn bad_entries_name_the_field() {
+        let cases = [
+            (entry(0, "/a", "v", None), "type:"),
+            (entry(7, "/a", "v", None), "type: unknown command type 7"),
+            (entry(1, "a", "v", None), "key:"),
+            (entry(1, "/a b", "v", None), "key:"),
+            (entry(1, "", "v", None), "key:"),
+            (entry(1, "/a", "", None), "value:"),
+            (
+                entry(1, "/a", &"x".repeat(keys::MAX_VALUE_BYTES + 1), None),
+                "value:",
+            ),
+            (entry(1, "/a", "v", Some((-1, 0))), "ttl:"),
+            (entry(1, "/a", "v", Some((0, 1_000_000_000))), "ttl:"),
+            (entry(2, "/a", "v", None), "value:"),
+            (entry(2, "/a", "", Some((1, 0))), "ttl:"),
+        ];
+        for (e, want) in cases {
+            let s = validate_entry(&e).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            assert!(s.message().starts_with(want), "{want}: {}", s.message());
+        }
+    }
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(format_duration(Duration::from_millis(3_500)), "3.500s");
+        assert_eq!(format_duration(Duration::from_secs(61)), "1m1s");
+        assert_eq!(format_duration(Duration::from_secs(3_723)), "1h2m3s");
+    }
+}

@@ -1,0 +1,496 @@
+//! The node's RocksDB: Raft log, Raft metadata, and the replicated key/value state.
+//!
+//! One database, so one write-ahead log: a synced write (log append, vote) makes every
+//! earlier unsynced write durable too. State writes are unsynced: anything lost on power
+//! failure is re-applied from the synced log, because the applied index is written in
+//! the same batch as the state it describes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use prost::Message;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions,
+};
+use webmesh_api::internal::{StateEntry, StateSnapshot};
+use webmesh_api::v1::MeshNode;
+
+use super::ops::{ApplyOutcome, Change, Op, Proposal};
+use crate::mesh::{ipam, keys};
+
+pub const CF_LOG: &str = "log";
+pub const CF_META: &str = "meta";
+pub const CF_STATE: &str = "state";
+pub const CF_TTL: &str = "ttl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+}
+
+fn corrupt(what: impl Into<String>, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what: what.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A stored value: 8 bytes of expiry (Unix ms, big-endian; 0 = never), then the value.
+fn encode_value(value: &str, expires_at_ms: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&expires_at_ms.to_be_bytes());
+    v.extend_from_slice(value.as_bytes());
+    v
+}
+
+fn decode_value(raw: &[u8]) -> Result<(String, u64), StoreError> {
+    if raw.len() < 8 {
+        return Err(corrupt("state value", "shorter than its header"));
+    }
+    let exp = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    let value = String::from_utf8(raw[8..].to_vec()).map_err(|e| corrupt("state value", e))?;
+    Ok((value, exp))
+}
+
+fn ttl_key(expires_at_ms: u64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// A live (unexpired) key/value pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub expires_at_ms: u64,
+}
+
+fn live(exp: u64, now_ms: u64) -> bool {
+    exp == 0 || exp > now_ms
+}
+
+/// The database, shared by the log store, the state machine and readers.
+#[derive(Clone)]
+pub struct Engine {
+    db: Arc<DB>,
+}
+
+impl Engine {
+    pub fn open(path: &Path) -> Result<Engine, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // A mesh's state is small; keep RocksDB's footprint small too.
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(3);
+        let cfs = [CF_LOG, CF_META, CF_STATE, CF_TTL]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Engine { db: Arc::new(db) })
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Writes a batch; `sync` makes it (and everything before it) durable on return.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Makes every earlier write durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// A live value, or `None` if absent or expired.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.get_at(key, super::ops::now_ms())
+    }
+
+    fn get_at(&self, key: &str, now_ms: u64) -> Result<Option<Entry>, StoreError> {
+        match self.db.get_cf(self.cf(CF_STATE), key)? {
+            None => Ok(None),
+            Some(raw) => {
+                let (value, exp) = decode_value(&raw)?;
+                Ok(live(exp, now_ms).then(|| Entry {
+                    key: key.to_string(),
+                    value,
+                    expires_at_ms: exp,
+                }))
+            }
+        }
+    }
+
+    /// Live entries whose key starts with `prefix`, in key order.
+    pub fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        self.list_at(prefix, super::ops::now_ms(), true)
+    }
+
+    fn list_at(
+        &self,
+        prefix: &str,
+        now_ms: u64,
+        only_live: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_STATE),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let key = String::from_utf8(k.to_vec()).map_err(|e| corrupt("state key", e))?;
+            let (value, exp) = decode_value(&v)?;
+            if !only_live || live(exp, now_ms) {
+                out.push(Entry {
+                    key,
+                    value,
+                    expires_at_ms: exp,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys whose TTL ran out by `now_ms`, with the expiry they carry (for the sweeper).
+    pub fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_TTL), IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.len() < 8 {
+                return Err(corrupt("ttl index", "short key"));
+            }
+            let exp = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            if exp > now_ms || out.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8(k[8..].to_vec()).map_err(|e| corrupt("ttl index", e))?;
+            out.push((key, exp));
+        }
+        Ok(out)
+    }
+
+    /// Applies one proposal into `batch` (not yet written). Reads see the proposal's own
+    /// earlier operations. A refused proposal changes nothing and says why.
+    pub fn apply_proposal(&self, batch: &mut WriteBatch, p: &Proposal) -> ApplyOutcome {
+        let mut txn = Txn {
+            engine: self,
+            overlay: HashMap::new(),
+            changes: Vec::new(),
+            now_ms: p.issued_at_ms,
+        };
+        let mut value = None;
+        for op in &p.ops {
+            let res = match op {
+                Op::Put { key, value, ttl_ms } => {
+                    let exp = if *ttl_ms > 0 {
+                        p.issued_at_ms.saturating_add(*ttl_ms)
+                    } else {
+                        0
+                    };
+                    txn.put(key, value, exp)
+                }
+                Op::Delete { key } => txn.delete(key),
+                Op::Expire { key, expires_at_ms } => txn.expire(key, *expires_at_ms),
+                Op::RegisterNode {
+                    node_json,
+                    assign_ipv4,
+                } => txn
+                    .register_node(node_json, *assign_ipv4)
+                    .map(|v| value = Some(v)),
+            };
+            if let Err(e) = res {
+                return ApplyOutcome {
+                    error: Some(e),
+                    value: None,
+                    changes: vec![],
+                };
+            }
+        }
+        let changes = txn.changes;
+        for (key, (old_exp, new)) in txn.overlay {
+            if old_exp > 0 {
+                batch.delete_cf(self.cf(CF_TTL), ttl_key(old_exp, &key));
+            }
+            match new {
+                Some((v, exp)) => {
+                    batch.put_cf(self.cf(CF_STATE), &key, encode_value(&v, exp));
+                    if exp > 0 {
+                        batch.put_cf(self.cf(CF_TTL), ttl_key(exp, &key), b"");
+                    }
+                }
+                None => batch.delete_cf(self.cf(CF_STATE), &key),
+            }
+        }
+        ApplyOutcome {
+            error: None,
+            value,
+            changes,
+        }
+    }
+
+    /// A snapshot of the whole state as of `view` (expired keys included until swept,
+    /// so that every replica restores to the same bytes).
+    pub fn snapshot_from(
+        &self,
+        view: &rocksdb::Snapshot<'_>,
+        last_index: u64,
+        last_term: u64,
+        membership: Vec<u8>,
+    ) -> Result<StateSnapshot, StoreError> {
+        let mut entries = Vec::new();
+        for item in view.iterator_cf(self.cf(CF_STATE), IteratorMode::Start) {
+            let (k, v) = item?;
+            let key = String::from_utf8(k.to_vec()).map_err(|e| corrupt("state key", e))?;
+            let (value, expires_at_ms) = decode_value(&v)?;
+            entries.push(StateEntry {
+                key,
+                value,
+                expires_at_ms,
+            });
+        }
+        Ok(StateSnapshot {
+            format: 1,
+            last_log_index: last_index,
+            last_log_term: last_term,
+            membership,
+            entries,
+        })
+    }
+
+    /// Replaces the whole state with a snapshot's, into `batch`.
+    pub fn restore_into(
+        &self,
+        batch: &mut WriteBatch,
+        snap: &StateSnapshot,
+    ) -> Result<(), StoreError> {
+        if snap.format != 1 {
+            return Err(corrupt(
+                "snapshot",
+                format!("unknown format {}", snap.format),
+            ));
+        }
+        for cf in [CF_STATE, CF_TTL] {
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, _) = item?;
+                batch.delete_cf(self.cf(cf), k);
+            }
+        }
+        for e in &snap.entries {
+            batch.put_cf(
+                self.cf(CF_STATE),
+                &e.key,
+                encode_value(&e.value, e.expires_at_ms),
+            );
+            if e.expires_at_ms > 0 {
+                batch.put_cf(self.cf(CF_TTL), ttl_key(e.expires_at_ms, &e.key), b"");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<StateSnapshot, StoreError> {
+        StateSnapshot::decode(bytes).map_err(|e| corrupt("snapshot", e))
+    }
+}
+
+/// Pending writes of one proposal: key → (expiry stored before, new value or delete).
+type Pending = HashMap<String, (u64, Option<(String, u64)>)>;
+
+struct Txn<'a> {
+    engine: &'a Engine,
+    overlay: Pending,
+    changes: Vec<Change>,
+    now_ms: u64,
+}
+
+impl Txn<'_> {
+    /// The current raw value and expiry (expired values included).
+    fn current(&self, key: &str) -> Result<Option<(String, u64)>, String> {
+        if let Some((_, new)) = self.overlay.get(key) {
+            return Ok(new.clone());
+        }
+        let raw = self
+            .engine
+            .db
+            .get_cf(self.engine.cf(CF_STATE), key)
+            .map_err(|e| e.to_string())?;
+        raw.map(|r| decode_value(&r).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
+    fn stage(&mut self, key: &str, new: Option<(String, u64)>) -> Result<(), String> {
+        if !self.overlay.contains_key(key) {
+            let old_exp = self.current(key)?.map(|(_, e)| e).unwrap_or(0);
+            self.overlay.insert(key.to_string(), (old_exp, None));
+        }
+        self.overlay.get_mut(key).expect("inserted above").1 = new;
+        Ok(())
+    }
+
+    fn put(&mut self, key: &str, value: &str, exp: u64) -> Result<(), String> {
+        self.stage(key, Some((value.to_string(), exp)))?;
+        self.changes.push(Change::Put {
+            key: key.to_string(),
+            value: value.to_string(),
+            expires_at_ms: exp,
+        });
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), String> {
+        if self.current(key)?.is_some() {
+            self.stage(key, None)?;
+            self.changes.push(Change::Delete {
+                key: key.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, key: &str, expires_at_ms: u64) -> Result<(), String> {
+        match self.current(key)? {
+            Some((_, exp)) if exp == expires_at_ms && exp <= self.now_ms => self.delete(key),
+            _ => Ok(()),
+        }
+    }
+
+    /// All node records (live or not: an address stays taken until its record is gone).
+    fn nodes(&self) -> Result<Vec<MeshNode>, String> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (key, (_, new)) in &self.overlay {
+            if key.starts_with(keys::NODES) {
+                seen.insert(key.clone());
+                if let Some((v, _)) = new {
+                    out.push(serde_json::from_str(v).map_err(|e| format!("{key}: {e}"))?);
+                }
+            }
+        }
+        for e in self
+            .engine
+            .list_at(keys::NODES, 0, false)
+            .map_err(|e| e.to_string())?
+        {
+            if !seen.contains(&e.key) {
+                out.push(
+                    serde_json::from_str(&e.value).map_err(|err| format!("{}: {err}", e.key))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn setting(&self, key: &str) -> Result<String, String> {
+        self.current(key)?
+            .map(|(v, _)| v)
+            .ok_or_else(|| format!("mesh setting {key} is missing; was the mesh bootstrapped?"))
+    }
+
+    fn register_node(&mut self, node_json: &str, assign_ipv4: bool) -> Result<String, String> {
+        let mut node: MeshNode =
+            serde_json::from_str(node_json).map_err(|e| format!("node record: {e}"))?;
+        let key = keys::node(&node.id);
+        let others: Vec<MeshNode> = self
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.id != node.id)
+            .collect();
+        let existing = self
+            .current(&key)?
+            .map(|(v, _)| serde_json::from_str::<MeshNode>(&v))
+            .transpose()
+            .map_err(|e| format!("{key}: {e}"))?;
+        if let Some(old) = &existing {
+            // A rejoin keeps the addresses it had.
+            if node.private_ipv4.is_empty() {
+                node.private_ipv4 = old.private_ipv4.clone();
+            }
+            if node.private_ipv6.is_empty() {
+                node.private_ipv6 = old.private_ipv6.clone();
+            }
+            if node.created_at.is_none() {
+                node.created_at = old.created_at;
+            }
+        }
+        // Addresses the caller chose (e.g. an IPAM plugin) must still be unique.
+        for other in &others {
+            if !node.private_ipv4.is_empty() && node.private_ipv4 == other.private_ipv4 {
+                return Err(format!(
+                    "IPv4 {} already belongs to node {}",
+                    node.private_ipv4, other.id
+                ));
+            }
+            if !node.private_ipv6.is_empty() && node.private_ipv6 == other.private_ipv6 {
+                return Err(format!(
+                    "IPv6 {} already belongs to node {}",
+                    node.private_ipv6, other.id
+                ));
+            }
+        }
+        if assign_ipv4 && node.private_ipv4.is_empty() {
+            let net: Ipv4Net = self
+                .setting(keys::MESH_IPV4)?
+                .parse()
+                .map_err(|e| format!("mesh IPv4 network: {e}"))?;
+            let used: HashSet<Ipv4Addr> = others
+                .iter()
+                .filter_map(|n| n.private_ipv4.parse::<Ipv4Net>().ok().map(|a| a.addr()))
+                .collect();
+            let addr = ipam::next_ipv4(net, &used).map_err(|e| e.to_string())?;
+            node.private_ipv4 = format!("{addr}/32");
+        }
+        if node.private_ipv6.is_empty() {
+            let net: Ipv6Net = self
+                .setting(keys::MESH_IPV6)?
+                .parse()
+                .map_err(|e| format!("mesh IPv6 network: {e}"))?;
+            let used: HashSet<Ipv6Net> = others
+                .iter()
+                .filter_map(|n| n.private_ipv6.parse::<Ipv6Net>().ok())
+                .collect();
+            node.private_ipv6 = ipam::next_ipv6_prefix(net, &used)
+                .map_err(|e| e.to_string())?
+                .to_string();
+        }
+        let stamp = Some(webmesh_api::wkt::Timestamp {
+            seconds: (self.now_ms / 1000) as i64,
+            nanos: ((self.now_ms % 1000) * 1_000_000) as i32,
+        });
+        if node.created_at.is_none() {
+            node.created_at = stamp;
+        }
+        node.updated_at = stamp;
+        let json = serde_json::to_string(&node).map_err(|e| e.to_string())?;
+        self.put(&key, &json, 0)?;
+        Ok(json)
+    }
+}

@@ -1,0 +1,213 @@
+//! Test harness for multi-host tests: real `webmesh` binaries, polled with deadlines,
+//! stopped and cleaned up even when a test fails (everything is released in `Drop`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::Channel;
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::{GetStatusRequest, Status};
+
+/// Path of a binary of this workspace: in `WEBMESH_BIN_DIR`, else beside the running
+/// executable (`target/<profile>/deps/test-*` or `target/<profile>/bench` →
+/// `target/<profile>/<name>`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("WEBMESH_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut profile_dir = exe.parent().expect("the executable's directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback (the OS picks; the test binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `webmesh` process on loopback, killed when dropped.
+pub struct LocalNode {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub raft_port: u16,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// Prepares (does not start) a node with fresh ports in `dir`.
+    pub fn new(id: &str, dir: &Path) -> LocalNode {
+        LocalNode {
+            id: id.to_string(),
+            data_dir: dir.join(id),
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            raft_port: free_port(),
+            log: dir.join(format!("{id}.log")),
+            extra_args: vec![],
+            child: None,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--node-id".into(),
+            self.id.clone(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--grpc-listen".into(),
+            self.grpc.to_string(),
+            "--raft-port".into(),
+            self.raft_port.to_string(),
+        ];
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    /// Starts the process; its output is appended to `self.log`.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(bin("webmesh"))
+            .args(self.args())
+            .env("WEBMESH_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn webmesh")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (SIGKILL after `grace`).
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process exited (e.g. a start-up error): its status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn client(&self) -> Result<NodeClient<Channel>> {
+        let ch = tonic::transport::Endpoint::from_shared(self.endpoint())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        Ok(NodeClient::new(ch))
+    }
+
+    /// Waits until the node answers GetStatus and knows a leader.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Status> {
+        let endpoint = self.endpoint();
+        let res = wait_for(&format!("{} to be ready", self.id), timeout, || {
+            let endpoint = endpoint.clone();
+            async move {
+                let ch = tonic::transport::Endpoint::from_shared(endpoint)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                let mut c = NodeClient::new(ch);
+                let s = c
+                    .get_status(GetStatusRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!s.current_leader.is_empty()).then_some(s)
+            }
+        })
+        .await;
+        if res.is_err()
+            && let Some(st) = self.exited()
+        {
+            bail!(
+                "{} exited ({st}) before it was ready:\n{}",
+                self.id,
+                self.log_text()
+            );
+        }
+        res.with_context(|| format!("log of {}:\n{}", self.id, self.log_text()))
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,146 @@
+//! A node killed with SIGKILL at any moment keeps its identity, keys, addresses and
+//! every acknowledged write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::Mutex;
+use webmesh_api::internal::StateSnapshot;
+use webmesh_api::v1::{GetStatusRequest, MeshNode, RaftLogEntry, SnapshotRequest};
+use webmesh_e2e::LocalNode;
+
+async fn state(node: &LocalNode) -> anyhow::Result<BTreeMap<String, String>> {
+    let snap = node
+        .client()
+        .await?
+        .snapshot(SnapshotRequest {})
+        .await?
+        .into_inner();
+    let s = StateSnapshot::decode(snap.snapshot.as_slice())?;
+    Ok(s.entries.into_iter().map(|e| (e.key, e.value)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = LocalNode::new("durable-1", dir.path());
+    node.extra_args = vec![
+        "--bootstrap".into(),
+        "--ipv4-network".into(),
+        "10.42.0.0/16".into(),
+    ];
+    node.spawn()?;
+    let before = node.wait_ready(Duration::from_secs(60)).await?;
+    assert_eq!(before.id, "durable-1");
+    let key_file = std::fs::read_to_string(node.data_dir.join("wireguard.key"))?;
+    let self_before: MeshNode =
+        serde_json::from_str(&state(&node).await?["/registry/nodes/durable-1"])?;
+    let mesh_v6 = state(&node).await?["/registry/meshstate/ipv6-prefix"].clone();
+
+    // Writers run until the node dies; the kill lands while writes are in flight.
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let client = node.client().await?;
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let mut client = client;
+            for i in 0.. {
+                let key = format!("/test/w{w}/k{i}");
+                let value = format!("v{i}");
+                let entry = RaftLogEntry {
+                    r#type: 1,
+                    key: key.clone(),
+                    value: value.clone(),
+                    ttl: None,
+                };
+                match client.apply(entry).await {
+                    Ok(r) if r.get_ref().error.is_empty() => {
+                        acked.lock().await.insert(key, value);
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    webmesh_e2e::wait_for("200 acknowledged writes", Duration::from_secs(60), || {
+        let acked = acked.clone();
+        async move { (acked.lock().await.len() >= 200).then_some(()) }
+    })
+    .await?;
+    node.kill9();
+    for w in writers {
+        w.await?;
+    }
+    let acked = acked.lock().await.clone();
+
+    node.spawn()?;
+    let after = node.wait_ready(Duration::from_secs(60)).await?;
+    assert_eq!(after.id, before.id, "same identity");
+    let st = state(&node).await?;
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| st.get(*k) != Some(v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.data_dir.join("wireguard.key"))?,
+        key_file,
+        "same key"
+    );
+    let self_after: MeshNode = serde_json::from_str(&st["/registry/nodes/durable-1"])?;
+    assert_eq!(self_after.public_key, self_before.public_key);
+    assert_eq!(
+        self_after.private_ipv4, self_before.private_ipv4,
+        "same IPv4"
+    );
+    assert_eq!(
+        self_after.private_ipv6, self_before.private_ipv6,
+        "same IPv6"
+    );
+    assert_eq!(
+        st["/registry/meshstate/ipv6-prefix"], mesh_v6,
+        "--bootstrap resumed, no second mesh"
+    );
+    let status = node
+        .client()
+        .await?
+        .get_status(GetStatusRequest::default())
+        .await?
+        .into_inner();
+    assert!(status.last_applied >= acked.len() as u64);
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_ids_are_bound_to_their_data_dir() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = LocalNode::new("owner", dir.path());
+    node.extra_args = vec!["--bootstrap".into()];
+    node.spawn()?;
+    node.wait_ready(Duration::from_secs(60)).await?;
+    node.stop(Duration::from_secs(10)).expect("stopped");
+    // Same data dir, another ID: refused with one line that names the key.
+    node.id = "intruder".into();
+    node.spawn()?;
+    let st = webmesh_e2e::wait_for("the refused start to exit", Duration::from_secs(30), || {
+        let s = node.exited();
+        async move { s }
+    })
+    .await?;
+    assert!(!st.success());
+    let log = node.log_text();
+    assert!(
+        log.contains("invalid node-id \"intruder\"") && log.contains("belongs to node \"owner\""),
+        "{log}"
+    );
+    Ok(())
+}
