@@ -1,7 +1,11 @@
 //! The mesh model and its rules: IDs, key layout, bootstrap objects, address
-//! arithmetic. Pure: no IO, unit-tested, benchmarked.
+//! arithmetic, network ACLs, the decoded view of the state and peer computation.
+//! Pure: no IO, unit-tested, benchmarked.
 
+pub mod acl;
 pub mod bootstrap;
 pub mod ids;
 pub mod ipam;
 pub mod keys;
+pub mod peers;
+pub mod view;

@@ -1,0 +1,236 @@
+//! Network ACL evaluation (pure): ACLs sorted by priority, highest first; the first
+//! match decides; no match denies. Node lists take IDs, `*` and `group:<name>`; CIDR
+//! lists take CIDRs and `*`; empty lists match everything.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use webmesh_api::v1::{AclAction, Group, MeshNode, NetworkAcl, SubjectType};
+
+#[derive(Debug, Clone)]
+enum NodeMatch {
+    Any,
+    Set(HashSet<String>),
+}
+
+impl NodeMatch {
+    fn new(list: &[String], groups: &BTreeMap<String, Group>) -> NodeMatch {
+        if list.is_empty() || list.iter().any(|s| s == "*") {
+            return NodeMatch::Any;
+        }
+        let mut set = HashSet::new();
+        for item in list {
+            match item.strip_prefix("group:") {
+                Some(g) => {
+                    for s in groups
+                        .get(g)
+                        .map(|g| g.subjects.as_slice())
+                        .unwrap_or_default()
+                    {
+                        if s.r#type == SubjectType::SubjectAll as i32 && s.name == "*" {
+                            return NodeMatch::Any;
+                        }
+                        if s.r#type == SubjectType::SubjectNode as i32
+                            || s.r#type == SubjectType::SubjectAll as i32
+                        {
+                            set.insert(s.name.clone());
+                        }
+                    }
+                }
+                None => {
+                    set.insert(item.clone());
+                }
+            }
+        }
+        NodeMatch::Set(set)
+    }
+
+    fn matches(&self, node: &str) -> bool {
+        match self {
+            NodeMatch::Any => true,
+            NodeMatch::Set(s) => s.contains(node),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum CidrMatch {
+    Any,
+    Nets(Vec<IpNet>),
+}
+
+impl CidrMatch {
+    fn new(list: &[String]) -> CidrMatch {
+        if list.is_empty() || list.iter().any(|s| s == "*") {
+            return CidrMatch::Any;
+        }
+        CidrMatch::Nets(list.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
+    fn matches(&self, addrs: &[IpAddr]) -> bool {
+        match self {
+            CidrMatch::Any => true,
+            CidrMatch::Nets(nets) => addrs.iter().any(|a| nets.iter().any(|n| n.contains(a))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    accept: bool,
+    /// Restricted to some protocols or ports: a packet-level rule.
+    packet_level: bool,
+    src: NodeMatch,
+    dst: NodeMatch,
+    src_cidrs: CidrMatch,
+    dst_cidrs: CidrMatch,
+}
+
+/// ACLs compiled for fast evaluation (groups expanded, CIDRs parsed, sorted).
+#[derive(Debug, Clone, Default)]
+pub struct AclSet {
+    rules: Vec<Rule>,
+}
+
+/// The addresses of a node, for CIDR matching.
+pub fn node_addrs(n: &MeshNode) -> Vec<IpAddr> {
+    [&n.private_ipv4, &n.private_ipv6]
+        .into_iter()
+        .filter_map(|s| s.parse::<IpNet>().ok().map(|n| n.addr()))
+        .collect()
+}
+
+impl AclSet {
+    pub fn new<'a>(
+        acls: impl IntoIterator<Item = &'a NetworkAcl>,
+        groups: &BTreeMap<String, Group>,
+    ) -> AclSet {
+        let mut sorted: Vec<&NetworkAcl> = acls.into_iter().collect();
+        // Highest priority first; equal priorities in name order, so every node agrees.
+        sorted.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let rules = sorted
+            .into_iter()
+            .map(|a| Rule {
+                accept: a.action == AclAction::ActionAccept as i32,
+                packet_level: !a.protocols.is_empty() || !a.ports.is_empty(),
+                src: NodeMatch::new(&a.source_nodes, groups),
+                dst: NodeMatch::new(&a.destination_nodes, groups),
+                src_cidrs: CidrMatch::new(&a.source_cidrs),
+                dst_cidrs: CidrMatch::new(&a.destination_cidrs),
+            })
+            .collect();
+        AclSet { rules }
+    }
+
+    /// Whether any traffic from `src` to `dst` is accepted, i.e. the two need a tunnel.
+    /// Packet-level DENYs (naming protocols or ports) do not cut a tunnel; the packet
+    /// filter enforces them.
+    pub fn node_traffic_allowed(&self, src: (&str, &[IpAddr]), dst: (&str, &[IpAddr])) -> bool {
+        for r in &self.rules {
+            if !(r.src.matches(src.0)
+                && r.dst.matches(dst.0)
+                && r.src_cidrs.matches(src.1)
+                && r.dst_cidrs.matches(dst.1))
+            {
+                continue;
+            }
+            if r.accept {
+                return true;
+            }
+            if !r.packet_level {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Whether an (undirected) edge between `a` and `b` carries traffic in at least one
+    /// direction.
+    pub fn edge_allowed(&self, a: (&str, &[IpAddr]), b: (&str, &[IpAddr])) -> bool {
+        self.node_traffic_allowed(a, b) || self.node_traffic_allowed(b, a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webmesh_api::v1::Subject;
+
+    fn acl(name: &str, priority: i32, accept: bool, src: &[&str], dst: &[&str]) -> NetworkAcl {
+        NetworkAcl {
+            name: name.into(),
+            priority,
+            action: if accept {
+                AclAction::ActionAccept
+            } else {
+                AclAction::ActionDeny
+            } as i32,
+            source_nodes: src.iter().map(|s| s.to_string()).collect(),
+            destination_nodes: dst.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    const NONE: &[IpAddr] = &[];
+
+    #[test]
+    fn no_match_denies() {
+        let set = AclSet::new(&[], &BTreeMap::new());
+        assert!(!set.edge_allowed(("a", NONE), ("b", NONE)));
+    }
+
+    #[test]
+    fn highest_priority_first_match_decides() {
+        let acls = [
+            acl("all", i32::MIN, true, &["*"], &["*"]),
+            acl("cut", 10, false, &["a"], &["b"]),
+            acl("cut-back", 10, false, &["b"], &["a"]),
+        ];
+        let set = AclSet::new(&acls, &BTreeMap::new());
+        assert!(!set.edge_allowed(("a", NONE), ("b", NONE)));
+        assert!(set.edge_allowed(("a", NONE), ("c", NONE)));
+        // One direction denied, the other accepted: the tunnel stays.
+        let set = AclSet::new(&acls[..2], &BTreeMap::new());
+        assert!(set.edge_allowed(("a", NONE), ("b", NONE)));
+        assert!(!set.node_traffic_allowed(("a", NONE), ("b", NONE)));
+    }
+
+    #[test]
+    fn groups_expand_and_cidrs_match_addresses() {
+        let groups = BTreeMap::from([(
+            "web".to_string(),
+            Group {
+                name: "web".into(),
+                subjects: vec![Subject {
+                    name: "w1".into(),
+                    r#type: SubjectType::SubjectNode as i32,
+                }],
+            },
+        )]);
+        let mut a = acl("web-db", 1, true, &["group:web"], &["db"]);
+        let set = AclSet::new(std::slice::from_ref(&a), &groups);
+        assert!(set.node_traffic_allowed(("w1", NONE), ("db", NONE)));
+        assert!(!set.node_traffic_allowed(("w2", NONE), ("db", NONE)));
+        a.source_nodes.clear();
+        a.source_cidrs = vec!["10.0.0.0/24".into()];
+        let set = AclSet::new(&[a], &groups);
+        let inside: &[IpAddr] = &["10.0.0.7".parse().unwrap()];
+        let outside: &[IpAddr] = &["10.0.1.7".parse().unwrap()];
+        assert!(set.node_traffic_allowed(("x", inside), ("db", NONE)));
+        assert!(!set.node_traffic_allowed(("x", outside), ("db", NONE)));
+    }
+
+    #[test]
+    fn packet_level_denies_do_not_cut_tunnels() {
+        let mut deny_port = acl("no-ssh", 10, false, &["a"], &["b"]);
+        deny_port.ports = vec![22];
+        let acls = [deny_port, acl("all", 0, true, &["*"], &["*"])];
+        let set = AclSet::new(&acls, &BTreeMap::new());
+        assert!(set.node_traffic_allowed(("a", NONE), ("b", NONE)));
+    }
+}

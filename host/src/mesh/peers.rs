@@ -1,0 +1,551 @@
+//! Peer computation (pure): from the mesh view and "me", my WireGuard peers.
+//!
+//! - Peers are my neighbours in the graph of edges that the network ACLs allow.
+//! - A node I have no edge to is reached through the neighbour that starts my shortest
+//!   path to it: its addresses join that neighbour's allowed IPs (multi-hop).
+//! - A route's CIDRs go to the neighbour on my shortest path to the node serving it.
+//!
+//! WireGuard accepts a packet only from the peer whose allowed IPs hold its source, so
+//! the relay I send through towards `v` must be the relay `v` expects my packets from:
+//! paths must be the same in both directions. Costs are lexicographic — hop count, then
+//! edge weights, then a hash of each edge's unordered pair — packed into a `u128` so
+//! they add without carrying across fields. With the hash, every shortest path is
+//! unique, hence symmetric; with hops first, a direct edge is always the path between
+//! its two ends, and weights choose among equally short paths.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use webmesh_api::v1::{MeshNode, WireGuardPeer};
+
+use super::acl::{AclSet, node_addrs};
+use super::view::MeshView;
+
+/// The default WireGuard port, for a primary endpoint given without one.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+
+/// What a node should configure: its peers, and whether it forwards for others.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerPlan {
+    /// Sorted by peer ID.
+    pub peers: Vec<WireGuardPeer>,
+    /// Some pair of my neighbours has no edge of its own: traffic between them may
+    /// cross me, so IP forwarding must be on.
+    pub relays: bool,
+}
+
+fn edge_cost(a: &str, b: &str, weight: i32) -> u128 {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    // A well-mixed hash: with a weak one (FNV), similar names give sums that tie.
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(lo.as_bytes());
+    h.update(&[0]);
+    h.update(hi.as_bytes());
+    let w = weight.clamp(1, i32::MAX) as u128;
+    (1u128 << 112) | (w << 64) | u128::from(h.digest() & 0xffff_ffff_ffff)
+}
+
+/// The host addresses of a node as allowed-IP CIDRs: its IPv4 /32 and IPv6 /64.
+pub fn node_allowed_ips(n: &MeshNode) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(net) = n.private_ipv4.parse::<IpNet>() {
+        out.push(
+            IpNet::new(net.addr(), 32)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    if let Ok(net) = n.private_ipv6.parse::<IpNet>() {
+        out.push(net.trunc().to_string());
+    }
+    out
+}
+
+/// The graph of allowed edges, indexed, ready for path queries.
+pub struct Graph<'a> {
+    pub nodes: Vec<&'a MeshNode>,
+    index: HashMap<&'a str, usize>,
+    adj: Vec<Vec<(usize, u128)>>,
+}
+
+impl<'a> Graph<'a> {
+    pub fn build(view: &'a MeshView) -> Graph<'a> {
+        let nodes: Vec<&MeshNode> = view.nodes.values().collect();
+        let index: HashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.as_str(), i))
+            .collect();
+        let acls = AclSet::new(view.acls.values(), &view.groups);
+        let addrs: Vec<Vec<IpAddr>> = nodes.iter().map(|n| node_addrs(n)).collect();
+        let mut adj = vec![Vec::new(); nodes.len()];
+        for ((a, b), edge) in &view.edges {
+            let (Some(&ia), Some(&ib)) = (index.get(a.as_str()), index.get(b.as_str())) else {
+                continue;
+            };
+            if ia == ib || !acls.edge_allowed((a, &addrs[ia]), (b, &addrs[ib])) {
+                continue;
+            }
+            let cost = edge_cost(a, b, edge.weight);
+            adj[ia].push((ib, cost));
+            adj[ib].push((ia, cost));
+        }
+        Graph { nodes, index, adj }
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// For every node, the neighbour of `src` that starts the shortest path to it
+    /// (`None`: unreachable, or `src` itself), and the path costs.
+    pub fn first_hops(&self, src: usize) -> (Vec<Option<usize>>, Vec<Option<u128>>) {
+        let n = self.nodes.len();
+        let mut dist: Vec<Option<u128>> = vec![None; n];
+        let mut hop: Vec<Option<usize>> = vec![None; n];
+        let mut heap = BinaryHeap::new();
+        dist[src] = Some(0);
+        heap.push(Reverse((0u128, src)));
+        while let Some(Reverse((d, u))) = heap.pop() {
+            if dist[u].is_some_and(|best| d > best) {
+                continue;
+            }
+            for &(v, c) in &self.adj[u] {
+                let nd = d + c;
+                if dist[v].is_none_or(|old| nd < old) {
+                    dist[v] = Some(nd);
+                    hop[v] = if u == src { Some(v) } else { hop[u] };
+                    heap.push(Reverse((nd, v)));
+                }
+            }
+        }
+        (hop, dist)
+    }
+
+    pub fn neighbours(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.adj[i].iter().map(|&(v, _)| v)
+    }
+}
+
+/// My WireGuard peers in `view`. An unknown `me` has none.
+pub fn compute(view: &MeshView, me: &str) -> PeerPlan {
+    let graph = Graph::build(view);
+    plan_for(&graph, view, me)
+}
+
+/// [`compute`] on a graph already built (to plan for many nodes of one view).
+pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
+    let Some(src) = graph.index_of(me) else {
+        return PeerPlan::default();
+    };
+    let (hop, dist) = graph.first_hops(src);
+    let mut neighbours: Vec<usize> = graph.neighbours(src).collect();
+    neighbours.sort_unstable();
+    neighbours.dedup();
+    let slot: HashMap<usize, usize> = neighbours
+        .iter()
+        .enumerate()
+        .map(|(s, &v)| (v, s))
+        .collect();
+    let mut peers: Vec<WireGuardPeer> = neighbours
+        .iter()
+        .map(|&v| {
+            let n = graph.nodes[v];
+            WireGuardPeer {
+                id: n.id.clone(),
+                public_key: n.public_key.clone(),
+                primary_endpoint: n.primary_endpoint.clone(),
+                wireguard_endpoints: n.wireguard_endpoints.clone(),
+                zone_awareness_id: n.zone_awareness_id.clone(),
+                address_ipv4: n.private_ipv4.clone(),
+                address_ipv6: n.private_ipv6.clone(),
+                allowed_ips: node_allowed_ips(n),
+                allowed_routes: vec![],
+                ice: false,
+            }
+        })
+        .collect();
+    // Nodes without an edge to me, through the neighbour that starts the path.
+    for (v, h) in hop.iter().enumerate() {
+        if let Some(h) = h
+            && *h != v
+            && let Some(&s) = slot.get(h)
+        {
+            peers[s]
+                .allowed_ips
+                .extend(node_allowed_ips(graph.nodes[v]));
+        }
+    }
+    // Routes: towards the nearest node serving them (their next hop, if they name one).
+    for route in view.routes.values() {
+        let target = if route.next_hop_node.is_empty() {
+            &route.node
+        } else {
+            &route.next_hop_node
+        };
+        let servers: Vec<usize> = match target.strip_prefix("group:") {
+            Some(g) => view
+                .groups
+                .get(g)
+                .map(|g| {
+                    g.subjects
+                        .iter()
+                        .filter_map(|s| graph.index_of(&s.name))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => graph.index_of(target).into_iter().collect(),
+        };
+        if servers.contains(&src) {
+            continue;
+        }
+        let best = servers
+            .into_iter()
+            .filter(|&s| dist[s].is_some())
+            .min_by_key(|&s| (dist[s], s));
+        if let Some(first) = best.and_then(|s| hop[s]).and_then(|h| slot.get(&h)) {
+            for cidr in &route.destination_cidrs {
+                if let Ok(net) = cidr.parse::<IpNet>() {
+                    let c = net.trunc().to_string();
+                    if !peers[*first].allowed_routes.contains(&c) {
+                        peers[*first].allowed_routes.push(c.clone());
+                        peers[*first].allowed_ips.push(c);
+                    }
+                }
+            }
+        }
+    }
+    let relays = neighbours.iter().enumerate().any(|(i, &a)| {
+        neighbours[i + 1..]
+            .iter()
+            .any(|&b| !graph.adj[a].iter().any(|&(x, _)| x == b))
+    });
+    PeerPlan { peers, relays }
+}
+
+fn is_lan(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Where to send a peer's WireGuard packets: a LAN endpoint when we share a zone, else
+/// its endpoint on the primary address, else its first endpoint, else the primary
+/// address on the default port. `None`: the peer is behind NAT and will call us.
+pub fn choose_endpoint(peer: &WireGuardPeer, my_zone: &str) -> Option<SocketAddr> {
+    let eps: Vec<SocketAddr> = peer
+        .wireguard_endpoints
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .collect();
+    if !my_zone.is_empty()
+        && my_zone == peer.zone_awareness_id
+        && let Some(lan) = eps.iter().find(|e| is_lan(e.ip()))
+    {
+        return Some(*lan);
+    }
+    let primary: Option<IpAddr> = peer.primary_endpoint.parse().ok();
+    if let Some(p) = primary
+        && let Some(e) = eps.iter().find(|e| e.ip() == p)
+    {
+        return Some(*e);
+    }
+    eps.first()
+        .copied()
+        .or_else(|| primary.map(|p| SocketAddr::new(p, DEFAULT_WIREGUARD_PORT)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::view::edge_key;
+    use webmesh_api::v1::{AclAction, MeshEdge, NetworkAcl, Route};
+
+    fn view(nodes: &[&str], edges: &[(&str, &str, i32)]) -> MeshView {
+        let mut v = MeshView::default();
+        for (i, id) in nodes.iter().enumerate() {
+            v.nodes.insert(
+                id.to_string(),
+                MeshNode {
+                    id: id.to_string(),
+                    public_key: format!("key-{id}"),
+                    private_ipv4: format!("10.0.0.{}/32", i + 1),
+                    private_ipv6: format!("fd00:0:0:{:x}::/64", i + 1),
+                    ..Default::default()
+                },
+            );
+        }
+        for (a, b, w) in edges {
+            v.edges.insert(
+                edge_key(a, b),
+                MeshEdge {
+                    source: a.to_string(),
+                    target: b.to_string(),
+                    weight: *w,
+                    attributes: Default::default(),
+                },
+            );
+        }
+        v.acls.insert(
+            "default".into(),
+            NetworkAcl {
+                name: "default".into(),
+                priority: i32::MIN,
+                action: AclAction::ActionAccept as i32,
+                source_nodes: vec!["*".into()],
+                destination_nodes: vec!["*".into()],
+                ..Default::default()
+            },
+        );
+        v
+    }
+
+    fn ids(p: &PeerPlan) -> Vec<&str> {
+        p.peers.iter().map(|p| p.id.as_str()).collect()
+    }
+
+    fn allowed<'a>(p: &'a PeerPlan, id: &str) -> &'a [String] {
+        &p.peers.iter().find(|p| p.id == id).unwrap().allowed_ips
+    }
+
+    #[test]
+    fn neighbours_are_peers_with_their_own_addresses() {
+        let v = view(
+            &["a", "b", "c"],
+            &[("a", "b", 1), ("b", "c", 1), ("a", "c", 1)],
+        );
+        let p = compute(&v, "a");
+        assert_eq!(ids(&p), ["b", "c"]);
+        assert_eq!(allowed(&p, "b"), ["10.0.0.2/32", "fd00:0:0:2::/64"]);
+        assert!(!p.relays, "b and c have their own edge");
+        assert_eq!(compute(&v, "nobody"), PeerPlan::default());
+    }
+
+    #[test]
+    fn nodes_without_an_edge_are_reached_through_a_relay() {
+        // a - hub - c: a reaches c through hub, and c reaches a through hub.
+        let v = view(&["a", "c", "hub"], &[("a", "hub", 1), ("c", "hub", 1)]);
+        let pa = compute(&v, "a");
+        assert_eq!(ids(&pa), ["hub"]);
+        assert_eq!(
+            allowed(&pa, "hub"),
+            [
+                "10.0.0.3/32",
+                "fd00:0:0:3::/64",
+                "10.0.0.2/32",
+                "fd00:0:0:2::/64"
+            ]
+        );
+        assert!(compute(&v, "hub").relays);
+        assert!(!pa.relays);
+    }
+
+    #[test]
+    fn relays_are_symmetric_among_equal_paths() {
+        // a and z are linked through either r1 or r2; both ends must pick the same one.
+        let v = view(
+            &["a", "r1", "r2", "z"],
+            &[
+                ("a", "r1", 1),
+                ("a", "r2", 1),
+                ("z", "r1", 1),
+                ("z", "r2", 1),
+            ],
+        );
+        let pa = compute(&v, "a");
+        let pz = compute(&v, "z");
+        let via_a = pa
+            .peers
+            .iter()
+            .find(|p| p.allowed_ips.contains(&"10.0.0.4/32".to_string()))
+            .unwrap();
+        let via_z = pz
+            .peers
+            .iter()
+            .find(|p| p.allowed_ips.contains(&"10.0.0.1/32".to_string()))
+            .unwrap();
+        assert_eq!(via_a.id, via_z.id);
+    }
+
+    #[test]
+    fn weights_choose_among_equally_short_paths_but_direct_edges_win() {
+        let v = view(
+            &["a", "r1", "r2", "z"],
+            &[
+                ("a", "r1", 1),
+                ("a", "r2", 1),
+                ("z", "r1", 50),
+                ("z", "r2", 1),
+            ],
+        );
+        let pa = compute(&v, "a");
+        assert!(
+            allowed(&pa, "r2").contains(&"10.0.0.4/32".to_string()),
+            "cheaper relay r2"
+        );
+        let mut v = v;
+        v.edges.insert(
+            edge_key("a", "z"),
+            MeshEdge {
+                source: "a".into(),
+                target: "z".into(),
+                weight: 1000,
+                attributes: Default::default(),
+            },
+        );
+        assert_eq!(
+            allowed(&compute(&v, "a"), "z"),
+            ["10.0.0.4/32", "fd00:0:0:4::/64"]
+        );
+    }
+
+    #[test]
+    fn a_deny_acl_between_two_nodes_removes_the_edge() {
+        let mut v = view(
+            &["a", "b", "c"],
+            &[("a", "b", 1), ("b", "c", 1), ("a", "c", 1)],
+        );
+        v.acls.insert(
+            "cut".into(),
+            NetworkAcl {
+                name: "cut".into(),
+                priority: 100,
+                action: AclAction::ActionDeny as i32,
+                source_nodes: vec!["a".into(), "b".into()],
+                destination_nodes: vec!["a".into(), "b".into()],
+                ..Default::default()
+            },
+        );
+        let p = compute(&v, "a");
+        assert_eq!(ids(&p), ["c"]);
+        // ... but traffic still flows a -> c -> b unless the ACL also covers the relay.
+        assert!(allowed(&p, "c").contains(&"10.0.0.2/32".to_string()));
+    }
+
+    #[test]
+    fn routes_go_to_the_first_hop_towards_their_node() {
+        let mut v = view(&["a", "gw", "hub"], &[("a", "hub", 1), ("gw", "hub", 1)]);
+        v.routes.insert(
+            "lan".into(),
+            Route {
+                name: "lan".into(),
+                node: "gw".into(),
+                destination_cidrs: vec!["192.168.50.0/24".into()],
+                next_hop_node: String::new(),
+            },
+        );
+        let p = compute(&v, "a");
+        assert_eq!(p.peers[0].allowed_routes, ["192.168.50.0/24"]);
+        assert!(allowed(&p, "hub").contains(&"192.168.50.0/24".to_string()));
+        assert!(
+            compute(&v, "gw").peers[0].allowed_routes.is_empty(),
+            "not to the router itself"
+        );
+    }
+
+    #[test]
+    fn peering_is_symmetric_on_random_graphs() {
+        // Property: b is a's peer iff a is b's peer, and each node's addresses appear
+        // in exactly one peer's allowed IPs of every node that can reach it.
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let names: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            let mut edges = Vec::new();
+            for i in 0..12 {
+                for j in i + 1..12 {
+                    if rnd() % 4 == 0 {
+                        edges.push((refs[i], refs[j], (rnd() % 3 + 1) as i32));
+                    }
+                }
+            }
+            let v = view(&refs, &edges);
+            let plans: HashMap<&str, PeerPlan> =
+                refs.iter().map(|&n| (n, compute(&v, n))).collect();
+            for (&a, pa) in &plans {
+                for peer in &pa.peers {
+                    assert!(
+                        plans[peer.id.as_str()].peers.iter().any(|p| p.id == a),
+                        "{a} -> {} not mutual",
+                        peer.id
+                    );
+                }
+                let mut seen = std::collections::HashSet::new();
+                for ip in pa.peers.iter().flat_map(|p| &p.allowed_ips) {
+                    assert!(seen.insert(ip.clone()), "{ip} under two peers of {a}");
+                }
+            }
+            // Relay consistency: a's packets to z arrive at z from the peer z routes a through.
+            for (&a, pa) in &plans {
+                for (&z, pz) in &plans {
+                    if a == z {
+                        continue;
+                    }
+                    let za = &v.nodes[z].private_ipv4.replace("/32", "/32");
+                    let Some(first) = pa.peers.iter().find(|p| p.allowed_ips.contains(za)) else {
+                        continue;
+                    };
+                    // Walk the relays from a to z.
+                    let mut at = first.id.as_str();
+                    let mut prev = a;
+                    for _ in 0..12 {
+                        if at == z {
+                            break;
+                        }
+                        let next = plans[at]
+                            .peers
+                            .iter()
+                            .find(|p| p.allowed_ips.contains(za))
+                            .expect("relay knows the way");
+                        prev = at;
+                        at = next.id.as_str();
+                    }
+                    assert_eq!(at, z, "{a} reaches {z}");
+                    let aa = &v.nodes[a].private_ipv4;
+                    let back = pz
+                        .peers
+                        .iter()
+                        .find(|p| p.allowed_ips.contains(aa))
+                        .expect("z routes back to a");
+                    assert_eq!(back.id, prev, "{z} expects {a}'s packets from {prev}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let mut p = WireGuardPeer {
+            primary_endpoint: "203.0.113.5".into(),
+            wireguard_endpoints: vec!["192.168.1.5:51820".into(), "203.0.113.5:51821".into()],
+            zone_awareness_id: "dc1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            choose_endpoint(&p, "dc1").unwrap().to_string(),
+            "192.168.1.5:51820"
+        );
+        assert_eq!(
+            choose_endpoint(&p, "dc2").unwrap().to_string(),
+            "203.0.113.5:51821"
+        );
+        p.wireguard_endpoints.clear();
+        assert_eq!(
+            choose_endpoint(&p, "").unwrap().to_string(),
+            "203.0.113.5:51820"
+        );
+        p.primary_endpoint.clear();
+        assert_eq!(choose_endpoint(&p, ""), None);
+    }
+}

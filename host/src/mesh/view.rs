@@ -1,0 +1,179 @@
+//! An in-memory, decoded view of the mesh objects in the state: kept current from
+//! change events, so a state change costs one record's decoding, not a full reload.
+
+use std::collections::BTreeMap;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use webmesh_api::v1::{Group, MeshEdge, MeshNode, NetworkAcl, Route};
+
+use super::keys;
+
+/// An undirected edge's key: its two ends, smaller ID first.
+pub type EdgeKey = (String, String);
+
+pub fn edge_key(a: &str, b: &str) -> EdgeKey {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MeshView {
+    pub nodes: BTreeMap<String, MeshNode>,
+    pub edges: BTreeMap<EdgeKey, MeshEdge>,
+    pub acls: BTreeMap<String, NetworkAcl>,
+    pub routes: BTreeMap<String, Route>,
+    pub groups: BTreeMap<String, Group>,
+    pub ipv4_network: Option<Ipv4Net>,
+    pub ipv6_network: Option<Ipv6Net>,
+    pub mesh_domain: String,
+}
+
+/// Which part of the view a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Nodes,
+    Edges,
+    Acls,
+    Routes,
+    Groups,
+    Settings,
+    Other,
+}
+
+pub fn section(key: &str) -> Section {
+    if key.starts_with(keys::NODES) {
+        Section::Nodes
+    } else if key.starts_with(keys::EDGES) {
+        Section::Edges
+    } else if key.starts_with(keys::NETWORK_ACLS) {
+        Section::Acls
+    } else if key.starts_with(keys::ROUTES) {
+        Section::Routes
+    } else if key.starts_with(keys::GROUPS) {
+        Section::Groups
+    } else if key.starts_with("/registry/meshstate/") {
+        Section::Settings
+    } else {
+        Section::Other
+    }
+}
+
+impl MeshView {
+    /// Applies one key's new value (`None`: deleted). Returns the section it touched.
+    /// A value that does not decode is skipped (and reported): one bad record must not
+    /// stop a node from computing its peers.
+    pub fn apply(&mut self, key: &str, value: Option<&str>) -> Result<Section, String> {
+        let sec = section(key);
+        let name = |prefix: &str| key[prefix.len()..].to_string();
+        let decode_err = |e: serde_json::Error| format!("{key}: {e}");
+        match (sec, value) {
+            (Section::Nodes, Some(v)) => {
+                let n: MeshNode = serde_json::from_str(v).map_err(decode_err)?;
+                self.nodes.insert(name(keys::NODES), n);
+            }
+            (Section::Nodes, None) => {
+                self.nodes.remove(&name(keys::NODES));
+            }
+            (Section::Edges, v) => {
+                let rest = name(keys::EDGES);
+                let (a, b) = rest
+                    .split_once('/')
+                    .ok_or_else(|| format!("{key}: not an edge key"))?;
+                let k = edge_key(a, b);
+                match v {
+                    Some(v) => {
+                        let e: MeshEdge = serde_json::from_str(v).map_err(decode_err)?;
+                        self.edges.insert(k, e);
+                    }
+                    None => {
+                        self.edges.remove(&k);
+                    }
+                }
+            }
+            (Section::Acls, Some(v)) => {
+                let a: NetworkAcl = serde_json::from_str(v).map_err(decode_err)?;
+                self.acls.insert(name(keys::NETWORK_ACLS), a);
+            }
+            (Section::Acls, None) => {
+                self.acls.remove(&name(keys::NETWORK_ACLS));
+            }
+            (Section::Routes, Some(v)) => {
+                let r: Route = serde_json::from_str(v).map_err(decode_err)?;
+                self.routes.insert(name(keys::ROUTES), r);
+            }
+            (Section::Routes, None) => {
+                self.routes.remove(&name(keys::ROUTES));
+            }
+            (Section::Groups, Some(v)) => {
+                let g: Group = serde_json::from_str(v).map_err(decode_err)?;
+                self.groups.insert(name(keys::GROUPS), g);
+            }
+            (Section::Groups, None) => {
+                self.groups.remove(&name(keys::GROUPS));
+            }
+            (Section::Settings, v) => match key {
+                keys::MESH_IPV4 => self.ipv4_network = v.and_then(|s| s.parse().ok()),
+                keys::MESH_IPV6 => self.ipv6_network = v.and_then(|s| s.parse().ok()),
+                keys::MESH_DOMAIN => self.mesh_domain = v.unwrap_or_default().to_string(),
+                _ => {}
+            },
+            (Section::Other, _) => {}
+        }
+        Ok(sec)
+    }
+
+    /// Builds a view from (key, value) pairs, skipping undecodable records.
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (MeshView, Vec<String>) {
+        let mut view = MeshView::default();
+        let mut errors = Vec::new();
+        for (k, v) in entries {
+            if let Err(e) = view.apply(k, Some(v)) {
+                errors.push(e);
+            }
+        }
+        (view, errors)
+    }
+
+    /// Nodes with a primary endpoint (publicly reachable).
+    pub fn public_nodes(&self) -> impl Iterator<Item = &MeshNode> {
+        self.nodes
+            .values()
+            .filter(|n| !n.primary_endpoint.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_update_the_view() {
+        let mut v = MeshView::default();
+        assert_eq!(
+            v.apply("/registry/nodes/a", Some(r#"{"id":"a"}"#)).unwrap(),
+            Section::Nodes
+        );
+        v.apply(
+            "/registry/edges/b/a",
+            Some(r#"{"source":"b","target":"a","weight":1}"#),
+        )
+        .unwrap();
+        assert!(
+            v.edges.contains_key(&("a".to_string(), "b".to_string())),
+            "edges are undirected"
+        );
+        v.apply(keys::MESH_IPV4, Some("10.0.0.0/8")).unwrap();
+        assert_eq!(v.ipv4_network.unwrap().to_string(), "10.0.0.0/8");
+        v.apply("/registry/edges/a/b", None).unwrap();
+        assert!(v.edges.is_empty());
+        v.apply("/registry/nodes/a", None).unwrap();
+        assert!(v.nodes.is_empty());
+        assert!(v.apply("/registry/nodes/x", Some("not json")).is_err());
+        assert_eq!(v.apply("/test/other", Some("x")).unwrap(), Section::Other);
+    }
+}
