@@ -3,7 +3,7 @@
 //! Pure: reading the file is the only IO. Every error names the key and the bad value
 //! on one line, so an operator can fix it without reading code.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -81,6 +81,48 @@ pub struct Flags {
         value_name = "accept|deny"
     )]
     pub bootstrap_default_policy: Option<String>,
+    /// gRPC address of a mesh node to join through (repeatable; tried in order, with
+    /// retries).
+    #[arg(
+        long,
+        env = "WEBMESH_JOIN",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub join: Vec<String>,
+    /// Ask for a vote in Raft elections when joining.
+    #[arg(long, env = "WEBMESH_VOTER", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub voter: Option<String>,
+    /// This node's routable IP; unset means behind NAT.
+    #[arg(long, env = "WEBMESH_ENDPOINT", value_name = "IP")]
+    pub endpoint: Option<String>,
+    /// A WireGuard endpoint of this node (repeatable) [default: ENDPOINT:WIREGUARD-PORT].
+    #[arg(
+        long,
+        env = "WEBMESH_WIREGUARD_ENDPOINT",
+        value_name = "IP:PORT",
+        value_delimiter = ','
+    )]
+    pub wireguard_endpoint: Vec<String>,
+    /// Zone (e.g. a LAN or datacenter): same-zone nodes peer over LAN endpoints.
+    #[arg(long, env = "WEBMESH_ZONE", value_name = "ID")]
+    pub zone: Option<String>,
+    /// WireGuard interface name [default: webmesh0].
+    #[arg(long, env = "WEBMESH_INTERFACE", value_name = "NAME")]
+    pub interface: Option<String>,
+    /// WireGuard UDP port [default: 51820].
+    #[arg(long, env = "WEBMESH_WIREGUARD_PORT", value_name = "N")]
+    pub wireguard_port: Option<String>,
+    /// MTU of the WireGuard interface [default: 1420].
+    #[arg(long, env = "WEBMESH_MTU", value_name = "N")]
+    pub mtu: Option<String>,
+    /// Leave the mesh (release addresses, drop Raft membership) on SIGTERM/SIGINT.
+    #[arg(long, env = "WEBMESH_LEAVE_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub leave_on_shutdown: Option<String>,
+    /// Run without a WireGuard interface: Raft and the API use the listen addresses
+    /// (labs and benchmarks; the mesh carries no traffic).
+    #[arg(long, env = "WEBMESH_NO_WIREGUARD", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_wireguard: Option<String>,
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "WEBMESH_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -102,6 +144,16 @@ struct FileConfig {
     ipv6_network: Option<String>,
     mesh_domain: Option<String>,
     bootstrap_default_policy: Option<String>,
+    join: Option<Vec<String>>,
+    voter: Option<bool>,
+    endpoint: Option<String>,
+    wireguard_endpoint: Option<Vec<String>>,
+    zone: Option<String>,
+    interface: Option<String>,
+    wireguard_port: Option<u16>,
+    mtu: Option<u32>,
+    leave_on_shutdown: Option<bool>,
+    no_wireguard: Option<bool>,
     log_level: Option<String>,
 }
 
@@ -120,6 +172,16 @@ pub struct Config {
     pub ipv6_network: Option<Ipv6Net>,
     pub mesh_domain: String,
     pub bootstrap_default_policy: DefaultPolicy,
+    pub join: Vec<String>,
+    pub voter: bool,
+    pub endpoint: Option<IpAddr>,
+    pub wireguard_endpoint: Vec<SocketAddr>,
+    pub zone: Option<String>,
+    pub interface: String,
+    pub wireguard_port: u16,
+    pub mtu: u32,
+    pub leave_on_shutdown: bool,
+    pub no_wireguard: bool,
     pub log_level: String,
 }
 
@@ -135,6 +197,16 @@ impl Default for Config {
             ipv6_network: None,
             mesh_domain: "webmesh.internal".into(),
             bootstrap_default_policy: DefaultPolicy::Accept,
+            join: vec![],
+            voter: false,
+            endpoint: None,
+            wireguard_endpoint: vec![],
+            zone: None,
+            interface: "webmesh0".into(),
+            wireguard_port: 51820,
+            mtu: 1420,
+            leave_on_shutdown: false,
+            no_wireguard: false,
             log_level: "info".into(),
         }
     }
@@ -214,6 +286,67 @@ impl Config {
                 }
             };
         }
+        let join = if flags.join.is_empty() {
+            file.join.unwrap_or_default()
+        } else {
+            flags.join.clone()
+        };
+        for j in &join {
+            validate_host_port(j).map_err(|e| invalid("join", j, e))?;
+        }
+        cfg.join = join;
+        cfg.voter = bool_layer("voter", &flags.voter, file.voter)?.unwrap_or(false);
+        if let Some(ep) = flags.endpoint.clone().or(file.endpoint) {
+            cfg.endpoint = Some(
+                ep.parse()
+                    .map_err(|_| invalid("endpoint", &ep, "must be an IP address"))?,
+            );
+        }
+        if let Some(port) = &flags.wireguard_port {
+            cfg.wireguard_port =
+                parse_port(port).map_err(|e| invalid("wireguard-port", port, e))?;
+        } else if let Some(p) = file.wireguard_port {
+            cfg.wireguard_port = if p == 0 {
+                return Err(invalid("wireguard-port", 0, "must be 1-65535"));
+            } else {
+                p
+            };
+        }
+        let wg_eps = if flags.wireguard_endpoint.is_empty() {
+            file.wireguard_endpoint.unwrap_or_default()
+        } else {
+            flags.wireguard_endpoint.clone()
+        };
+        for ep in &wg_eps {
+            let addr: SocketAddr = ep
+                .parse()
+                .map_err(|_| invalid("wireguard-endpoint", ep, "must be IP:PORT or [IPv6]:PORT"))?;
+            if addr.port() == 0 {
+                return Err(invalid("wireguard-endpoint", ep, "port must be 1-65535"));
+            }
+            cfg.wireguard_endpoint.push(addr);
+        }
+        if let Some(zone) = flags.zone.clone().or(file.zone) {
+            ids::validate_name(&zone).map_err(|e| invalid("zone", &zone, e))?;
+            cfg.zone = Some(zone);
+        }
+        if let Some(name) = flags.interface.clone().or(file.interface) {
+            validate_ifname(&name).map_err(|e| invalid("interface", &name, e))?;
+            cfg.interface = name;
+        }
+        if let Some(mtu) = &flags.mtu {
+            cfg.mtu = parse_mtu(mtu).map_err(|e| invalid("mtu", mtu, e))?;
+        } else if let Some(m) = file.mtu {
+            cfg.mtu = parse_mtu(&m.to_string()).map_err(|e| invalid("mtu", m, e))?;
+        }
+        cfg.leave_on_shutdown = bool_layer(
+            "leave-on-shutdown",
+            &flags.leave_on_shutdown,
+            file.leave_on_shutdown,
+        )?
+        .unwrap_or(false);
+        cfg.no_wireguard =
+            bool_layer("no-wireguard", &flags.no_wireguard, file.no_wireguard)?.unwrap_or(false);
         if let Some(level) = flags.log_level.clone().or(file.log_level) {
             tracing_subscriber::EnvFilter::try_new(&level)
                 .map_err(|e| invalid("log-level", &level, e))?;
@@ -244,6 +377,50 @@ fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         reason: e.to_string().replace('\n', " "),
     })
+}
+
+fn bool_layer(
+    key: &'static str,
+    flag: &Option<String>,
+    file: Option<bool>,
+) -> Result<Option<bool>, ConfigError> {
+    match flag {
+        Some(b) => parse_bool(b).map(Some).map_err(|e| invalid(key, b, e)),
+        None => Ok(file),
+    }
+}
+
+fn parse_mtu(s: &str) -> Result<u32, &'static str> {
+    match s.parse::<u32>() {
+        Ok(m) if (1280..=9000).contains(&m) => Ok(m),
+        _ => Err("must be 1280-9000 (IPv6 needs at least 1280)"),
+    }
+}
+
+/// `host:port` with a port; the host may be a name.
+fn validate_host_port(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or("must be HOST:PORT")?;
+    parse_port(port)?;
+    if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
+        return Err("must be HOST:PORT".into());
+    }
+    Ok(())
+}
+
+/// Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
+fn validate_ifname(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("must be 1-15 characters");
+    }
+    if s.chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || !c.is_ascii())
+    {
+        return Err("must not contain '/', ':' or spaces");
+    }
+    Ok(())
 }
 
 fn parse_bool(s: &str) -> Result<bool, &'static str> {
@@ -377,6 +554,18 @@ mod tests {
                 "must be accept or deny",
             ),
             (&["--bootstrap=perhaps"], "invalid bootstrap \"perhaps\""),
+            (&["--join", "nohost"], "invalid join \"nohost\""),
+            (&["--endpoint", "example.com"], "invalid endpoint"),
+            (
+                &["--wireguard-endpoint", "10.0.0.1"],
+                "invalid wireguard-endpoint",
+            ),
+            (
+                &["--interface", "a-very-long-interface-name"],
+                "invalid interface",
+            ),
+            (&["--mtu", "100"], "invalid mtu \"100\""),
+            (&["--zone", "a zone"], "invalid zone"),
         ];
         for (args, want) in cases {
             let err = Config::load(&flags(args)).unwrap_err().to_string();

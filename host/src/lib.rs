@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod mesh;
+pub mod net;
 pub mod node;
 pub mod raft;
 pub mod services;

@@ -6,6 +6,9 @@ use clap::Parser;
 use webmesh::config::{Config, Flags};
 use webmesh::node::Node;
 
+const QUIET: &str =
+    "openraft=error,openraft::replication=off,defguard_wireguard_rs=warn,defguard_boringtun=error";
+
 fn main() -> ExitCode {
     let flags = match Flags::try_parse() {
         Ok(f) => f,
@@ -35,11 +38,12 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_yaml());
         return ExitCode::SUCCESS;
     }
-    // openraft narrates every election at INFO; keep it to warnings unless asked.
+    // openraft narrates every election, and logs an error per retry to an unreachable
+    // member; defguard and boringtun narrate every peer. Quiet unless asked for.
     let filter = if cfg.log_level.contains("openraft") {
         cfg.log_level.clone()
     } else {
-        format!("{},openraft=warn", cfg.log_level)
+        format!("{},{QUIET}", cfg.log_level)
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -60,7 +64,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    let res = rt.block_on(run(cfg));
+    // Leaving, Raft and storage are done by now; do not wait on stragglers (e.g. a
+    // WireGuard control-socket read) to exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webmesh: {e:#}");

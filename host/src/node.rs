@@ -2,20 +2,24 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use defguard_wireguard_rs::key::Key;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{Instrument, info, info_span, warn};
-use webmesh_api::v1::{Feature, MeshNode};
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::{Feature, JoinRequest, JoinResponse, LeaveRequest, MeshNode};
 
 use crate::config::Config;
 use crate::mesh::{bootstrap, ids, ipam, keys};
+use crate::net::MeshNet;
+use crate::net::wireguard::Interface;
 use crate::raft::{Member, RaftNode};
 use crate::services::node::{NodeInfo, NodeService};
 use crate::store::engine::Engine;
@@ -39,6 +43,10 @@ pub enum NodeError {
     },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("join: {0}")]
+    Join(String),
+    #[error("network: {0}")]
+    Network(String),
     #[error("{0}")]
     Usage(String),
 }
@@ -159,12 +167,91 @@ pub struct Node {
     pub raft: RaftNode,
     pub grpc_addr: SocketAddr,
     pub raft_addr: SocketAddr,
+    pub net: Option<MeshNet>,
+    leave_on_shutdown: bool,
+    join: Vec<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// How long a joiner keeps trying its join addresses before giving up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// This node's mesh addresses and the networks they sit in.
+#[derive(Debug, Clone)]
+struct Addresses {
+    v4: Option<(Ipv4Addr, Ipv4Net)>,
+    v6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl Addresses {
+    fn from_record(node: &MeshNode, v4net: Option<Ipv4Net>, v6net: Option<Ipv6Net>) -> Addresses {
+        let v4 = node
+            .private_ipv4
+            .parse::<Ipv4Net>()
+            .ok()
+            .zip(v4net)
+            .map(|(a, n)| (a.addr(), n));
+        let v6 = node.private_ipv6.parse::<Ipv6Net>().ok().zip(v6net);
+        Addresses { v4, v6 }
+    }
+
+    /// Interface addresses, with the mesh networks' prefix lengths so that the whole
+    /// mesh routes through the interface.
+    fn interface(&self) -> Vec<(IpAddr, u8)> {
+        let mut out = Vec::new();
+        if let Some((a, n)) = self.v4 {
+            out.push((IpAddr::V4(a), n.prefix_len()));
+        }
+        if let Some((p, n)) = self.v6 {
+            out.push((IpAddr::V6(ipam::ipv6_host(p)), n.prefix_len()));
+        }
+        out
+    }
+
+    fn listen_ips(&self) -> Vec<IpAddr> {
+        self.interface().into_iter().map(|(ip, _)| ip).collect()
+    }
+}
+
+fn listen_err(addr: SocketAddr, what: &'static str) -> impl Fn(std::io::Error) -> NodeError {
+    move |e| NodeError::Listen {
+        addr,
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Binds every address and merges the connections.
+async fn bind_all(
+    addrs: &[SocketAddr],
+    what: &'static str,
+) -> Result<(Vec<SocketAddr>, Incoming), NodeError> {
+    let mut bound = Vec::new();
+    let mut streams: Vec<TcpListenerStream> = Vec::new();
+    for a in addrs {
+        // A fresh IPv6 address may still be tentative for a moment.
+        let mut tries = 0;
+        let l = loop {
+            match TcpListener::bind(a).await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other.map_err(listen_err(*a, what))?,
+            }
+        };
+        bound.push(l.local_addr().map_err(listen_err(*a, what))?);
+        streams.push(TcpListenerStream::new(l));
+    }
+    Ok((bound, Box::pin(futures::stream::select_all(streams))))
+}
+
+type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>>;
+
 impl Node {
-    /// Opens the data dir, starts Raft and the servers, and bootstraps or resumes.
+    /// Opens the data dir, starts Raft and the servers, and bootstraps, joins or resumes.
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
         let dir = DataDir::open(&cfg.data_dir)?;
         let name = dir.node_id(cfg.node_id.as_deref())?;
@@ -177,31 +264,110 @@ impl Node {
         let engine = Engine::open(&dir.raft_path())?;
         let raft = RaftNode::start(engine, &name).await?;
         let initialized = raft.is_initialized().await;
-        if !initialized && !cfg.bootstrap {
-            return Err(NodeError::Usage(format!(
-                "the data dir {} holds no mesh; pass --bootstrap to create one",
-                cfg.data_dir.display()
-            )));
-        }
-
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
 
-        // Raft transport first: peers (and our own election) need it.
-        let raft_listen = SocketAddr::new(cfg.grpc_listen.ip(), cfg.raft_port);
-        let raft_listener =
-            TcpListener::bind(raft_listen)
-                .await
-                .map_err(|e| NodeError::Listen {
-                    addr: raft_listen,
-                    what: "raft",
-                    reason: e.to_string(),
-                })?;
-        let raft_addr = raft_listener.local_addr().map_err(|e| NodeError::Listen {
-            addr: raft_listen,
-            what: "raft",
-            reason: e.to_string(),
-        })?;
+        // What we are: addresses, the first peers, and (bootstrap) the mesh's /48.
+        let mut initial_peers = Vec::new();
+        let mut zone = cfg.zone.clone().unwrap_or_default();
+        let mut bootstrap_v6 = None;
+        let addrs = if initialized {
+            let view = crate::net::load_view(&raft.engine);
+            match view.nodes.get(&name) {
+                Some(me) => {
+                    info!("resuming");
+                    if zone.is_empty() {
+                        zone = me.zone_awareness_id.clone();
+                    }
+                    Some(Addresses::from_record(
+                        me,
+                        view.ipv4_network,
+                        view.ipv6_network,
+                    ))
+                }
+                None if cfg.bootstrap => None,
+                None => {
+                    return Err(NodeError::Usage(format!(
+                        "the data dir {} holds Raft state but no record of node {name}; it may have left the mesh: remove the data dir to join again",
+                        cfg.data_dir.display()
+                    )));
+                }
+            }
+        } else if !cfg.bootstrap && cfg.join.is_empty() {
+            return Err(NodeError::Usage(format!(
+                "the data dir {} holds no mesh: pass --bootstrap to create one or --join ADDR to join one",
+                cfg.data_dir.display()
+            )));
+        } else {
+            None
+        };
+        let addrs = match addrs {
+            Some(a) => a,
+            None if cfg.bootstrap => {
+                // The first node takes the first addresses of the new mesh.
+                let v6net = cfg.ipv6_network.unwrap_or_else(ipam::random_ula48);
+                bootstrap_v6 = Some(v6net);
+                let v4 = ipam::next_ipv4(cfg.ipv4_network, &Default::default())
+                    .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+                let v6 = ipam::next_ipv6_prefix(v6net, &Default::default())
+                    .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+                Addresses {
+                    v4: Some((v4, cfg.ipv4_network)),
+                    v6: Some((v6, v6net)),
+                }
+            }
+            None => {
+                let resp = join_mesh(&cfg, &name, &key).await?;
+                initial_peers = resp.peers.clone();
+                let v4net: Option<Ipv4Net> = resp.network_ipv4.parse().ok();
+                let v6net: Option<Ipv6Net> = resp.network_ipv6.parse().ok();
+                let me = MeshNode {
+                    private_ipv4: resp
+                        .address_ipv4
+                        .parse::<Ipv4Net>()
+                        .map(|n| format!("{}/32", n.addr()))
+                        .unwrap_or_default(),
+                    private_ipv6: resp.address_ipv6.clone(),
+                    ..Default::default()
+                };
+                Addresses::from_record(&me, v4net, v6net)
+            }
+        };
+
+        // WireGuard first: Raft listens on the mesh addresses.
+        let iface = if cfg.no_wireguard {
+            None
+        } else {
+            let (ifname, port, mtu, k, list) = (
+                cfg.interface.clone(),
+                cfg.wireguard_port,
+                cfg.mtu,
+                key.clone(),
+                addrs.interface(),
+            );
+            let iface = tokio::task::spawn_blocking(move || {
+                Interface::create(&ifname, &k, port, mtu, &list)
+            })
+            .await
+            .map_err(|e| NodeError::Network(e.to_string()))?
+            .map_err(|e| NodeError::Network(e.to_string()))?;
+            info!(interface = %iface.name, backend = iface.backend.as_str(), port = iface.listen_port, addresses = ?addrs.interface(), "WireGuard interface up");
+            Some(Arc::new(iface))
+        };
+        // Peers before Raft: a joiner's leader reaches it through them.
+        let net =
+            iface.map(|iface| MeshNet::spawn(iface, raft.clone(), zone.clone(), initial_peers));
+        let raft_listen: Vec<SocketAddr> = if cfg.no_wireguard {
+            vec![SocketAddr::new(cfg.grpc_listen.ip(), cfg.raft_port)]
+        } else {
+            addrs
+                .listen_ips()
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, cfg.raft_port))
+                .collect()
+        };
+        let (raft_bound, raft_incoming) = bind_all(&raft_listen, "raft").await?;
+        let raft_addr = raft_bound[0];
         let raft_svc = webmesh_api::internal::raft_transport_server::RaftTransportServer::new(
             crate::raft::server::RaftServer::new(raft.raft.clone()),
         )
@@ -213,12 +379,9 @@ impl Node {
                 let res = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(raft_svc)
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(raft_listener),
-                        async move {
-                            let _ = rx.wait_for(|s| *s).await;
-                        },
-                    )
+                    .serve_with_incoming_shutdown(raft_incoming, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
                     .await;
                 if let Err(e) = res {
                     warn!(error = %e, "raft transport stopped");
@@ -226,40 +389,33 @@ impl Node {
             }
             .in_current_span(),
         ));
+        let (grpc_bound, grpc_incoming) = bind_all(&[cfg.grpc_listen], "gRPC API").await?;
+        let grpc_addr = grpc_bound[0];
 
-        let grpc_listener =
-            TcpListener::bind(cfg.grpc_listen)
-                .await
-                .map_err(|e| NodeError::Listen {
-                    addr: cfg.grpc_listen,
-                    what: "gRPC API",
-                    reason: e.to_string(),
-                })?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|e| NodeError::Listen {
-            addr: cfg.grpc_listen,
-            what: "gRPC API",
-            reason: e.to_string(),
-        })?;
-
-        if !initialized {
-            // The first node takes the first addresses of the mesh; its Raft and API
-            // addresses until WireGuard carries traffic are the ones it listens on.
+        if cfg.bootstrap && !initialized {
+            let advertise_ip = |bound: SocketAddr| match (cfg.no_wireguard, addrs.v4) {
+                (false, Some((v4, _))) => SocketAddr::new(IpAddr::V4(v4), bound.port()),
+                _ => advertise(bound),
+            };
             let me = Member {
                 name: name.clone(),
-                raft_addr: advertise(raft_addr).to_string(),
-                grpc_addr: advertise(grpc_addr).to_string(),
+                raft_addr: advertise_ip(raft_addr).to_string(),
+                grpc_addr: advertise_ip(grpc_addr).to_string(),
             };
             info!(raft = %me.raft_addr, "bootstrapping a new mesh");
             raft.initialize(me).await?;
         } else if cfg.bootstrap {
             info!("the data dir holds a mesh already: resuming it");
-        } else {
-            info!("resuming");
         }
-        raft.wait_for_leader(Duration::from_secs(30)).await?;
+        if cfg.bootstrap || initialized {
+            raft.wait_for_leader(Duration::from_secs(30)).await?;
+        } else {
+            info!("waiting for the Raft leader to reach this node through the mesh");
+            raft.wait_for_leader(JOIN_DEADLINE).await?;
+        }
         tasks.push(raft.spawn_ttl_sweeper());
         if cfg.bootstrap {
-            ensure_bootstrapped(&raft, &cfg, &name, &key).await?;
+            ensure_bootstrapped(&raft, &cfg, &name, &key, &addrs, bootstrap_v6).await?;
         }
 
         let info = Arc::new(NodeInfo {
@@ -267,11 +423,15 @@ impl Node {
             started: Instant::now(),
             features: vec![Feature::Nodes],
         });
-        let node_svc = webmesh_api::v1::node_server::NodeServer::new(NodeService::new(
-            raft.clone(),
-            info,
-            Arc::new(|| None),
-        ));
+        let metrics_iface = net.as_ref().map(|n| n.iface.clone());
+        let node_svc = webmesh_api::v1::node_server::NodeServer::new(
+            NodeService::new(
+                raft.clone(),
+                info,
+                Arc::new(move || metrics_iface.as_ref().and_then(|i| i.metrics().ok())),
+            )
+            .underlay(cfg.no_wireguard),
+        );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -288,12 +448,9 @@ impl Node {
                     .add_service(node_svc)
                     .add_service(reflection)
                     .add_service(reflection_alpha)
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(grpc_listener),
-                        async move {
-                            let _ = rx.wait_for(|s| *s).await;
-                        },
-                    )
+                    .serve_with_incoming_shutdown(grpc_incoming, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
                     .await;
                 if let Err(e) = res {
                     warn!(error = %e, "gRPC API stopped");
@@ -306,19 +463,171 @@ impl Node {
             raft,
             grpc_addr,
             raft_addr,
+            net,
+            leave_on_shutdown: cfg.leave_on_shutdown,
+            join: cfg.join.clone(),
             tasks,
             stop,
         })
     }
 
-    /// Stops the servers, then Raft.
+    /// Leaves the mesh if asked to, then stops the servers, WireGuard and Raft.
     pub async fn shutdown(self) {
+        if self.leave_on_shutdown {
+            match leave_mesh(&self.raft, &self.join).await {
+                Ok(()) => info!("left the mesh"),
+                Err(e) => warn!(error = %e, "could not leave the mesh"),
+            }
+        }
         let _ = self.stop.send(true);
+        if let Some(net) = &self.net {
+            net.stop();
+            let iface = net.iface.clone();
+            let _ = tokio::task::spawn_blocking(move || iface.remove()).await;
+        }
         self.raft.shutdown().await;
         for t in self.tasks {
             t.abort();
         }
     }
+}
+
+/// Asks the leader to remove this node: through the join addresses first (the
+/// underlay), because the reply of a leader reached through the mesh cannot come back
+/// once the leave has removed our tunnel.
+async fn leave_mesh(raft: &RaftNode, join: &[String]) -> Result<(), String> {
+    let req = LeaveRequest {
+        id: raft.name.clone(),
+    };
+    if raft.is_leader() {
+        return crate::services::membership::leave(raft, &req.id)
+            .await
+            .map_err(|s| s.message().to_string());
+    }
+    let mut targets: Vec<String> = join.to_vec();
+    if let Some(leader) = raft.leader() {
+        targets.push(leader.grpc_addr);
+    }
+    let mut last = "no leader known and no join address".to_string();
+    for t in targets {
+        let url = if t.contains("://") {
+            t.clone()
+        } else {
+            format!("http://{t}")
+        };
+        let attempt = async {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            NodeClient::new(ch)
+                .leave(req.clone())
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{t}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// The request this node joins with.
+fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
+    let mut wg_endpoints: Vec<String> = cfg
+        .wireguard_endpoint
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    if wg_endpoints.is_empty()
+        && let Some(ep) = cfg.endpoint
+    {
+        wg_endpoints.push(SocketAddr::new(ep, cfg.wireguard_port).to_string());
+    }
+    JoinRequest {
+        id: name.to_string(),
+        public_key: key.public_key().to_string(),
+        raft_port: i32::from(cfg.raft_port),
+        grpc_port: i32::from(cfg.grpc_listen.port()),
+        meshdns_port: 0,
+        primary_endpoint: cfg.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+        wireguard_endpoints: wg_endpoints,
+        zone_awareness_id: cfg.zone.clone().unwrap_or_default(),
+        assign_ipv4: true,
+        prefer_raft_ipv6: false,
+        as_voter: cfg.voter,
+        routes: vec![],
+        direct_peers: vec![],
+        features: vec![Feature::Nodes as i32],
+    }
+}
+
+/// Tries each join address in order, with backoff between rounds, until one accepts.
+/// Errors a retry cannot fix (bad input, refused credentials) stop at once.
+async fn join_mesh(cfg: &Config, name: &str, key: &Key) -> Result<JoinResponse, NodeError> {
+    let req = join_request(cfg, name, key);
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        for addr in &cfg.join {
+            info!("contacting {addr}");
+            match try_join(addr, &req).await {
+                Ok(resp) => {
+                    let role = if cfg.voter { "voter" } else { "non-voter" };
+                    info!("joined as {role} via {addr}");
+                    info!("address {} {}", resp.address_ipv4, resp.address_ipv6);
+                    return Ok(resp);
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::Unimplemented
+                    ) =>
+                {
+                    return Err(NodeError::Join(format!(
+                        "{addr} refused the join: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    )));
+                }
+                Err(s) => warn!("join via {addr} failed: {:?}: {}", s.code(), s.message()),
+            }
+        }
+        if Instant::now() + backoff > deadline {
+            return Err(NodeError::Join(format!(
+                "no join address accepted within {JOIN_DEADLINE:?}"
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn try_join(addr: &str, req: &JoinRequest) -> Result<JoinResponse, tonic::Status> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ch = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| tonic::Status::invalid_argument(format!("join address: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+    NodeClient::new(ch)
+        .join(req.clone())
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// An address peers can dial: a wildcard listen address becomes loopback.
@@ -342,6 +651,8 @@ async fn ensure_bootstrapped(
     cfg: &Config,
     name: &str,
     key: &Key,
+    addrs: &Addresses,
+    ipv6: Option<Ipv6Net>,
 ) -> Result<(), NodeError> {
     if let Some(existing) = raft.engine.get(keys::MESH_IPV4)? {
         if existing.value != cfg.ipv4_network.to_string() {
@@ -354,7 +665,9 @@ async fn ensure_bootstrapped(
             "the mesh has no settings yet but this node is not its leader".into(),
         ));
     }
-    let ipv6 = cfg.ipv6_network.unwrap_or_else(ipam::random_ula48);
+    let ipv6 = ipv6
+        .or(addrs.v6.map(|(_, n)| n))
+        .unwrap_or_else(ipam::random_ula48);
     let mut ops = bootstrap::objects(&bootstrap::MeshParams {
         node_id: name,
         ipv4_network: cfg.ipv4_network,
@@ -362,14 +675,10 @@ async fn ensure_bootstrapped(
         mesh_domain: &cfg.mesh_domain,
         default_policy: cfg.bootstrap_default_policy,
     });
-    let me = MeshNode {
-        id: name.to_string(),
-        public_key: key.public_key().to_string(),
-        raft_port: i32::from(cfg.raft_port),
-        grpc_port: i32::from(cfg.grpc_listen.port()),
-        features: vec![Feature::Nodes as i32],
-        ..Default::default()
-    };
+    let req = join_request(cfg, name, key);
+    let mut me = crate::mesh::membership::node_record(&req);
+    me.private_ipv4 = addrs.v4.map(|(a, _)| format!("{a}/32")).unwrap_or_default();
+    me.private_ipv6 = addrs.v6.map(|(p, _)| p.to_string()).unwrap_or_default();
     ops.push(Op::RegisterNode {
         node_json: serde_json::to_string(&me).map_err(|e| NodeError::Bootstrap(e.to_string()))?,
         assign_ipv4: true,

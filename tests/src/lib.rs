@@ -1,6 +1,8 @@
 //! Test harness for multi-host tests: real `webmesh` binaries, polled with deadlines,
 //! stopped and cleaned up even when a test fails (everything is released in `Drop`).
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

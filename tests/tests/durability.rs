@@ -124,7 +124,7 @@ async fn sigkill_loses_no_acknowledged_write() -> anyhow::Result<()> {
 async fn node_ids_are_bound_to_their_data_dir() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut node = LocalNode::new("owner", dir.path());
-    node.extra_args = vec!["--bootstrap".into()];
+    node.extra_args = vec!["--bootstrap".into(), "--no-wireguard".into()];
     node.spawn()?;
     node.wait_ready(Duration::from_secs(60)).await?;
     node.stop(Duration::from_secs(10)).expect("stopped");

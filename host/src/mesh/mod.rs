@@ -7,5 +7,6 @@ pub mod bootstrap;
 pub mod ids;
 pub mod ipam;
 pub mod keys;
+pub mod membership;
 pub mod peers;
 pub mod view;

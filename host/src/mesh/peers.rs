@@ -492,7 +492,7 @@ mod tests {
                     if a == z {
                         continue;
                     }
-                    let za = &v.nodes[z].private_ipv4.replace("/32", "/32");
+                    let za = &v.nodes[z].private_ipv4;
                     let Some(first) = pa.peers.iter().find(|p| p.allowed_ips.contains(za)) else {
                         continue;
                     };

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ServerState, SnapshotPolicy};
+use std::collections::BTreeSet;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
@@ -58,6 +60,8 @@ pub struct RaftNode {
     pub id: NodeId,
     pub name: String,
     events: broadcast::Sender<StateEvent>,
+    /// Raft takes one membership change at a time.
+    membership_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Timing suited to a LAN or WAN mesh: a lost leader is replaced in about a second.
@@ -101,6 +105,7 @@ impl RaftNode {
             id,
             name: name.to_string(),
             events,
+            membership_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -189,6 +194,110 @@ impl RaftNode {
             }
             Err(e) => Err(ProposeError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Applies a membership change, retrying while another one is in flight.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+        retain: bool,
+    ) -> Result<(), ProposeError> {
+        let _guard = self.membership_lock.lock().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.raft.change_membership(change.clone(), retain).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(ProposeError::NotLeader {
+                        leader: f.leader_node,
+                    });
+                }
+                Err(e) => return Err(ProposeError::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    /// Adds (or updates) `member` as a learner: it receives the log but has no vote.
+    pub async fn add_learner(&self, member: Member) -> Result<(), ProposeError> {
+        let id = ids::raft_id(&member.name);
+        if let Some(existing) = self.member(id) {
+            if existing.name != member.name {
+                return Err(ProposeError::Refused(format!(
+                    "node {:?} cannot join: its Raft ID collides with member {:?}; choose another ID",
+                    member.name, existing.name
+                )));
+            }
+            if existing == member {
+                return Ok(());
+            }
+            return self
+                .change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                    true,
+                )
+                .await;
+        }
+        self.change_membership(
+            ChangeMembers::AddNodes(BTreeMap::from([(id, member)])),
+            true,
+        )
+        .await
+    }
+
+    /// Makes a learner a voter once it has caught up with the leader's log (a voter that
+    /// cannot yet answer would stall commits). Gives up after `timeout`.
+    pub async fn promote_when_caught_up(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        let id = ids::raft_id(name);
+        if self.is_voter(name) {
+            return Ok(());
+        }
+        let mut rx = self.raft.metrics();
+        let caught_up = rx.wait_for(|m| {
+            let Some(repl) = &m.replication else {
+                return false;
+            };
+            let last = m.last_log_index.unwrap_or(0);
+            repl.get(&id)
+                .and_then(|l| l.as_ref())
+                .is_some_and(|l| l.index + 1 >= last)
+        });
+        match tokio::time::timeout(timeout, caught_up).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(ProposeError::Unavailable("raft stopped".into())),
+            Err(_) => {
+                return Err(ProposeError::Unavailable(format!(
+                    "{name} did not catch up with the log within {timeout:?}; it stays a non-voter"
+                )));
+            }
+        }
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+    }
+
+    /// Removes a node from Raft: its vote first, then its membership.
+    pub async fn remove_member(&self, name: &str) -> Result<(), ProposeError> {
+        let id = ids::raft_id(name);
+        if self.member(id).is_none_or(|m| m.name != name) {
+            return Ok(());
+        }
+        if self.is_voter(name) {
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await?;
+        }
+        if self.member(id).is_some() {
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Proposes deletes of expired keys while this node leads, so that expired keys

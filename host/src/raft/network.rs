@@ -32,7 +32,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
         let client = Endpoint::from_shared(format!("http://{}", node.raft_addr))
             .map(|e| {
-                e.connect_timeout(Duration::from_secs(2))
+                e.connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .connect_lazy()
@@ -106,6 +106,12 @@ impl std::fmt::Display for StrErr {
 impl std::error::Error for StrErr {}
 
 impl RaftNetwork<TypeConfig> for Peer {
+    /// Retry an unreachable peer soon: a joiner becomes reachable the moment its
+    /// WireGuard handshake completes.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

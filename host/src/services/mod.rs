@@ -1,6 +1,7 @@
 //! The public gRPC services and what they share: who is calling, and how internal
 //! errors become `tonic::Status` values a person can act on.
 
+pub mod membership;
 pub mod node;
 
 use std::net::IpAddr;
@@ -42,6 +43,63 @@ fn is_mapped_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
         IpAddr::V4(_) => false,
+    }
+}
+
+/// [`caller_from_addr`], plus mesh addresses: a TCP connection from a node's mesh
+/// address came through WireGuard, which authenticated the peer's key.
+pub fn identify(
+    remote: Option<IpAddr>,
+    local_node: &str,
+    engine: &crate::store::engine::Engine,
+) -> Caller {
+    let caller = caller_from_addr(remote, local_node);
+    let Some(ip) = remote.filter(|_| caller == Caller::Anonymous) else {
+        return caller;
+    };
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let Ok(nodes) = engine.list(crate::mesh::keys::NODES) else {
+        return Caller::Anonymous;
+    };
+    for e in nodes {
+        let Ok(n) = serde_json::from_str::<webmesh_api::v1::MeshNode>(&e.value) else {
+            continue;
+        };
+        let v4 = n
+            .private_ipv4
+            .parse::<ipnet::IpNet>()
+            .ok()
+            .map(|a| a.addr());
+        let v6 = n.private_ipv6.parse::<ipnet::IpNet>().ok();
+        if v4 == Some(ip) || v6.is_some_and(|p| p.contains(&ip)) {
+            return Caller::Node(n.id);
+        }
+    }
+    Caller::Anonymous
+}
+
+/// gRPC channels to other members, made once and kept (they reconnect by themselves).
+#[derive(Default)]
+pub struct Channels {
+    cache: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+}
+
+impl Channels {
+    pub fn get(&self, addr: &str) -> Result<tonic::transport::Channel, Status> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = cache.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::unavailable(format!("bad member address {addr}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        cache.insert(addr.to_string(), ch.clone());
+        Ok(ch)
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
 use openraft::ServerState;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_api::v1::node_server::Node;
@@ -14,8 +15,9 @@ use webmesh_api::v1::{
     SnapshotRequest, SnapshotResponse, Status as NodeStatus, UpdateRequest, UpdateResponse,
 };
 
-use super::{Caller, caller_from_addr, internal, propose_status};
-use crate::mesh::{ids, keys};
+use super::membership::{self as membership_svc, field_status};
+use super::{Caller, Channels, identify, internal, propose_status};
+use crate::mesh::{ids, keys, membership};
 use crate::raft::RaftNode;
 use crate::store::ops::Op;
 use crate::version;
@@ -30,9 +32,16 @@ pub struct NodeInfo {
 pub struct NodeService {
     raft: RaftNode,
     info: Arc<NodeInfo>,
-    /// WireGuard metrics, once the interface is up.
+    /// WireGuard metrics, once the interface is up (a blocking call).
     metrics: Arc<dyn Fn() -> Option<InterfaceMetrics> + Send + Sync>,
+    channels: Channels,
+    /// The mesh runs without WireGuard: members are reached on their primary endpoints.
+    underlay: bool,
 }
+
+/// Names the node that handled a join when it forwards it to the leader; trusted only
+/// from mesh members.
+pub const JOIN_VIA_HEADER: &str = "x-webmesh-join-via";
 
 impl NodeService {
     pub fn new(
@@ -44,11 +53,34 @@ impl NodeService {
             raft,
             info,
             metrics,
+            channels: Channels::default(),
+            underlay: false,
         }
     }
 
+    /// Members are reached on their primary endpoints (meshes run without WireGuard).
+    pub fn underlay(mut self, underlay: bool) -> Self {
+        self.underlay = underlay;
+        self
+    }
+
     fn caller<T>(&self, req: &Request<T>) -> Caller {
-        caller_from_addr(req.remote_addr().map(|a| a.ip()), &self.raft.name)
+        identify(
+            req.remote_addr().map(|a| a.ip()),
+            &self.raft.name,
+            &self.raft.engine,
+        )
+    }
+
+    /// A client of the leader, or why there is none. `None`: this node leads.
+    fn leader_client(&self) -> Result<Option<NodeClient<Channel>>, Status> {
+        if self.raft.is_leader() {
+            return Ok(None);
+        }
+        let leader = self.raft.leader().ok_or_else(|| {
+            Status::unavailable("no Raft leader is known right now; retry shortly")
+        })?;
+        Ok(Some(NodeClient::new(self.channels.get(&leader.grpc_addr)?)))
     }
 
     fn local_status(&self) -> NodeStatus {
@@ -87,7 +119,7 @@ impl NodeService {
             current_term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
-            interface_metrics: (self.metrics)(),
+            interface_metrics: None,
         }
     }
 
@@ -100,24 +132,18 @@ impl NodeService {
             .ok_or_else(|| {
                 Status::not_found(format!("id: no node {id:?} is a member of this mesh"))
             })?;
-        let unreachable = |e: &dyn std::fmt::Display| {
-            Status::unavailable(format!(
-                "node {id} at {} did not answer: {e}",
-                member.grpc_addr
-            ))
-        };
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", member.grpc_addr))
-                .map_err(|e| unreachable(&e))?
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(5))
-                .connect()
-                .await
-                .map_err(|e| unreachable(&e))?;
-        let status = NodeClient::new(channel)
-            .get_status(GetStatusRequest { id: id.to_string() })
+        let mut req = Request::new(GetStatusRequest { id: id.to_string() });
+        req.set_timeout(Duration::from_secs(5));
+        let status = NodeClient::new(self.channels.get(&member.grpc_addr)?)
+            .get_status(req)
             .await
-            .map_err(|e| unreachable(&e.message()))?;
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "node {id} at {} did not answer: {}",
+                    member.grpc_addr,
+                    e.message()
+                ))
+            })?;
         Ok(status.into_inner())
     }
 }
@@ -186,25 +212,65 @@ type DataChannelStream =
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn join(&self, _req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        Err(Status::unimplemented(
-            "Join: this node does not accept joins yet",
-        ))
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let caller = self.caller(&req);
+        membership::validate_join(req.get_ref()).map_err(field_status)?;
+        let via = req
+            .metadata()
+            .get(JOIN_VIA_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let join = req.into_inner();
+        match self.leader_client()? {
+            Some(mut leader) => {
+                let mut fwd = Request::new(join);
+                fwd.set_timeout(Duration::from_secs(30));
+                let me = self
+                    .raft
+                    .name
+                    .parse()
+                    .map_err(|_| Status::internal("node ID is not a header value"))?;
+                fwd.metadata_mut().insert(JOIN_VIA_HEADER, me);
+                leader.join(fwd).await
+            }
+            None => {
+                // The forwarding node is the joiner's first peer, if it is one of ours.
+                let handler = match (via, &caller) {
+                    (Some(v), Caller::Node(_)) if ids::validate_node_id(&v).is_ok() => v,
+                    _ => self.raft.name.clone(),
+                };
+                membership_svc::join(&self.raft, &join, &handler, self.underlay)
+                    .await
+                    .map(Response::new)
+            }
+        }
     }
 
     async fn update(
         &self,
-        _req: Request<UpdateRequest>,
+        req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "Update: this node does not accept updates yet",
-        ))
+        membership::validate_update(req.get_ref()).map_err(field_status)?;
+        let update = req.into_inner();
+        match self.leader_client()? {
+            Some(mut leader) => leader.update(update).await,
+            None => {
+                membership_svc::update(&self.raft, &update).await?;
+                Ok(Response::new(UpdateResponse {}))
+            }
+        }
     }
 
-    async fn leave(&self, _req: Request<LeaveRequest>) -> Result<Response<()>, Status> {
-        Err(Status::unimplemented(
-            "Leave: this node does not handle leaves yet",
-        ))
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<()>, Status> {
+        membership::validate_id(&req.get_ref().id).map_err(field_status)?;
+        let leave = req.into_inner();
+        match self.leader_client()? {
+            Some(mut leader) => leader.leave(leave).await,
+            None => {
+                membership_svc::leave(&self.raft, &leave.id).await?;
+                Ok(Response::new(()))
+            }
+        }
     }
 
     async fn get_status(
@@ -213,7 +279,13 @@ impl Node for NodeService {
     ) -> Result<Response<NodeStatus>, Status> {
         let id = req.into_inner().id;
         if id.is_empty() || id == self.raft.name {
-            return Ok(Response::new(self.local_status()));
+            let mut status = self.local_status();
+            let metrics = self.metrics.clone();
+            status.interface_metrics = tokio::task::spawn_blocking(move || metrics())
+                .await
+                .ok()
+                .flatten();
+            return Ok(Response::new(status));
         }
         ids::validate_node_id(&id).map_err(|why| Status::invalid_argument(format!("id: {why}")))?;
         self.remote_status(&id).await.map(Response::new)

@@ -24,7 +24,12 @@ async fn main() -> anyhow::Result<()> {
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))?;
     let mut node = LocalNode::new("bench-1", dir.path());
-    node.extra_args = vec!["--bootstrap".into(), "--log-level".into(), "warn".into()];
+    node.extra_args = vec![
+        "--bootstrap".into(),
+        "--no-wireguard".into(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
     node.spawn()?;
     node.wait_ready(Duration::from_secs(60)).await?;
     let value = "x".repeat(value_bytes);

@@ -1,0 +1,208 @@
+//! Join, Update and Leave on the leader: state changes, Raft membership, and the
+//! joiner's view of the mesh.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tonic::Status;
+use tracing::{info, warn};
+use webmesh_api::v1::{JoinRequest, JoinResponse, MeshNode, UpdateRequest};
+
+use super::propose_status;
+use crate::mesh::membership::{self, FieldError};
+use crate::mesh::{keys, peers};
+use crate::net::load_view;
+use crate::raft::{Member, ProposeError, RaftNode};
+use crate::store::ops::Op;
+
+pub fn field_status(e: FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn propose_err(e: ProposeError) -> Status {
+    match e {
+        ProposeError::Refused(reason) => Status::failed_precondition(reason),
+        other => propose_status(other),
+    }
+}
+
+/// How a member is reached inside the mesh: its mesh address (IPv4 unless it prefers
+/// IPv6 or has none) and ports.
+pub fn member_for(node: &MeshNode, prefer_ipv6: bool) -> Member {
+    let v4 = node.private_ipv4.parse::<IpNet>().ok().map(|n| n.addr());
+    let v6 = node
+        .private_ipv6
+        .parse::<IpNet>()
+        .ok()
+        .and_then(|n| match n {
+            IpNet::V6(p) => Some(IpAddr::V6(crate::mesh::ipam::ipv6_host(p))),
+            IpNet::V4(_) => None,
+        });
+    let ip = if prefer_ipv6 { v6.or(v4) } else { v4.or(v6) };
+    let addr = |port: i32| match ip {
+        Some(ip) => std::net::SocketAddr::new(ip, port as u16).to_string(),
+        None => String::new(),
+    };
+    Member {
+        name: node.id.clone(),
+        raft_addr: addr(node.raft_port),
+        grpc_addr: addr(node.grpc_port),
+    }
+}
+
+/// A member reached on its primary endpoint (meshes without WireGuard).
+fn underlay_member(node: &MeshNode) -> Option<Member> {
+    let ip: IpAddr = node.primary_endpoint.parse().ok()?;
+    Some(Member {
+        name: node.id.clone(),
+        raft_addr: std::net::SocketAddr::new(ip, node.raft_port as u16).to_string(),
+        grpc_addr: std::net::SocketAddr::new(ip, node.grpc_port as u16).to_string(),
+    })
+}
+
+fn mesh_node(json: Option<&str>) -> Result<MeshNode, Status> {
+    json.map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| Status::internal(format!("stored node record: {e}")))?
+        .ok_or_else(|| Status::internal("registration returned no record"))
+}
+
+/// A join, on the leader. `handler` is the node the joiner contacted (its first peer).
+pub async fn join(
+    raft: &RaftNode,
+    req: &JoinRequest,
+    handler: &str,
+    underlay: bool,
+) -> Result<JoinResponse, Status> {
+    if !req.direct_peers.is_empty() {
+        return Err(Status::unimplemented(
+            "direct_peers: ICE connections are not supported by this mesh; join without them",
+        ));
+    }
+    let view = load_view(&raft.engine);
+    let record = membership::node_record(req);
+    let mut ops = vec![Op::RegisterNode {
+        node_json: serde_json::to_string(&record).map_err(|e| Status::internal(e.to_string()))?,
+        assign_ipv4: req.assign_ipv4,
+    }];
+    ops.extend(membership::default_edges(&view, &record, handler));
+    if !req.routes.is_empty() {
+        ops.push(route_op(&req.id, &req.routes));
+    }
+    let committed = raft.propose(ops).await.map_err(propose_err)?;
+    let node = mesh_node(committed.outcome.value.as_deref())?;
+    let member = if underlay {
+        underlay_member(&node).ok_or_else(|| {
+            Status::invalid_argument(
+                "primary_endpoint: this mesh runs without WireGuard; joiners must give --endpoint",
+            )
+        })?
+    } else {
+        member_for(&node, req.prefer_raft_ipv6)
+    };
+    raft.add_learner(member).await.map_err(propose_err)?;
+    if req.as_voter {
+        let r = raft.clone();
+        let name = req.id.clone();
+        tokio::spawn(async move {
+            match r
+                .promote_when_caught_up(&name, Duration::from_secs(60))
+                .await
+            {
+                Ok(()) => info!(node = %name, "promoted to voter"),
+                Err(e) => warn!(node = %name, error = %e, "not promoted to voter"),
+            }
+        });
+    }
+    let view = load_view(&raft.engine);
+    let plan = peers::compute(&view, &req.id);
+    info!(node = %req.id, via = %handler, address_v4 = %node.private_ipv4, address_v6 = %node.private_ipv6, peers = plan.peers.len(), "node joined");
+    Ok(JoinResponse {
+        address_ipv4: with_network_bits(
+            &node.private_ipv4,
+            view.ipv4_network.map(|n| n.prefix_len()),
+        ),
+        address_ipv6: node.private_ipv6.clone(),
+        network_ipv4: view.ipv4_network.map(|n| n.to_string()).unwrap_or_default(),
+        network_ipv6: view.ipv6_network.map(|n| n.to_string()).unwrap_or_default(),
+        peers: plan.peers,
+        ice_servers: vec![],
+        dns_servers: vec![],
+        mesh_domain: view.mesh_domain.clone(),
+    })
+}
+
+/// "10.0.0.5/32" with the mesh network's prefix length: "10.0.0.5/12".
+fn with_network_bits(addr: &str, bits: Option<u8>) -> String {
+    match (addr.parse::<IpNet>(), bits) {
+        (Ok(n), Some(b)) => format!("{}/{b}", n.addr()),
+        _ => addr.to_string(),
+    }
+}
+
+/// The route a node advertises with `routes` on join or update.
+fn route_op(node: &str, cidrs: &[String]) -> Op {
+    let name = format!("{node}-auto");
+    let route = webmesh_api::v1::Route {
+        name: name.clone(),
+        node: node.to_string(),
+        destination_cidrs: cidrs.to_vec(),
+        next_hop_node: String::new(),
+    };
+    Op::Put {
+        key: format!("{}{name}", keys::ROUTES),
+        value: serde_json::to_string(&route).expect("routes serialize"),
+        ttl_ms: 0,
+    }
+}
+
+/// An update, on the leader: only the set fields change; `as_voter` promotes.
+pub async fn update(raft: &RaftNode, req: &UpdateRequest) -> Result<(), Status> {
+    let existing = raft
+        .engine
+        .get(&keys::node(&req.id))
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| {
+            Status::not_found(format!("id: no node {:?} in the mesh; join first", req.id))
+        })?;
+    let old: MeshNode =
+        serde_json::from_str(&existing.value).map_err(|e| Status::internal(e.to_string()))?;
+    let new = membership::updated_record(&old, req);
+    let mut ops = vec![Op::RegisterNode {
+        node_json: serde_json::to_string(&new).map_err(|e| Status::internal(e.to_string()))?,
+        assign_ipv4: !old.private_ipv4.is_empty(),
+    }];
+    if !req.routes.is_empty() {
+        ops.push(route_op(&req.id, &req.routes));
+    }
+    let committed = raft.propose(ops).await.map_err(propose_err)?;
+    let node = mesh_node(committed.outcome.value.as_deref())?;
+    if new.raft_port != old.raft_port || new.grpc_port != old.grpc_port {
+        raft.add_learner(member_for(&node, false))
+            .await
+            .map_err(propose_err)?;
+    }
+    if req.as_voter {
+        raft.promote_when_caught_up(&req.id, Duration::from_secs(30))
+            .await
+            .map_err(propose_err)?;
+    }
+    Ok(())
+}
+
+/// A leave, on the leader: the record, edges, auto route and Raft membership go.
+pub async fn leave(raft: &RaftNode, id: &str) -> Result<(), Status> {
+    let view = load_view(&raft.engine);
+    if !view.nodes.contains_key(id) {
+        return Err(Status::not_found(format!("id: no node {id:?} in the mesh")));
+    }
+    let mut ops = membership::leave_ops(&view, id);
+    ops.push(Op::Delete {
+        key: format!("{}{id}-auto", keys::ROUTES),
+    });
+    raft.propose(ops).await.map_err(propose_err)?;
+    raft.remove_member(id).await.map_err(propose_err)?;
+    info!(node = %id, "node left");
+    Ok(())
+}

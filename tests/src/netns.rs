@@ -1,0 +1,502 @@
+//! Test hosts: network namespaces on a bridge, each running a real `webmesh`.
+//!
+//! A test takes a numbered slot (an flock, released by the kernel even if the test is
+//! killed) and owns the names under its prefix `wm<slot>`: a bridge `wm<slot>br`
+//! holding 10.77.<slot>.254/24 in the root namespace, and per host a namespace
+//! `wm<slot>h<i>` with `eth0` = 10.77.<slot>.<i>/24 and a WireGuard interface
+//! `wm<slot>w<i>` (userspace WireGuard keeps its control socket under
+//! /var/run/wireguard, shared by all namespaces, so names must be unique). Leftovers of
+//! a crashed run in the same slot are removed first; everything is removed on drop.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use tonic::transport::Channel;
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::{GetStatusRequest, MeshNode, SnapshotRequest, Status};
+
+use crate::{bin, wait_for};
+
+const SLOT_DIR: &str = "/run/webmesh-e2e";
+
+fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn quiet(cmd: &str, args: &[&str]) {
+    let _ = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// One test's private network.
+pub struct TestNet {
+    pub slot: u8,
+    prefix: String,
+    dir: tempfile::TempDir,
+    pub hosts: BTreeMap<String, Host>,
+    next: u8,
+    _lock: Flock<File>,
+}
+
+/// A host: a namespace, its address, and its node process.
+pub struct Host {
+    pub id: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub ifname: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNet {
+    /// Takes a free slot and creates its bridge. Needs root.
+    pub fn new() -> Result<TestNet> {
+        std::fs::create_dir_all(SLOT_DIR)?;
+        let mut taken = None;
+        for slot in 1..=250u8 {
+            let f = File::create(format!("{SLOT_DIR}/slot-{slot}.lock"))?;
+            if let Ok(lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                taken = Some((slot, lock));
+                break;
+            }
+        }
+        let (slot, lock) = taken.context("no free test network slot")?;
+        let prefix = format!("wm{slot}");
+        cleanup_prefix(&prefix);
+        let bridge = format!("{prefix}br");
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("10.77.{slot}.254/24"),
+                "dev",
+                &bridge,
+            ],
+        )?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        Ok(TestNet {
+            slot,
+            prefix,
+            dir: tempfile::tempdir()?,
+            hosts: BTreeMap::new(),
+            next: 1,
+            _lock: lock,
+        })
+    }
+
+    /// Adds a host named `id` (also its node ID). The node is not started.
+    pub fn add_host(&mut self, id: &str) -> Result<&mut Host> {
+        let i = self.next;
+        self.next += 1;
+        let ns = format!("{}h{i}", self.prefix);
+        let (veth, peer) = (
+            format!("{}v{i}", self.prefix),
+            format!("{}p{i}", self.prefix),
+        );
+        let ip = Ipv4Addr::new(10, 77, self.slot, i);
+        run("ip", &["netns", "add", &ns])?;
+        run(
+            "ip",
+            &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+        )?;
+        run("ip", &["link", "set", &peer, "netns", &ns])?;
+        run(
+            "ip",
+            &[
+                "link",
+                "set",
+                &veth,
+                "master",
+                &format!("{}br", self.prefix),
+                "up",
+            ],
+        )?;
+        run("ip", &["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        let host = Host {
+            id: id.to_string(),
+            ns,
+            ip,
+            ifname: format!("{}w{i}", self.prefix),
+            data_dir: self.dir.path().join(id),
+            log: self.dir.path().join(format!("{id}.log")),
+            args: vec![],
+            child: None,
+        };
+        self.hosts.insert(id.to_string(), host);
+        Ok(self.hosts.get_mut(id).expect("just inserted"))
+    }
+
+    pub fn host(&mut self, id: &str) -> &mut Host {
+        self.hosts
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no host {id}"))
+    }
+
+    /// The gRPC address of a host's node.
+    pub fn grpc(&self, id: &str) -> String {
+        format!("{}:8443", self.hosts[id].ip)
+    }
+
+    /// Every node's log and network state, for failure messages.
+    pub fn logs(&self) -> String {
+        self.hosts
+            .values()
+            .map(|h| format!("---- {} ----\n{}\n{}", h.id, h.log_text(), self.diagnose(h)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// What `wg show` and the routing table say on `h`, and which hosts its mesh
+    /// address reaches.
+    fn diagnose(&self, h: &Host) -> String {
+        let text = |o: Result<std::process::Output>| match o {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e.to_string(),
+        };
+        let mut out = format!(
+            "[wg show]\n{}[routes]\n{}",
+            text(h.exec(&["wg", "show", &h.ifname])),
+            text(h.exec(&["ip", "route"]))
+        );
+        for other in self.hosts.values().filter(|o| o.id != h.id) {
+            let addr = format!("{}", other.ip);
+            out.push_str(&format!("[underlay ping {}] {}\n", other.id, h.ping(&addr)));
+        }
+        out
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for h in self.hosts.values_mut() {
+            h.kill9();
+        }
+        cleanup_prefix(&self.prefix);
+    }
+}
+
+/// Removes every namespace, link and userspace WireGuard socket named under `prefix`.
+fn cleanup_prefix(prefix: &str) {
+    if let Ok(dir) = std::fs::read_dir("/var/run/wireguard") {
+        let w = format!("{prefix}w");
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name
+                .strip_prefix(&w)
+                .and_then(|r| r.strip_suffix(".sock"))
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let ns_prefix = format!("{prefix}h");
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with(&ns_prefix)
+                && ns[ns_prefix.len()..].chars().all(|c| c.is_ascii_digit())
+            {
+                // Processes left in it by a killed test run.
+                if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+                    for pid in pids.split_whitespace() {
+                        quiet("kill", &["-9", pid]);
+                    }
+                }
+                quiet("ip", &["netns", "del", ns]);
+            }
+        }
+    }
+    if let Ok(links) = run("ip", &["-o", "link", "show"]) {
+        for l in links.lines() {
+            let name = l
+                .split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or(""))
+                .unwrap_or("");
+            let rest = name.strip_prefix(prefix).unwrap_or("");
+            let ours = !rest.is_empty()
+                && rest.starts_with(['v', 'b', 'w'])
+                && (rest == "br" || rest[1..].chars().all(|c| c.is_ascii_digit()));
+            if name.starts_with(prefix) && ours {
+                quiet("ip", &["link", "del", name]);
+            }
+        }
+    }
+}
+
+/// A peer as `wg show <if> dump` reports it.
+#[derive(Debug, Clone)]
+pub struct WgPeer {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ips: Vec<String>,
+    pub latest_handshake: u64,
+}
+
+impl Host {
+    /// Flags of the node on this host: its ID, data dir, interface, endpoint; plus `args`.
+    pub fn node_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--node-id".to_string(),
+            self.id.clone(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--interface".into(),
+            self.ifname.clone(),
+        ];
+        a.extend(self.args.iter().cloned());
+        a
+    }
+
+    /// Starts the node in the namespace.
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin("webmesh"))
+            .args(self.node_args())
+            .env("WEBMESH_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn webmesh")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        if let Some(c) = &self.child {
+            quiet("kill", &["-TERM", &c.id().to_string()]);
+        }
+    }
+
+    /// SIGTERM and wait (SIGKILL after `grace`).
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(mut c) = self.child.take() {
+            quiet("kill", &["-TERM", &c.id().to_string()]);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a command inside the namespace; it is killed after 15 s (a wedged device
+    /// must fail a test, not hang it).
+    pub fn exec(&self, cmd: &[&str]) -> Result<std::process::Output> {
+        Command::new("timeout")
+            .args(["-s", "KILL", "15", "ip", "netns", "exec", &self.ns])
+            .args(cmd)
+            .output()
+            .context("ip netns exec")
+    }
+
+    /// One ping to `addr` (v4 or v6), 1 s timeout.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "1", addr])
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The WireGuard peers as `wg` (wireguard-tools) reads them.
+    pub fn wg_peers(&self) -> Result<Vec<WgPeer>> {
+        let out = self.exec(&["wg", "show", &self.ifname, "dump"])?;
+        if !out.status.success() {
+            bail!(
+                "wg show {}: {}",
+                self.ifname,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f.len() >= 8).then(|| WgPeer {
+                    public_key: f[0].to_string(),
+                    endpoint: f[2].to_string(),
+                    allowed_ips: f[3]
+                        .split(',')
+                        .filter(|s| !s.is_empty() && *s != "(none)")
+                        .map(str::to_string)
+                        .collect(),
+                    latest_handshake: f[4].parse().unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn client(&self) -> Result<NodeClient<Channel>> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:8443", self.ip))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await?;
+        Ok(NodeClient::new(ch))
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        Ok(self
+            .client()
+            .await?
+            .get_status(GetStatusRequest::default())
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until the node answers and knows a leader.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status().await
+                && !s.current_leader.is_empty()
+            {
+                return Ok(s);
+            }
+            if !self.running() {
+                bail!(
+                    "{} exited before it was ready:\n{}",
+                    self.id,
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {timeout:?}:\n{}",
+                    self.id,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Node records of the mesh, as this node's replica has them.
+    pub async fn nodes(&self) -> Result<BTreeMap<String, MeshNode>> {
+        let snap = self
+            .client()
+            .await?
+            .snapshot(SnapshotRequest {})
+            .await?
+            .into_inner();
+        let state = <webmesh_api::internal::StateSnapshot as prost::Message>::decode(
+            snap.snapshot.as_slice(),
+        )?;
+        let mut out = BTreeMap::new();
+        for e in state.entries {
+            if let Some(id) = e.key.strip_prefix("/registry/nodes/") {
+                out.insert(id.to_string(), serde_json::from_str(&e.value)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The host part of a node's mesh IPv4 ("172.16.0.2/32" → "172.16.0.2").
+pub fn v4(n: &MeshNode) -> String {
+    n.private_ipv4
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A node's own IPv6 address (the first host of its /64).
+pub fn v6(n: &MeshNode) -> String {
+    let net: ipnet::Ipv6Net = n.private_ipv6.parse().expect("node has an IPv6 prefix");
+    std::net::Ipv6Addr::from(u128::from(net.network()) | 1).to_string()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Polls until every host pings every other host's mesh addresses (IPv4 and IPv6).
+pub async fn wait_full_mesh(
+    net: &TestNet,
+    nodes: &BTreeMap<String, MeshNode>,
+    timeout: Duration,
+) -> Result<()> {
+    for a in net.hosts.values() {
+        for (id, n) in nodes {
+            if *id == a.id || !net.hosts.contains_key(id) {
+                continue;
+            }
+            for addr in [v4(n), v6(n)] {
+                wait_for(
+                    &format!("{} to ping {id} at {addr}", a.id),
+                    timeout,
+                    || async { a.ping(&addr).then_some(()) },
+                )
+                .await
+                .with_context(|| net.logs())?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Multi-host meshes in network namespaces: real binaries, real WireGuard (userspace
+//! here), pings over the tunnels, `wg show` as an independent witness. Needs root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use webmesh_api::v1::LeaveRequest;
+use webmesh_e2e::netns::{TestNet, unix_now, v4, v6, wait_full_mesh};
+use webmesh_e2e::wait_for;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Starts `h1` as the bootstrap node of a new mesh.
+async fn bootstrap(net: &mut TestNet, extra: &[&str]) -> Result<()> {
+    let h = net.add_host("h1")?;
+    let ip = h.ip.to_string();
+    h.args = ["--bootstrap", "--endpoint", &ip]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    h.args.extend(extra.iter().map(|s| s.to_string()));
+    h.start()?;
+    h.wait_ready(READY).await?;
+    Ok(())
+}
+
+/// Adds and starts host `id` joining through `via`; `public` gives it an endpoint.
+async fn join(
+    net: &mut TestNet,
+    id: &str,
+    via: &[&str],
+    public: bool,
+    extra: &[&str],
+) -> Result<()> {
+    let joins: Vec<String> = via.iter().map(|v| net.grpc(v)).collect();
+    let h = net.add_host(id)?;
+    for j in joins {
+        h.args.extend(["--join".to_string(), j]);
+    }
+    if public {
+        h.args.extend(["--endpoint".to_string(), h.ip.to_string()]);
+    }
+    h.args.extend(extra.iter().map(|s| s.to_string()));
+    h.start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hosts_ping_every_pair_over_ipv4_and_ipv6() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &[]).await?;
+    join(&mut net, "h2", &["h1"], true, &[]).await?;
+    join(&mut net, "h3", &["h1"], true, &[]).await?;
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(READY).await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    ensure!(nodes.len() == 3, "3 node records, got {nodes:?}");
+    wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
+    // wireguard-tools sees each node's peers with a recent handshake.
+    for h in net.hosts.values() {
+        let peers = h.wg_peers()?;
+        let mut want: BTreeSet<String> = nodes
+            .values()
+            .filter(|n| n.id != h.id)
+            .map(|n| n.public_key.clone())
+            .collect();
+        for p in &peers {
+            ensure!(
+                unix_now().saturating_sub(p.latest_handshake) < 180,
+                "{}: peer {} has no recent handshake",
+                h.id,
+                p.public_key
+            );
+            want.remove(&p.public_key);
+        }
+        ensure!(want.is_empty(), "{}: wg show lacks {want:?}", h.id);
+    }
+    // Status reports the interface.
+    let st = net.hosts["h2"].status().await?;
+    let m = st.interface_metrics.context("interface metrics")?;
+    ensure!(
+        m.num_peers == 2 && m.device_name == net.hosts["h2"].ifname,
+        "{m:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_without_an_edge_reach_each_other_through_a_relay() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &[]).await?;
+    // Two hosts behind "NAT" (no endpoint): each has an edge to h1 only.
+    join(&mut net, "n2", &["h1"], false, &[]).await?;
+    join(&mut net, "n3", &["h1"], false, &[]).await?;
+    for id in ["n2", "n3"] {
+        net.host(id).wait_ready(READY).await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    let (n2, n3) = (&net.hosts["n2"], &net.hosts["n3"]);
+    // n2's only WireGuard peer is h1, which carries n3's addresses.
+    let peers = n2.wg_peers()?;
+    ensure!(
+        peers.len() == 1 && peers[0].public_key == nodes["h1"].public_key,
+        "{peers:?}"
+    );
+    ensure!(
+        peers[0].allowed_ips.contains(&nodes["n3"].private_ipv4),
+        "{peers:?}"
+    );
+    for (from, to) in [(n2, "n3"), (n3, "n2")] {
+        for addr in [v4(&nodes[to]), v6(&nodes[to])] {
+            wait_for(
+                &format!("{} to reach {to} at {addr} through h1", from.id),
+                Duration::from_secs(30),
+                || async { from.ping(&addr).then_some(()) },
+            )
+            .await
+            .with_context(|| net.logs())?;
+        }
+    }
+    ensure!(
+        net.hosts["h1"].log_text().contains("IP forwarding on"),
+        "the relay turned forwarding on"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_loss_among_three_voters_elects_a_new_leader() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &[]).await?;
+    join(&mut net, "h2", &["h1"], true, &["--voter"]).await?;
+    join(&mut net, "h3", &["h1"], true, &["--voter"]).await?;
+    join(&mut net, "h4", &["h1"], true, &[]).await?;
+    join(&mut net, "h5", &["h1"], true, &[]).await?;
+    for id in ["h2", "h3", "h4", "h5"] {
+        net.host(id).wait_ready(READY).await?;
+    }
+    // h2 and h3 become voters once caught up.
+    wait_for("3 voters", READY, || async {
+        let mut voters = 0;
+        for id in ["h1", "h2", "h3"] {
+            if net.hosts[id]
+                .status()
+                .await
+                .is_ok_and(|s| s.cluster_status == 1 || s.cluster_status == 2)
+            {
+                voters += 1;
+            }
+        }
+        (voters == 3).then_some(())
+    })
+    .await?;
+    let before = net.hosts["h1"].nodes().await?;
+    let leader = net.hosts["h2"].status().await?.current_leader;
+    net.host(&leader).kill9();
+
+    // A new leader among the two surviving voters.
+    let survivor = if leader == "h2" { "h3" } else { "h2" };
+    let new_leader = wait_for("a new leader", Duration::from_secs(30), || async {
+        let s = net.hosts[survivor].status().await.ok()?;
+        (!s.current_leader.is_empty() && s.current_leader != leader).then_some(s.current_leader)
+    })
+    .await
+    .with_context(|| net.logs())?;
+    ensure!(new_leader != leader);
+
+    // A sixth host joins through the survivors.
+    let survivors: Vec<&str> = ["h1", "h2", "h3"]
+        .into_iter()
+        .filter(|h| *h != leader)
+        .collect();
+    join(&mut net, "h6", &survivors, true, &[]).await?;
+    net.host("h6")
+        .wait_ready(READY)
+        .await
+        .with_context(|| net.logs())?;
+
+    // The killed host comes back with the same data dir and the same addresses.
+    net.host(&leader).start()?;
+    net.host(&leader).wait_ready(READY).await?;
+    let after = net.hosts[survivors[0]].nodes().await?;
+    ensure!(
+        after[&leader].private_ipv4 == before[&leader].private_ipv4,
+        "same IPv4"
+    );
+    ensure!(
+        after[&leader].private_ipv6 == before[&leader].private_ipv6,
+        "same IPv6"
+    );
+    ensure!(after.len() == 6, "six nodes: {:?}", after.keys());
+    let h6 = v4(&after["h6"]);
+    let back = &net.hosts[&leader];
+    wait_for(
+        "the restarted host to reach h6",
+        Duration::from_secs(30),
+        || async { back.ping(&h6).then_some(()) },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_leaves_disappears_from_every_peer_within_2s() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &[]).await?;
+    join(&mut net, "h2", &["h1"], true, &[]).await?;
+    join(&mut net, "h3", &["h1"], true, &["--leave-on-shutdown"]).await?;
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(READY).await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    let gone = nodes["h3"].public_key.clone();
+    for id in ["h1", "h2"] {
+        let h = &net.hosts[id];
+        wait_for(
+            &format!("{id} to peer with h3"),
+            Duration::from_secs(20),
+            || async {
+                h.wg_peers()
+                    .ok()?
+                    .iter()
+                    .any(|p| p.public_key == gone)
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    // SIGTERM with --leave-on-shutdown: the node leaves on its way out.
+    let started = std::time::Instant::now();
+    net.host("h3").signal_term();
+    for id in ["h1", "h2"] {
+        let h = &net.hosts[id];
+        wait_for(
+            &format!("h3 gone from {id}'s wg show"),
+            Duration::from_secs(2).saturating_sub(started.elapsed()),
+            || async { (!h.wg_peers().ok()?.iter().any(|p| p.public_key == gone)).then_some(()) },
+        )
+        .await
+        .with_context(|| net.logs())?;
+    }
+    net.host("h3").stop(Duration::from_secs(10));
+    ensure!(
+        net.host("h3").log_text().contains("left the mesh"),
+        "{}",
+        net.hosts["h3"].log_text()
+    );
+    let left = net.hosts["h1"].nodes().await?;
+    ensure!(!left.contains_key("h3"), "h3's record is gone");
+    // Leave of an unknown node is NotFound; a second leave through the API likewise.
+    let err = net.hosts["h2"]
+        .client()
+        .await?
+        .leave(LeaveRequest { id: "h3".into() })
+        .await
+        .unwrap_err();
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_joins_get_distinct_addresses() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &[]).await?;
+    let ids: Vec<String> = (1..=20).map(|i| format!("j{i:02}")).collect();
+    for id in &ids {
+        join(&mut net, id, &["h1"], true, &[]).await?;
+    }
+    for id in &ids {
+        net.host(id)
+            .wait_ready(Duration::from_secs(120))
+            .await
+            .with_context(|| net.logs())?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    ensure!(nodes.len() == 21, "21 records, got {}", nodes.len());
+    let v4s: BTreeSet<&str> = nodes.values().map(|n| n.private_ipv4.as_str()).collect();
+    let v6s: BTreeSet<&str> = nodes.values().map(|n| n.private_ipv6.as_str()).collect();
+    ensure!(
+        v4s.len() == 21 && v6s.len() == 21,
+        "distinct addresses: {v4s:?} {v6s:?}"
+    );
+    // Every joiner is up on its own address.
+    for id in &ids {
+        let h = &net.hosts[id];
+        let addr = v4(&nodes[id.as_str()]);
+        let st = h.status().await?;
+        let m = st.interface_metrics.context("metrics")?;
+        ensure!(
+            m.address_v4.starts_with(&format!("{addr}/")),
+            "{id}: {} vs {addr}",
+            m.address_v4
+        );
+    }
+    let by_addr: BTreeMap<&str, &str> = nodes
+        .values()
+        .map(|n| (n.private_ipv4.as_str(), n.id.as_str()))
+        .collect();
+    ensure!(by_addr.len() == 21);
+    Ok(())
+}
