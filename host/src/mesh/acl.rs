@@ -154,6 +154,128 @@ impl AclSet {
     pub fn edge_allowed(&self, a: (&str, &[IpAddr]), b: (&str, &[IpAddr])) -> bool {
         self.node_traffic_allowed(a, b) || self.node_traffic_allowed(b, a)
     }
+
+    /// Whether any rule matches on CIDRs (so node addresses matter).
+    pub fn uses_cidrs(&self) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(r.src_cidrs, CidrMatch::Nets(_)) || matches!(r.dst_cidrs, CidrMatch::Nets(_))
+        })
+    }
+
+    /// The rules compiled against a list of nodes: per node, a bitset of the rules that
+    /// can match it as a source and as a destination. A decision is then a few word
+    /// ANDs instead of a walk over every rule.
+    /// `position` maps each name of `nodes` to its index.
+    pub fn index(
+        &self,
+        nodes: &[&str],
+        position: &std::collections::HashMap<&str, usize, fnv::FnvBuildHasher>,
+        addrs: impl Fn(usize) -> Vec<IpAddr>,
+    ) -> AclIndex {
+        let words = self.rules.len().div_ceil(64).max(1);
+        let mut any_src = vec![0u64; words];
+        let mut any_dst = vec![0u64; words];
+        let mut src = vec![0u64; words * nodes.len()];
+        let mut dst = vec![0u64; words * nodes.len()];
+        let cidr_addrs: Vec<Vec<IpAddr>> = if self.uses_cidrs() {
+            (0..nodes.len()).map(&addrs).collect()
+        } else {
+            vec![]
+        };
+        for (r, rule) in self.rules.iter().enumerate() {
+            let (w, bit) = (r / 64, 1u64 << (r % 64));
+            for (m, cidrs, any, bits) in [
+                (&rule.src, &rule.src_cidrs, &mut any_src, &mut src),
+                (&rule.dst, &rule.dst_cidrs, &mut any_dst, &mut dst),
+            ] {
+                match (m, cidrs) {
+                    (NodeMatch::Any, CidrMatch::Any) => any[w] |= bit,
+                    (NodeMatch::Set(set), CidrMatch::Any) => {
+                        for name in set {
+                            if let Some(&i) = position.get(name.as_str()) {
+                                bits[i * words + w] |= bit;
+                            }
+                        }
+                    }
+                    (m, c) => {
+                        for i in 0..nodes.len() {
+                            if m.matches(nodes[i]) && c.matches(&cidr_addrs[i]) {
+                                bits[i * words + w] |= bit;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..nodes.len() {
+            for w in 0..words {
+                src[i * words + w] |= any_src[w];
+                dst[i * words + w] |= any_dst[w];
+            }
+        }
+        let decide = self
+            .rules
+            .iter()
+            .map(|r| {
+                if r.accept {
+                    Decision::Accept
+                } else if r.packet_level {
+                    Decision::Skip
+                } else {
+                    Decision::Deny
+                }
+            })
+            .collect();
+        AclIndex {
+            words,
+            src,
+            dst,
+            decide,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Accept,
+    Deny,
+    /// A packet-level DENY: it does not decide whether a tunnel is needed.
+    Skip,
+}
+
+/// [`AclSet`] compiled for a node list (see [`AclSet::index`]).
+pub struct AclIndex {
+    words: usize,
+    src: Vec<u64>,
+    dst: Vec<u64>,
+    decide: Vec<Decision>,
+}
+
+impl AclIndex {
+    /// [`AclSet::node_traffic_allowed`] for nodes `a` → `b` (by position).
+    pub fn traffic_allowed(&self, a: usize, b: usize) -> bool {
+        let (sa, db) = (
+            &self.src[a * self.words..][..self.words],
+            &self.dst[b * self.words..][..self.words],
+        );
+        for w in 0..self.words {
+            let mut m = sa[w] & db[w];
+            while m != 0 {
+                let r = w * 64 + m.trailing_zeros() as usize;
+                match self.decide[r] {
+                    Decision::Accept => return true,
+                    Decision::Deny => return false,
+                    Decision::Skip => m &= m - 1,
+                }
+            }
+        }
+        false
+    }
+
+    /// [`AclSet::edge_allowed`] by position.
+    pub fn edge_allowed(&self, a: usize, b: usize) -> bool {
+        self.traffic_allowed(a, b) || self.traffic_allowed(b, a)
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +345,58 @@ mod tests {
         let outside: &[IpAddr] = &["10.0.1.7".parse().unwrap()];
         assert!(set.node_traffic_allowed(("x", inside), ("db", NONE)));
         assert!(!set.node_traffic_allowed(("x", outside), ("db", NONE)));
+    }
+
+    #[test]
+    fn the_index_decides_like_the_rules() {
+        let groups = BTreeMap::from([(
+            "g".to_string(),
+            Group {
+                name: "g".into(),
+                subjects: vec![Subject {
+                    name: "b".into(),
+                    r#type: SubjectType::SubjectNode as i32,
+                }],
+            },
+        )]);
+        let mut port = acl("port", 50, false, &["a"], &["*"]);
+        port.ports = vec![22];
+        let mut cidr = acl("cidr", 40, false, &[], &["c"]);
+        cidr.source_cidrs = vec!["10.0.0.0/31".into()];
+        // Enough rules to need more than one bitset word.
+        let mut acls: Vec<NetworkAcl> = (0..70)
+            .map(|i| acl(&format!("x{i}"), 100 + i, false, &["nobody"], &["*"]))
+            .collect();
+        acls.extend([
+            acl("g-d", 60, false, &["group:g"], &["d"]),
+            port,
+            cidr,
+            acl("a-b", 30, true, &["a"], &["b"]),
+            acl("rest", 0, true, &["*"], &["*"]),
+        ]);
+        let set = AclSet::new(&acls, &groups);
+        let names = ["a", "b", "c", "d"];
+        let addrs = |i: usize| vec![format!("10.0.0.{i}").parse().unwrap()];
+        let position = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let idx = set.index(&names, &position, addrs);
+        for a in 0..4 {
+            for b in 0..4 {
+                let direct = set.node_traffic_allowed((names[a], &addrs(a)), (names[b], &addrs(b)));
+                assert_eq!(
+                    idx.traffic_allowed(a, b),
+                    direct,
+                    "{} -> {}",
+                    names[a],
+                    names[b]
+                );
+            }
+        }
+        assert!(!idx.traffic_allowed(1, 3), "group:g denies b -> d");
+        assert!(
+            !idx.traffic_allowed(0, 2) && !idx.traffic_allowed(1, 2),
+            "10.0.0.0/31 (a, b) -> c denied"
+        );
+        assert!(idx.traffic_allowed(2, 3));
     }
 
     #[test]

@@ -39,12 +39,10 @@ pub struct PeerPlan {
 fn edge_cost(a: &str, b: &str, weight: i32) -> u128 {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     // A well-mixed hash: with a weak one (FNV), similar names give sums that tie.
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(lo.as_bytes());
-    h.update(&[0]);
-    h.update(hi.as_bytes());
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    let h = xxh3_64_with_seed(hi.as_bytes(), xxh3_64(lo.as_bytes()));
     let w = weight.clamp(1, i32::MAX) as u128;
-    (1u128 << 112) | (w << 64) | u128::from(h.digest() & 0xffff_ffff_ffff)
+    (1u128 << 112) | (w << 64) | u128::from(h & 0xffff_ffff_ffff)
 }
 
 /// The host addresses of a node as allowed-IP CIDRs: its IPv4 /32 and IPv6 /64.
@@ -66,33 +64,58 @@ pub fn node_allowed_ips(n: &MeshNode) -> Vec<String> {
 /// The graph of allowed edges, indexed, ready for path queries.
 pub struct Graph<'a> {
     pub nodes: Vec<&'a MeshNode>,
-    index: HashMap<&'a str, usize>,
-    adj: Vec<Vec<(usize, u128)>>,
+    index: HashMap<&'a str, usize, fnv::FnvBuildHasher>,
+    /// Adjacency in compressed form: the neighbours of `i` (with edge costs) are
+    /// `adj[offsets[i]..offsets[i + 1]]`. One allocation, scanned linearly.
+    offsets: Vec<usize>,
+    adj: Vec<(usize, u128)>,
 }
 
 impl<'a> Graph<'a> {
     pub fn build(view: &'a MeshView) -> Graph<'a> {
         let nodes: Vec<&MeshNode> = view.nodes.values().collect();
-        let index: HashMap<&str, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id.as_str(), i))
-            .collect();
-        let acls = AclSet::new(view.acls.values(), &view.groups);
-        let addrs: Vec<Vec<IpAddr>> = nodes.iter().map(|n| node_addrs(n)).collect();
-        let mut adj = vec![Vec::new(); nodes.len()];
+        let mut index: HashMap<&str, usize, fnv::FnvBuildHasher> =
+            HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
+        for (i, n) in nodes.iter().enumerate() {
+            index.insert(n.id.as_str(), i);
+        }
+        let names: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let acls = AclSet::new(view.acls.values(), &view.groups)
+            .index(&names, &index, |i| node_addrs(nodes[i]));
+        let mut allowed: Vec<(usize, usize, u128)> = Vec::with_capacity(view.edges.len());
+        let mut degree = vec![0usize; nodes.len() + 1];
         for ((a, b), edge) in &view.edges {
             let (Some(&ia), Some(&ib)) = (index.get(a.as_str()), index.get(b.as_str())) else {
                 continue;
             };
-            if ia == ib || !acls.edge_allowed((a, &addrs[ia]), (b, &addrs[ib])) {
+            if ia == ib || !acls.edge_allowed(ia, ib) {
                 continue;
             }
-            let cost = edge_cost(a, b, edge.weight);
-            adj[ia].push((ib, cost));
-            adj[ib].push((ia, cost));
+            allowed.push((ia, ib, edge_cost(a, b, edge.weight)));
+            degree[ia] += 1;
+            degree[ib] += 1;
         }
-        Graph { nodes, index, adj }
+        let mut offsets = Vec::with_capacity(nodes.len() + 1);
+        let mut total = 0;
+        for d in &degree[..nodes.len()] {
+            offsets.push(total);
+            total += d;
+        }
+        offsets.push(total);
+        let mut fill = offsets.clone();
+        let mut adj = vec![(0usize, 0u128); total];
+        for (a, b, cost) in allowed {
+            adj[fill[a]] = (b, cost);
+            fill[a] += 1;
+            adj[fill[b]] = (a, cost);
+            fill[b] += 1;
+        }
+        Graph {
+            nodes,
+            index,
+            offsets,
+            adj,
+        }
     }
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
@@ -112,7 +135,7 @@ impl<'a> Graph<'a> {
             if dist[u].is_some_and(|best| d > best) {
                 continue;
             }
-            for &(v, c) in &self.adj[u] {
+            for &(v, c) in self.edges_of(u) {
                 let nd = d + c;
                 if dist[v].is_none_or(|old| nd < old) {
                     dist[v] = Some(nd);
@@ -124,8 +147,12 @@ impl<'a> Graph<'a> {
         (hop, dist)
     }
 
+    fn edges_of(&self, i: usize) -> &[(usize, u128)] {
+        &self.adj[self.offsets[i]..self.offsets[i + 1]]
+    }
+
     pub fn neighbours(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        self.adj[i].iter().map(|&(v, _)| v)
+        self.edges_of(i).iter().map(|&(v, _)| v)
     }
 }
 
@@ -136,6 +163,11 @@ pub fn compute(view: &MeshView, me: &str) -> PeerPlan {
 }
 
 /// [`compute`] on a graph already built (to plan for many nodes of one view).
+///
+/// WireGuard picks a peer by longest-prefix match on allowed IPs, so the neighbour that
+/// relays the most nodes carries the whole mesh networks instead of one entry per
+/// relayed node; every other peer's more specific entries still win. A leaf of a large
+/// mesh then configures a handful of allowed IPs, not one per node.
 pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
     let Some(src) = graph.index_of(me) else {
         return PeerPlan::default();
@@ -149,6 +181,25 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         .enumerate()
         .map(|(s, &v)| (v, s))
         .collect();
+    // How many nodes each neighbour relays for me.
+    let mut relayed = vec![0usize; neighbours.len()];
+    for (v, h) in hop.iter().enumerate() {
+        if let Some(h) = h
+            && *h != v
+            && let Some(&s) = slot.get(h)
+        {
+            relayed[s] += 1;
+        }
+    }
+    let summary: Option<usize> = match (view.ipv4_network, view.ipv6_network) {
+        (Some(_), Some(_)) => relayed
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c >= 2)
+            .max_by_key(|(s, c)| (**c, std::cmp::Reverse(*s)))
+            .map(|(s, _)| s),
+        _ => None,
+    };
     let mut peers: Vec<WireGuardPeer> = neighbours
         .iter()
         .map(|&v| {
@@ -161,21 +212,26 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
                 zone_awareness_id: n.zone_awareness_id.clone(),
                 address_ipv4: n.private_ipv4.clone(),
                 address_ipv6: n.private_ipv6.clone(),
-                allowed_ips: node_allowed_ips(n),
+                allowed_ips: view.allowed_ips_of(n),
                 allowed_routes: vec![],
                 ice: false,
             }
         })
         .collect();
+    if let (Some(s), Some(v4), Some(v6)) = (summary, view.ipv4_network, view.ipv6_network) {
+        peers[s].allowed_ips.push(v4.to_string());
+        peers[s].allowed_ips.push(v6.to_string());
+    }
     // Nodes without an edge to me, through the neighbour that starts the path.
     for (v, h) in hop.iter().enumerate() {
         if let Some(h) = h
             && *h != v
             && let Some(&s) = slot.get(h)
+            && Some(s) != summary
         {
             peers[s]
                 .allowed_ips
-                .extend(node_allowed_ips(graph.nodes[v]));
+                .extend(view.allowed_ips_of(graph.nodes[v]));
         }
     }
     // Routes: towards the nearest node serving them (their next hop, if they name one).
@@ -217,10 +273,20 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
             }
         }
     }
-    let relays = neighbours.iter().enumerate().any(|(i, &a)| {
-        neighbours[i + 1..]
-            .iter()
-            .any(|&b| !graph.adj[a].iter().any(|&(x, _)| x == b))
+    // I relay if my neighbourhood is not a clique: some neighbour misses an edge to
+    // another (one pass over the neighbours' adjacency lists).
+    let mut is_neighbour = vec![false; graph.nodes.len()];
+    for &v in &neighbours {
+        is_neighbour[v] = true;
+    }
+    let relays = neighbours.iter().any(|&a| {
+        let mut linked: Vec<usize> = graph
+            .neighbours(a)
+            .filter(|&x| is_neighbour[x] && x != a)
+            .collect();
+        linked.sort_unstable();
+        linked.dedup();
+        linked.len() < neighbours.len() - 1
     });
     PeerPlan { peers, relays }
 }
@@ -264,21 +330,19 @@ pub fn choose_endpoint(peer: &WireGuardPeer, my_zone: &str) -> Option<SocketAddr
 mod tests {
     use super::*;
     use crate::mesh::view::edge_key;
+    use ipnet::IpNet;
     use webmesh_api::v1::{AclAction, MeshEdge, NetworkAcl, Route};
 
     fn view(nodes: &[&str], edges: &[(&str, &str, i32)]) -> MeshView {
         let mut v = MeshView::default();
         for (i, id) in nodes.iter().enumerate() {
-            v.nodes.insert(
-                id.to_string(),
-                MeshNode {
-                    id: id.to_string(),
-                    public_key: format!("key-{id}"),
-                    private_ipv4: format!("10.0.0.{}/32", i + 1),
-                    private_ipv6: format!("fd00:0:0:{:x}::/64", i + 1),
-                    ..Default::default()
-                },
-            );
+            v.insert_node(MeshNode {
+                id: id.to_string(),
+                public_key: format!("key-{id}"),
+                private_ipv4: format!("10.0.0.{}/32", i + 1),
+                private_ipv6: format!("fd00:0:0:{:x}::/64", i + 1),
+                ..Default::default()
+            });
         }
         for (a, b, w) in edges {
             v.edges.insert(
@@ -291,6 +355,8 @@ mod tests {
                 },
             );
         }
+        v.ipv4_network = Some("10.0.0.0/24".parse().unwrap());
+        v.ipv6_network = Some("fd00::/48".parse().unwrap());
         v.acls.insert(
             "default".into(),
             NetworkAcl {
@@ -448,10 +514,51 @@ mod tests {
         );
     }
 
+    /// The peer WireGuard sends `addr` to: the longest allowed-IP prefix holding it,
+    /// which must be unique.
+    fn route<'a>(plan: &'a PeerPlan, addr: &str) -> Option<&'a str> {
+        let ip: IpAddr = addr.split('/').next().unwrap().parse().unwrap();
+        let mut best: Option<(u8, &str)> = None;
+        let mut tie = false;
+        for p in &plan.peers {
+            for c in &p.allowed_ips {
+                let net: IpNet = c.parse().unwrap();
+                if net.contains(&ip) {
+                    match best {
+                        Some((len, _)) if len > net.prefix_len() => {}
+                        Some((len, id)) if len == net.prefix_len() && id != p.id => tie = true,
+                        _ => {
+                            tie = false;
+                            best = Some((net.prefix_len(), p.id.as_str()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!tie, "{addr} matches two peers equally");
+        best.map(|(_, id)| id)
+    }
+
+    #[test]
+    fn a_leaf_of_a_large_mesh_gets_the_mesh_networks_not_every_node() {
+        let names: Vec<String> = (0..50).map(|i| format!("n{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        // n00 is the hub; everyone else hangs off it.
+        let edges: Vec<(&str, &str, i32)> = refs[1..].iter().map(|n| ("n00", *n, 1)).collect();
+        let v = view(&refs, &edges);
+        let leaf = compute(&v, "n07");
+        assert_eq!(
+            allowed(&leaf, "n00"),
+            ["10.0.0.1/32", "fd00:0:0:1::/64", "10.0.0.0/24", "fd00::/48"]
+        );
+        assert_eq!(route(&leaf, "10.0.0.30"), Some("n00"));
+    }
+
     #[test]
     fn peering_is_symmetric_on_random_graphs() {
-        // Property: b is a's peer iff a is b's peer, and each node's addresses appear
-        // in exactly one peer's allowed IPs of every node that can reach it.
+        // Property: b is a's peer iff a is b's peer; every reachable address routes to
+        // exactly one peer; and a's packets to z arrive at z from the peer z routes a
+        // through (WireGuard drops them otherwise).
         let mut seed = 0x2545f4914f6cdd1du64;
         let mut rnd = || {
             seed ^= seed << 13;
@@ -471,6 +578,7 @@ mod tests {
                 }
             }
             let v = view(&refs, &edges);
+            let graph = Graph::build(&v);
             let plans: HashMap<&str, PeerPlan> =
                 refs.iter().map(|&n| (n, compute(&v, n))).collect();
             for (&a, pa) in &plans {
@@ -481,44 +589,29 @@ mod tests {
                         peer.id
                     );
                 }
-                let mut seen = std::collections::HashSet::new();
-                for ip in pa.peers.iter().flat_map(|p| &p.allowed_ips) {
-                    assert!(seen.insert(ip.clone()), "{ip} under two peers of {a}");
-                }
             }
-            // Relay consistency: a's packets to z arrive at z from the peer z routes a through.
-            for (&a, pa) in &plans {
-                for (&z, pz) in &plans {
-                    if a == z {
+            for &a in &refs {
+                let (hops, _) = graph.first_hops(graph.index_of(a).unwrap());
+                for &z in &refs {
+                    if a == z || hops[graph.index_of(z).unwrap()].is_none() {
                         continue;
                     }
-                    let za = &v.nodes[z].private_ipv4;
-                    let Some(first) = pa.peers.iter().find(|p| p.allowed_ips.contains(za)) else {
-                        continue;
-                    };
-                    // Walk the relays from a to z.
-                    let mut at = first.id.as_str();
+                    let (za, aa) = (&v.nodes[z].private_ipv4, &v.nodes[a].private_ipv4);
+                    let mut at = route(&plans[a], za).expect("a routes to z");
                     let mut prev = a;
                     for _ in 0..12 {
                         if at == z {
                             break;
                         }
-                        let next = plans[at]
-                            .peers
-                            .iter()
-                            .find(|p| p.allowed_ips.contains(za))
-                            .expect("relay knows the way");
                         prev = at;
-                        at = next.id.as_str();
+                        at = route(&plans[at], za).expect("a relay knows the way");
                     }
                     assert_eq!(at, z, "{a} reaches {z}");
-                    let aa = &v.nodes[a].private_ipv4;
-                    let back = pz
-                        .peers
-                        .iter()
-                        .find(|p| p.allowed_ips.contains(aa))
-                        .expect("z routes back to a");
-                    assert_eq!(back.id, prev, "{z} expects {a}'s packets from {prev}");
+                    assert_eq!(
+                        route(&plans[z], aa),
+                        Some(prev),
+                        "{z} expects {a}'s packets from {prev}"
+                    );
                 }
             }
         }

@@ -22,6 +22,9 @@ pub fn edge_key(a: &str, b: &str) -> EdgeKey {
 #[derive(Debug, Clone, Default)]
 pub struct MeshView {
     pub nodes: BTreeMap<String, MeshNode>,
+    /// Each node's own allowed IPs (its IPv4 /32 and IPv6 /64), formatted once when
+    /// its record changes rather than on every peer computation.
+    pub node_ips: BTreeMap<String, Vec<String>>,
     pub edges: BTreeMap<EdgeKey, MeshEdge>,
     pub acls: BTreeMap<String, NetworkAcl>,
     pub routes: BTreeMap<String, Route>,
@@ -72,10 +75,12 @@ impl MeshView {
         match (sec, value) {
             (Section::Nodes, Some(v)) => {
                 let n: MeshNode = serde_json::from_str(v).map_err(decode_err)?;
-                self.nodes.insert(name(keys::NODES), n);
+                self.insert_node(n);
             }
             (Section::Nodes, None) => {
-                self.nodes.remove(&name(keys::NODES));
+                let id = name(keys::NODES);
+                self.nodes.remove(&id);
+                self.node_ips.remove(&id);
             }
             (Section::Edges, v) => {
                 let rest = name(keys::EDGES);
@@ -123,6 +128,21 @@ impl MeshView {
             (Section::Other, _) => {}
         }
         Ok(sec)
+    }
+
+    /// Adds or replaces a node record.
+    pub fn insert_node(&mut self, n: MeshNode) {
+        self.node_ips
+            .insert(n.id.clone(), super::peers::node_allowed_ips(&n));
+        self.nodes.insert(n.id.clone(), n);
+    }
+
+    /// A node's own allowed IPs (see [`MeshView::node_ips`]).
+    pub fn allowed_ips_of(&self, n: &MeshNode) -> Vec<String> {
+        self.node_ips
+            .get(&n.id)
+            .cloned()
+            .unwrap_or_else(|| super::peers::node_allowed_ips(n))
     }
 
     /// Builds a view from (key, value) pairs, skipping undecodable records.
