@@ -16,9 +16,11 @@ use webmesh::mesh::view::{MeshView, edge_key};
 use webmesh_api::v1::{AclAction, MeshEdge, MeshNode, NetworkAcl, Route};
 
 fn mesh(n: usize, acls: usize, routes: usize) -> MeshView {
-    let mut v = MeshView::default();
-    v.ipv4_network = Some("172.16.0.0/12".parse().expect("cidr"));
-    v.ipv6_network = Some("fd00:1:2::/48".parse().expect("cidr"));
+    let mut v = MeshView {
+        ipv4_network: Some("172.16.0.0/12".parse().expect("cidr")),
+        ipv6_network: Some("fd00:1:2::/48".parse().expect("cidr")),
+        ..Default::default()
+    };
     let id = |i: usize| format!("node-{i:05}");
     for i in 0..n {
         v.insert_node(MeshNode {

@@ -244,7 +244,14 @@ async fn bind_all(
         bound.push(l.local_addr().map_err(listen_err(*a, what))?);
         streams.push(TcpListenerStream::new(l));
     }
-    Ok((bound, Box::pin(futures::stream::select_all(streams))))
+    // tonic's `tcp_nodelay` applies only to sockets it binds itself: without it, small
+    // gRPC replies wait on Nagle's algorithm for the peer's delayed ACK (~40 ms).
+    let incoming = futures::stream::StreamExt::map(futures::stream::select_all(streams), |conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    });
+    Ok((bound, Box::pin(incoming)))
 }
 
 type Incoming =

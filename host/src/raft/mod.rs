@@ -22,9 +22,9 @@ pub use types::{Member, NodeId, Raft, TypeConfig};
 
 use crate::mesh::ids;
 use crate::store::engine::Engine;
-use crate::store::ops::{ApplyOutcome, Op, Proposal, now_ms};
+use crate::store::ops::{ApplyOutcome, Batch, Op, Proposal, now_ms};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// This node is not the leader; `leader` is who is, when known.
     #[error("this node is not the Raft leader{}", leader_hint(.leader))]
@@ -42,6 +42,90 @@ fn leader_hint(leader: &Option<Member>) -> String {
         Some(m) => format!("; the leader is {} at {}", m.name, m.grpc_addr),
         None => "; no leader is known right now".into(),
     }
+}
+
+/// A proposal waiting for the batcher, and where its result goes.
+struct Queued {
+    proposal: Proposal,
+    reply: tokio::sync::oneshot::Sender<Result<Committed, ProposeError>>,
+}
+
+/// Entries in flight at once: enough to overlap one entry's replication with the next
+/// one's local write, few enough that batches still grow under load.
+const MAX_IN_FLIGHT: usize = 4;
+/// A batch closes at this many proposals or bytes (a single larger proposal goes alone).
+const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+fn proposal_bytes(p: &Proposal) -> usize {
+    p.ops
+        .iter()
+        .map(|op| match op {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key } | Op::Expire { key, .. } => key.len(),
+            Op::RegisterNode { node_json, .. } => node_json.len(),
+        })
+        .sum()
+}
+
+/// Group commit: openraft writes and fsyncs one entry at a time, so proposals that
+/// arrive while entries are in flight are packed into the next entry.
+fn spawn_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    tokio::spawn(async move {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(first) = rx.recv().await else { return };
+            let mut bytes = proposal_bytes(&first.proposal);
+            let mut queued = vec![first];
+            while queued.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(q) => {
+                        bytes += proposal_bytes(&q.proposal);
+                        queued.push(q);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+                    queued.into_iter().map(|q| (q.proposal, q.reply)).unzip();
+                let n = proposals.len();
+                match raft.client_write(Batch { proposals }).await {
+                    Ok(resp) => {
+                        let index = resp.log_id.index;
+                        let mut outcomes = resp.data.into_iter();
+                        for reply in replies {
+                            let outcome = outcomes.next().unwrap_or_default();
+                            let res = match outcome.error.clone() {
+                                Some(err) => Err(ProposeError::Refused(err)),
+                                None => Ok(Committed { index, outcome }),
+                            };
+                            let _ = reply.send(res);
+                        }
+                        debug!(proposals = n, index, "batch committed");
+                    }
+                    Err(e) => {
+                        let err = match e {
+                            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                                ProposeError::NotLeader {
+                                    leader: f.leader_node,
+                                }
+                            }
+                            other => ProposeError::Unavailable(other.to_string()),
+                        };
+                        for reply in replies {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+    });
 }
 
 /// A committed proposal: where it landed and what it did.
@@ -62,6 +146,7 @@ pub struct RaftNode {
     events: broadcast::Sender<StateEvent>,
     /// Raft takes one membership change at a time.
     membership_lock: Arc<tokio::sync::Mutex<()>>,
+    proposals: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
 
 /// Timing suited to a LAN or WAN mesh: a lost leader is replaced in about a second.
@@ -98,6 +183,8 @@ impl RaftNode {
         )
         .await
         .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        spawn_batcher(raft.clone(), queue);
         Ok(RaftNode {
             raft,
             engine,
@@ -106,6 +193,7 @@ impl RaftNode {
             name: name.to_string(),
             events,
             membership_lock: Arc::new(tokio::sync::Mutex::new(())),
+            proposals,
         })
     }
 
@@ -172,28 +260,18 @@ impl RaftNode {
     }
 
     /// Commits `ops` as one proposal (leader only) and returns what applying did.
+    /// Concurrent proposals share log entries (group commit); each stays atomic.
     pub async fn propose(&self, ops: Vec<Op>) -> Result<Committed, ProposeError> {
         let proposal = Proposal {
             issued_at_ms: now_ms(),
             ops,
         };
-        match self.raft.client_write(proposal).await {
-            Ok(resp) => {
-                if let Some(err) = resp.data.error.clone() {
-                    return Err(ProposeError::Refused(err));
-                }
-                Ok(Committed {
-                    index: resp.log_id.index,
-                    outcome: resp.data,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_node,
-                })
-            }
-            Err(e) => Err(ProposeError::Unavailable(e.to_string())),
-        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send(Queued { proposal, reply })
+            .map_err(|_| ProposeError::Unavailable("raft stopped".into()))?;
+        rx.await
+            .map_err(|_| ProposeError::Unavailable("raft stopped".into()))?
     }
 
     /// Applies a membership change, retrying while another one is in flight.

@@ -9,7 +9,6 @@ use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -65,32 +64,17 @@ fn meta<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>, SE
         .transpose()
 }
 
-/// The Raft log and vote. Appends are written at once (readable) and made durable by a
-/// syncer thread that fsyncs once for every append waiting: group commit.
+/// The Raft log and vote. openraft 0.9 waits for each append to be flushed before it
+/// takes the next, so an append is one synced write; group commit happens above Raft
+/// (see `RaftNode::propose`).
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
-    syncer: std_mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
     pub fn new(engine: Engine) -> LogStore {
-        let (tx, rx) = std_mpsc::channel::<LogFlushed<TypeConfig>>();
-        let e = engine.clone();
-        std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
-                    let res = e.sync().map_err(|err| err.to_string());
-                    for cb in waiting {
-                        cb.log_io_completed(res.clone().map_err(io::Error::other));
-                    }
-                }
-            })
-            .expect("spawn the log sync thread");
-        LogStore { engine, syncer: tx }
+        LogStore { engine }
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, SErr> {
@@ -187,16 +171,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 enc(&e)?,
             );
         }
-        self.engine
-            .write(b, false)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        self.syncer.send(callback).map_err(|_| {
-            io_err(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                "log sync thread stopped",
-            )
-        })
+        // Synced before the callback: an acknowledged entry survives a power cut.
+        let res = self.engine.write(b, true);
+        let report = res
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()));
+        callback.log_io_completed(report);
+        res.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
@@ -334,7 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied()?, self.membership()?))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyOutcome>, SErr>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<ApplyOutcome>>, SErr>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -344,31 +326,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             // Idempotent by index: an entry at or below the applied index is done.
             if applied.is_some_and(|a| entry.log_id.index <= a.index) {
-                out.push(ApplyOutcome::default());
+                out.push(Vec::new());
                 continue;
             }
             let mut b = WriteBatch::default();
             let cf = self.engine.cf(CF_META);
-            let outcome = match &entry.payload {
-                EntryPayload::Blank => ApplyOutcome::default(),
-                EntryPayload::Normal(p) => self.engine.apply_proposal(&mut b, p),
+            let outcomes = match &entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => self.engine.apply_entry(&mut b, &batch.proposals),
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m.clone());
                     b.put_cf(cf, MEMBERSHIP, enc(&sm)?);
-                    ApplyOutcome::default()
+                    Vec::new()
                 }
             };
             b.put_cf(cf, APPLIED, enc(&Some(entry.log_id))?);
             self.engine.write(b, false).map_err(write_err)?;
             applied = Some(entry.log_id);
-            if !outcome.changes.is_empty() {
+            let changes: Vec<Change> = outcomes
+                .iter()
+                .flat_map(|o| o.changes.iter().cloned())
+                .collect();
+            if !changes.is_empty() {
                 let _ = self.events.send(StateEvent::Applied {
                     index: entry.log_id.index,
                     term: entry.log_id.leader_id.term,
-                    changes: Arc::new(outcome.changes.clone()),
+                    changes: Arc::new(changes),
                 });
             }
-            out.push(outcome);
+            out.push(outcomes);
         }
         Ok(out)
     }
@@ -410,7 +396,7 @@ mod tests {
     use openraft::{EntryPayload, Membership};
 
     use super::*;
-    use crate::store::ops::{Op, Proposal, now_ms};
+    use crate::store::ops::{Batch, Op, Proposal, now_ms};
 
     fn machine() -> (
         tempfile::TempDir,
@@ -426,8 +412,18 @@ mod tests {
     fn entry(index: u64, issued_at_ms: u64, ops: Vec<Op>) -> Entry {
         Entry {
             log_id: log_id(1, 1, index),
-            payload: EntryPayload::Normal(Proposal { issued_at_ms, ops }),
+            payload: EntryPayload::Normal(Batch {
+                proposals: vec![Proposal { issued_at_ms, ops }],
+            }),
         }
+    }
+
+    /// The outcome of each entry's single proposal (empty for non-proposal entries).
+    async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> Vec<ApplyOutcome> {
+        let out = RaftStateMachine::apply(sm, entries).await.unwrap();
+        out.into_iter()
+            .map(|v| v.into_iter().next().unwrap_or_default())
+            .collect()
     }
 
     fn put(key: &str, value: &str, ttl_ms: u64) -> Op {
@@ -446,13 +442,14 @@ mod tests {
     async fn put_and_delete() {
         let (_d, mut sm, mut events) = machine();
         let now = now_ms();
-        let out = sm
-            .apply([
+        let out = apply(
+            &mut sm,
+            vec![
                 entry(1, now, vec![put("/a", "1", 0), put("/b", "2", 0)]),
                 entry(2, now, vec![Op::Delete { key: "/a".into() }]),
-            ])
-            .await
-            .unwrap();
+            ],
+        )
+        .await;
         assert_eq!(out.len(), 2);
         assert_eq!(value(&sm, "/a"), None);
         assert_eq!(value(&sm, "/b").as_deref(), Some("2"));
@@ -466,10 +463,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Deleting what is not there changes nothing.
-        let out = sm
-            .apply([entry(3, now, vec![Op::Delete { key: "/zz".into() }])])
-            .await
-            .unwrap();
+        let out = apply(
+            &mut sm,
+            vec![entry(3, now, vec![Op::Delete { key: "/zz".into() }])],
+        )
+        .await;
         assert!(out[0].changes.is_empty());
     }
 
@@ -477,17 +475,19 @@ mod tests {
     async fn a_later_op_in_one_proposal_sees_an_earlier_one() {
         let (_d, mut sm, _) = machine();
         let now = now_ms();
-        sm.apply([entry(
-            1,
-            now,
-            vec![
-                put("/k", "1", 0),
-                Op::Delete { key: "/k".into() },
-                put("/j", "x", 0),
-            ],
-        )])
-        .await
-        .unwrap();
+        apply(
+            &mut sm,
+            vec![entry(
+                1,
+                now,
+                vec![
+                    put("/k", "1", 0),
+                    Op::Delete { key: "/k".into() },
+                    put("/j", "x", 0),
+                ],
+            )],
+        )
+        .await;
         assert_eq!(value(&sm, "/k"), None);
         assert_eq!(value(&sm, "/j").as_deref(), Some("x"));
     }
@@ -497,13 +497,15 @@ mod tests {
         let (_d, mut sm, _) = machine();
         let past = now_ms() - 10_000;
         // Issued 10 s ago with a 1 s TTL: expired already; the 1 h one is alive.
-        sm.apply([entry(
-            1,
-            past,
-            vec![put("/short", "v", 1_000), put("/long", "v", 3_600_000)],
-        )])
-        .await
-        .unwrap();
+        apply(
+            &mut sm,
+            vec![entry(
+                1,
+                past,
+                vec![put("/short", "v", 1_000), put("/long", "v", 3_600_000)],
+            )],
+        )
+        .await;
         assert_eq!(
             value(&sm, "/short"),
             None,
@@ -513,17 +515,18 @@ mod tests {
         let expired = sm.engine.expired(now_ms(), 10).unwrap();
         assert_eq!(expired, vec![("/short".to_string(), past + 1_000)]);
         // The sweeper's Expire removes it from the state and the TTL index.
-        let out = sm
-            .apply([entry(
+        let out = apply(
+            &mut sm,
+            vec![entry(
                 2,
                 now_ms(),
                 vec![Op::Expire {
                     key: "/short".into(),
                     expires_at_ms: past + 1_000,
                 }],
-            )])
-            .await
-            .unwrap();
+            )],
+        )
+        .await;
         assert_eq!(
             out[0].changes,
             vec![Change::Delete {
@@ -544,22 +547,20 @@ mod tests {
     async fn expire_spares_a_key_written_again() {
         let (_d, mut sm, _) = machine();
         let past = now_ms() - 10_000;
-        sm.apply([entry(1, past, vec![put("/k", "old", 1_000)])])
-            .await
-            .unwrap();
-        sm.apply([entry(2, now_ms(), vec![put("/k", "new", 0)])])
-            .await
-            .unwrap();
-        sm.apply([entry(
-            3,
-            now_ms(),
-            vec![Op::Expire {
-                key: "/k".into(),
-                expires_at_ms: past + 1_000,
-            }],
-        )])
-        .await
-        .unwrap();
+        apply(&mut sm, vec![entry(1, past, vec![put("/k", "old", 1_000)])]).await;
+        apply(&mut sm, vec![entry(2, now_ms(), vec![put("/k", "new", 0)])]).await;
+        apply(
+            &mut sm,
+            vec![entry(
+                3,
+                now_ms(),
+                vec![Op::Expire {
+                    key: "/k".into(),
+                    expires_at_ms: past + 1_000,
+                }],
+            )],
+        )
+        .await;
         assert_eq!(value(&sm, "/k").as_deref(), Some("new"));
         assert!(
             sm.engine.expired(now_ms(), 10).unwrap().is_empty(),
@@ -571,17 +572,16 @@ mod tests {
     async fn reapplying_an_index_is_a_no_op() {
         let (_d, mut sm, _) = machine();
         let now = now_ms();
-        sm.apply([
-            entry(1, now, vec![put("/k", "1", 0)]),
-            entry(2, now, vec![put("/k", "2", 0)]),
-        ])
-        .await
-        .unwrap();
+        apply(
+            &mut sm,
+            vec![
+                entry(1, now, vec![put("/k", "1", 0)]),
+                entry(2, now, vec![put("/k", "2", 0)]),
+            ],
+        )
+        .await;
         // Replaying entry 1 (e.g. after a crash) must not roll /k back.
-        let out = sm
-            .apply([entry(1, now, vec![put("/k", "1", 0)])])
-            .await
-            .unwrap();
+        let out = apply(&mut sm, vec![entry(1, now, vec![put("/k", "1", 0)])]).await;
         assert!(out[0].changes.is_empty());
         assert_eq!(value(&sm, "/k").as_deref(), Some("2"));
         assert_eq!(sm.applied_state().await.unwrap().0.unwrap().index, 2);
@@ -602,26 +602,25 @@ mod tests {
                 },
             )]),
         );
-        sm.apply([
-            Entry {
-                log_id: log_id(1, 7, 1),
-                payload: EntryPayload::Membership(members),
-            },
-            entry(2, now, vec![put("/a", "1", 0), put("/t", "ttl", 3_600_000)]),
-            entry(3, now, vec![put("/b", "2", 0)]),
-        ])
-        .await
-        .unwrap();
+        apply(
+            &mut sm,
+            vec![
+                Entry {
+                    log_id: log_id(1, 7, 1),
+                    payload: EntryPayload::Membership(members),
+                },
+                entry(2, now, vec![put("/a", "1", 0), put("/t", "ttl", 3_600_000)]),
+                entry(3, now, vec![put("/b", "2", 0)]),
+            ],
+        )
+        .await;
         let snap = sm.build_snapshot().await.unwrap();
         assert_eq!(snap.meta.last_log_id.unwrap().index, 3);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, snap.meta);
 
         let (_d2, mut fresh, mut events) = machine();
-        fresh
-            .apply([entry(1, now, vec![put("/stale", "x", 0)])])
-            .await
-            .unwrap();
+        apply(&mut fresh, vec![entry(1, now, vec![put("/stale", "x", 0)])]).await;
         fresh
             .install_snapshot(&snap.meta, snap.snapshot)
             .await
@@ -664,14 +663,15 @@ mod tests {
             node_json: format!(r#"{{"id":"{id}","publicKey":"k{id}"}}"#),
             assign_ipv4: true,
         };
-        let out = sm
-            .apply([
+        let out = apply(
+            &mut sm,
+            vec![
                 entry(1, now, settings),
                 entry(2, now, vec![reg("a"), reg("b")]),
                 entry(3, now, vec![reg("a")]),
-            ])
-            .await
-            .unwrap();
+            ],
+        )
+        .await;
         let node = |i: usize| -> webmesh_api::v1::MeshNode {
             serde_json::from_str(out[i].value.as_deref().unwrap()).unwrap()
         };
@@ -686,7 +686,7 @@ mod tests {
             node_json: r#"{"id":"c","privateIpv4":"10.9.0.1/32"}"#.into(),
             assign_ipv4: true,
         };
-        let out = sm.apply([entry(4, now, vec![dup])]).await.unwrap();
+        let out = apply(&mut sm, vec![entry(4, now, vec![dup])]).await;
         assert!(
             out[0]
                 .error

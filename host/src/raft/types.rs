@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::ops::{ApplyOutcome, Proposal};
+use crate::store::ops::{ApplyOutcome, Batch};
 
 /// Raft node ID: [`crate::mesh::ids::raft_id`] of the node's name.
 pub type NodeId = u64;
@@ -23,8 +23,8 @@ pub struct Member {
 openraft::declare_raft_types!(
     /// The Raft types of a Webmesh node.
     pub TypeConfig:
-        D = Proposal,
-        R = ApplyOutcome,
+        D = Batch,
+        R = Vec<ApplyOutcome>,
         NodeId = NodeId,
         Node = Member,
 );

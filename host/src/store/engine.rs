@@ -198,11 +198,45 @@ impl Engine {
         Ok(out)
     }
 
-    /// Applies one proposal into `batch` (not yet written). Reads see the proposal's own
-    /// earlier operations. A refused proposal changes nothing and says why.
-    pub fn apply_proposal(&self, batch: &mut WriteBatch, p: &Proposal) -> ApplyOutcome {
+    /// Applies the proposals of one log entry into `batch` (not yet written), in order.
+    /// Each proposal is atomic on its own: a refused one changes nothing and says why,
+    /// and later ones see the effects of earlier ones.
+    pub fn apply_entry(&self, batch: &mut WriteBatch, proposals: &[Proposal]) -> Vec<ApplyOutcome> {
+        let mut base: Pending = HashMap::new();
+        let mut outcomes = Vec::with_capacity(proposals.len());
+        for p in proposals {
+            let (outcome, own) = self.apply_one(&base, p);
+            if outcome.error.is_none() {
+                for (key, (old_exp, new)) in own {
+                    // The expiry stored in the database is the one whose index entry goes.
+                    base.entry(key)
+                        .and_modify(|e| e.1 = new.clone())
+                        .or_insert((old_exp, new));
+                }
+            }
+            outcomes.push(outcome);
+        }
+        for (key, (old_exp, new)) in base {
+            if old_exp > 0 {
+                batch.delete_cf(self.cf(CF_TTL), ttl_key(old_exp, &key));
+            }
+            match new {
+                Some((v, exp)) => {
+                    batch.put_cf(self.cf(CF_STATE), &key, encode_value(&v, exp));
+                    if exp > 0 {
+                        batch.put_cf(self.cf(CF_TTL), ttl_key(exp, &key), b"");
+                    }
+                }
+                None => batch.delete_cf(self.cf(CF_STATE), &key),
+            }
+        }
+        outcomes
+    }
+
+    fn apply_one(&self, base: &Pending, p: &Proposal) -> (ApplyOutcome, Pending) {
         let mut txn = Txn {
             engine: self,
+            base,
             overlay: HashMap::new(),
             changes: Vec::new(),
             now_ms: p.issued_at_ms,
@@ -228,33 +262,20 @@ impl Engine {
                     .map(|v| value = Some(v)),
             };
             if let Err(e) = res {
-                return ApplyOutcome {
+                let refused = ApplyOutcome {
                     error: Some(e),
                     value: None,
                     changes: vec![],
                 };
+                return (refused, HashMap::new());
             }
         }
-        let changes = txn.changes;
-        for (key, (old_exp, new)) in txn.overlay {
-            if old_exp > 0 {
-                batch.delete_cf(self.cf(CF_TTL), ttl_key(old_exp, &key));
-            }
-            match new {
-                Some((v, exp)) => {
-                    batch.put_cf(self.cf(CF_STATE), &key, encode_value(&v, exp));
-                    if exp > 0 {
-                        batch.put_cf(self.cf(CF_TTL), ttl_key(exp, &key), b"");
-                    }
-                }
-                None => batch.delete_cf(self.cf(CF_STATE), &key),
-            }
-        }
-        ApplyOutcome {
+        let outcome = ApplyOutcome {
             error: None,
             value,
-            changes,
-        }
+            changes: txn.changes,
+        };
+        (outcome, txn.overlay)
     }
 
     /// A snapshot of the whole state as of `view` (expired keys included until swept,
@@ -327,6 +348,8 @@ type Pending = HashMap<String, (u64, Option<(String, u64)>)>;
 
 struct Txn<'a> {
     engine: &'a Engine,
+    /// Effects of the earlier proposals of the same entry.
+    base: &'a Pending,
     overlay: Pending,
     changes: Vec<Change>,
     now_ms: u64,
@@ -335,7 +358,7 @@ struct Txn<'a> {
 impl Txn<'_> {
     /// The current raw value and expiry (expired values included).
     fn current(&self, key: &str) -> Result<Option<(String, u64)>, String> {
-        if let Some((_, new)) = self.overlay.get(key) {
+        if let Some((_, new)) = self.overlay.get(key).or_else(|| self.base.get(key)) {
             return Ok(new.clone());
         }
         let raw = self
@@ -387,7 +410,11 @@ impl Txn<'_> {
     fn nodes(&self) -> Result<Vec<MeshNode>, String> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (key, (_, new)) in &self.overlay {
+        let from_base = self
+            .base
+            .iter()
+            .filter(|(k, _)| !self.overlay.contains_key(*k));
+        for (key, (_, new)) in self.overlay.iter().chain(from_base) {
             if key.starts_with(keys::NODES) {
                 seen.insert(key.clone());
                 if let Some((v, _)) = new {

@@ -4,7 +4,14 @@
 use serde::{Deserialize, Serialize};
 use webmesh_api::v1::{RaftCommandType, RaftLogEntry};
 
-/// One Raft log payload: operations applied atomically, in order.
+/// One Raft log payload: proposals gathered while the previous entry was being written
+/// (group commit), applied in order, each one atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub proposals: Vec<Proposal>,
+}
+
+/// A set of operations applied atomically, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The proposer's wall clock (Unix ms). TTLs count from here, so every replica
