@@ -78,20 +78,25 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let node = Node::start(cfg).await?;
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    node.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a signal during start-up (say, while joining) must still end in
+    // an orderly shutdown, not the default instant exit.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let start = Node::start(cfg);
+    tokio::pin!(start);
+    let (node, early) = tokio::select! {
+        res = &mut start => (res?, false),
+        _ = term.recv() => (start.await?, true),
+        _ = int.recv() => (start.await?, true),
+    };
+    if !early {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
+    tracing::info!("shutting down");
+    node.shutdown().await;
     Ok(())
 }

@@ -50,9 +50,10 @@ struct Queued {
     reply: tokio::sync::oneshot::Sender<Result<Committed, ProposeError>>,
 }
 
-/// Entries in flight at once: enough to overlap one entry's replication with the next
-/// one's local write, few enough that batches still grow under load.
-const MAX_IN_FLIGHT: usize = 4;
+/// Entries in flight at once: two overlap one entry's replication with the next one's
+/// local write; more would only split the waiting proposals into smaller batches
+/// (measured: BENCHMARKS.md, Raft with 3 voters).
+const MAX_IN_FLIGHT: usize = 2;
 /// A batch closes at this many proposals or bytes (a single larger proposal goes alone).
 const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 << 20;

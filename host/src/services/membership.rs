@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use webmesh_api::v1::{JoinRequest, JoinResponse, MeshNode, UpdateRequest};
 
 use super::propose_status;
@@ -91,6 +91,7 @@ pub async fn join(
         ops.push(route_op(&req.id, &req.routes));
     }
     let committed = raft.propose(ops).await.map_err(propose_err)?;
+    debug!(node = %req.id, index = committed.index, "node registered");
     let node = mesh_node(committed.outcome.value.as_deref())?;
     let member = if underlay {
         underlay_member(&node).ok_or_else(|| {

@@ -1,0 +1,372 @@
+//! Multi-host benchmarks in network namespaces, on the release binaries:
+//!
+//!   cargo build --release --bins
+//!   target/release/mesh-bench join            # join -> first ping, 20 joins
+//!   target/release/mesh-bench propagation 3   # state change -> every interface, 3 nodes
+//!   target/release/mesh-bench propagation 25
+//!   target/release/mesh-bench iperf           # tunnel throughput and node RSS
+//!
+//! Needs root. Prints Markdown tables.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use webmesh_e2e::netns::{TestNet, v4};
+use webmesh_e2e::wait_for;
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    (pct(&v, 0.5), pct(&v, 0.99), *v.last().expect("samples"))
+}
+
+async fn bootstrap(net: &mut TestNet, log_level: &str) -> Result<()> {
+    let h = net.add_host("h1")?;
+    h.args = vec![
+        "--bootstrap".into(),
+        "--endpoint".into(),
+        h.ip.to_string(),
+        "--log-level".into(),
+        log_level.into(),
+    ];
+    h.start()?;
+    h.wait_ready(Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+fn add_joiner(net: &mut TestNet, id: &str, log_level: &str) -> Result<()> {
+    let join = net.grpc("h1");
+    let h = net.add_host(id)?;
+    h.args = vec![
+        "--join".into(),
+        join,
+        "--endpoint".into(),
+        h.ip.to_string(),
+        "--leave-on-shutdown".into(),
+        "--log-level".into(),
+        log_level.into(),
+    ];
+    Ok(())
+}
+
+/// Join -> first successful ping from the joiner to the bootstrap node's mesh IPv4.
+async fn join_bench() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, "warn").await?;
+    let target = v4(&net.hosts["h1"].nodes().await?["h1"]);
+    let mut samples = Vec::new();
+    for i in 1..=20 {
+        let id = format!("j{i:02}");
+        add_joiner(&mut net, &id, "warn")?;
+        let started = Instant::now();
+        net.host(&id).start()?;
+        let h = &net.hosts[&id];
+        loop {
+            let ok = Command::new("ip")
+                .args([
+                    "netns", "exec", &h.ns, "ping", "-c", "1", "-W", "0.2", &target,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success();
+            if ok {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("{id} never pinged h1:\n{}", h.log_text());
+            }
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let (p50, p99, max) = stats(samples);
+    println!("| joins | p50 | p99 | max |\n|---:|---:|---:|---:|");
+    println!("| 20 | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |");
+    Ok(())
+}
+
+/// Unix microseconds of a log line's RFC 3339 timestamp (`2026-11-26T09:10:03.189544Z`).
+fn log_time_us(line: &str) -> Option<i64> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let micros: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(((days * 86400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// When each node first had an interface state at or past Raft index `index`.
+fn applied_times(net: &TestNet, index: u64, skip: &str) -> BTreeMap<String, Option<i64>> {
+    net.hosts
+        .values()
+        // The standing mesh (joiners of earlier rounds have left).
+        .filter(|h| h.id != skip && !h.id.starts_with('x'))
+        .map(|h| {
+            let t = h
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("peers applied"))
+                .find(|l| field(l, "index").is_some_and(|i| i >= index))
+                .and_then(log_time_us);
+            (h.id.clone(), t)
+        })
+        .collect()
+}
+
+/// A public node joins (a state change every node must apply): time from the leader's
+/// commit of its registration to the change on every other node's interface.
+async fn propagation_bench(n: usize) -> Result<()> {
+    let level = "info,webmesh::net=debug,webmesh::services=debug";
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, level).await?;
+    for i in 2..=n {
+        add_joiner(&mut net, &format!("m{i:02}"), level)?;
+        net.host(&format!("m{i:02}")).start()?;
+    }
+    for i in 2..=n {
+        net.host(&format!("m{i:02}"))
+            .wait_ready(Duration::from_secs(120))
+            .await?;
+    }
+    let mut samples = Vec::new();
+    for k in 1..=20 {
+        let id = format!("x{k:02}");
+        add_joiner(&mut net, &id, level)?;
+        net.host(&id).start()?;
+        let leader = net.hosts["h1"].status().await?.current_leader;
+        let index = wait_for("the registration", Duration::from_secs(30), || async {
+            net.hosts[&leader]
+                .log_text()
+                .lines()
+                .rev()
+                .find(|l| l.contains("node registered") && l.contains(&format!("node={id}")))
+                .and_then(|l| Some((field(l, "index")?, log_time_us(l)?)))
+        })
+        .await?;
+        let (idx, t0) = index;
+        net.host(&id).wait_ready(Duration::from_secs(30)).await?;
+        let times = wait_for(
+            "every node to apply it",
+            Duration::from_secs(30),
+            || async {
+                let t = applied_times(&net, idx, &id);
+                t.values().all(|v| v.is_some()).then_some(t)
+            },
+        )
+        .await
+        .context("propagation")?;
+        let last = times.values().filter_map(|v| *v).max().expect("nodes");
+        samples.push((last - t0) as f64 / 1e3);
+        net.host(&id).stop(Duration::from_secs(10));
+        // Wait until the leave is applied everywhere before the next change.
+        let gone = net.hosts["h1"].nodes().await?;
+        if gone.contains_key(&id) {
+            wait_for("the leave", Duration::from_secs(10), || async {
+                (!net.hosts["h1"].nodes().await.ok()?.contains_key(&id)).then_some(())
+            })
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (p50, p99, max) = stats(samples);
+    println!("| nodes | changes | p50 | p99 | max |\n|---:|---:|---:|---:|---:|");
+    println!("| {n} | 20 | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+/// iperf3 over a path: server in `server_ns`, client in `client_ns` to `addr`.
+fn iperf(server_ns: &str, client_ns: &str, addr: &str, secs: u32) -> Result<f64> {
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5201",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_ns,
+            "iperf3",
+            "-c",
+            addr,
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .output()?;
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .with_context(|| format!("iperf3: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn sh(cmd: &str) -> Result<()> {
+    let st = Command::new("sh").args(["-c", cmd]).status()?;
+    if !st.success() {
+        bail!("{cmd}: {st}");
+    }
+    Ok(())
+}
+
+/// Tunnel throughput: webmesh (userspace WireGuard), wireguard-go configured by hand
+/// between the same namespaces, and the raw veth path; node RSS idle and under load.
+async fn iperf_bench() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, "warn").await?;
+    add_joiner(&mut net, "h2", "warn")?;
+    net.host("h2").start()?;
+    net.host("h2").wait_ready(Duration::from_secs(60)).await?;
+    let nodes = net.hosts["h1"].nodes().await?;
+    let (ns1, ns2) = (net.hosts["h1"].ns.clone(), net.hosts["h2"].ns.clone());
+    let pid = |id: &str| -> Result<u32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &net.hosts[id].ns])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("pid")
+    };
+    let idle = rss_kib(pid("h1")?)?;
+    let mesh_v4 = v4(&nodes["h1"]);
+    // Warm the tunnel, then measure while sampling RSS.
+    let _ = net.hosts["h2"].ping(&mesh_v4);
+    let p1 = pid("h1")?;
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        for _ in 0..40 {
+            if let Ok(r) = rss_kib(p1) {
+                peak = peak.max(r);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        peak
+    });
+    let webmesh = iperf(&ns1, &ns2, &mesh_v4, 8)?;
+    let loaded = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
+    let veth = iperf(&ns1, &ns2, &net.hosts["h1"].ip.to_string(), 8)?;
+
+    // wireguard-go between the same two namespaces, by hand.
+    let slot = net.slot;
+    let (g1, g2) = (format!("wg{slot}go1"), format!("wg{slot}go2"));
+    let k1 = String::from_utf8(Command::new("wg").arg("genkey").output()?.stdout)?
+        .trim()
+        .to_string();
+    let k2 = String::from_utf8(Command::new("wg").arg("genkey").output()?.stdout)?
+        .trim()
+        .to_string();
+    let pubkey = |k: &str| -> Result<String> {
+        let mut c = Command::new("wg")
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(c.stdin.as_mut().context("stdin")?, k.as_bytes())?;
+        Ok(String::from_utf8(c.wait_with_output()?.stdout)?
+            .trim()
+            .to_string())
+    };
+    let (pub1, pub2) = (pubkey(&k1)?, pubkey(&k2)?);
+    let (ip1, ip2) = (net.hosts["h1"].ip, net.hosts["h2"].ip);
+    let result = (|| -> Result<f64> {
+        for (ns, dev, key, addr, peer, peer_ip, allowed) in [
+            (&ns1, &g1, &k1, "10.250.0.1/24", &pub2, ip2, "10.250.0.2/32"),
+            (&ns2, &g2, &k2, "10.250.0.2/24", &pub1, ip1, "10.250.0.1/32"),
+        ] {
+            sh(&format!("ip netns exec {ns} wireguard-go {dev}"))?;
+            let keyfile = format!("/tmp/{dev}.key");
+            std::fs::write(&keyfile, key)?;
+            sh(&format!(
+                "ip netns exec {ns} wg set {dev} listen-port 51999 private-key {keyfile} peer {peer} endpoint {peer_ip}:51999 allowed-ips {allowed}"
+            ))?;
+            sh(&format!(
+                "ip -n {ns} addr add {addr} dev {dev} && ip -n {ns} link set {dev} mtu 1420 up"
+            ))?;
+            let _ = std::fs::remove_file(&keyfile);
+        }
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns2,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "10.250.0.1",
+            ])
+            .status();
+        iperf(&ns1, &ns2, "10.250.0.1", 8)
+    })();
+    for (ns, dev) in [(&ns1, &g1), (&ns2, &g2)] {
+        let _ = Command::new("ip")
+            .args(["-n", ns, "link", "del", dev])
+            .status();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
+    }
+    let wggo = result?;
+    println!("| path | iperf3 TCP, 8 s |\n|---|---:|");
+    println!("| raw veth (no tunnel) | {veth:.2} Gbit/s |");
+    println!("| webmesh (userspace WireGuard, boringtun) | {webmesh:.2} Gbit/s |");
+    println!("| wireguard-go, configured by hand | {wggo:.2} Gbit/s |");
+    println!();
+    println!("| node RSS | |\n|---|---:|");
+    println!("| idle (2-node mesh) | {:.1} MiB |", idle as f64 / 1024.0);
+    println!("| peak under iperf3 | {:.1} MiB |", loaded as f64 / 1024.0);
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("join") => join_bench().await,
+        Some("propagation") => {
+            propagation_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(3)).await
+        }
+        Some("iperf") => iperf_bench().await,
+        _ => bail!("usage: mesh-bench join | propagation N | iperf"),
+    }
+}
