@@ -383,8 +383,12 @@ impl Node {
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(
             async move {
+                // The leader cancels appends that outlive their deadline (a busy
+                // follower); each is a stream reset on the shared HTTP/2 connection, and
+                // hyper's default of 20 pending resets would drop the whole connection.
                 let res = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .http2_max_pending_accept_reset_streams(Some(10_000))
                     .add_service(raft_svc)
                     .serve_with_incoming_shutdown(raft_incoming, async move {
                         let _ = rx.wait_for(|s| *s).await;

@@ -122,9 +122,14 @@ async fn an_independent_grpc_client_reads_status_via_reflection() -> anyhow::Res
     node.extra_args = vec!["--bootstrap".into(), "--no-wireguard".into()];
     node.spawn()?;
     node.wait_ready(Duration::from_secs(60)).await?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/grpc_status.py");
+    // Read at run time: a test binary reused from a clone elsewhere (shared target dir)
+    // must not point into that clone.
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let script = format!("{root}/scripts/grpc_status.py");
     let out = tokio::process::Command::new("python3")
-        .args([script, &node.grpc.to_string()])
+        .arg(&script)
+        .arg(node.grpc.to_string())
         .output()
         .await?;
     assert!(

@@ -150,13 +150,15 @@ pub struct RaftNode {
     proposals: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
 
-/// Timing suited to a LAN or WAN mesh: a lost leader is replaced in about a second.
+/// Timing for meshes of modest hosts: openraft bounds each AppendEntries by the
+/// heartbeat interval, so it must leave room for a busy follower (a timed-out append is
+/// retried, delaying every change behind it); a lost leader is replaced in 1-3 s.
 fn raft_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "webmesh".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
+        heartbeat_interval: 300,
+        election_timeout_min: 1200,
+        election_timeout_max: 2400,
         install_snapshot_timeout: 5_000,
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
@@ -179,7 +181,7 @@ impl RaftNode {
             id,
             Arc::new(config),
             network::Network,
-            LogStore::new(engine.clone()),
+            LogStore::new(engine.clone(), id),
             state_machine.clone(),
         )
         .await

@@ -30,26 +30,39 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
-        let client = Endpoint::from_shared(format!("http://{}", node.raft_addr))
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy()
-            })
-            .map(|ch| {
-                RaftTransportClient::new(ch)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            })
-            .map_err(|e| e.to_string());
-        Peer { target, client }
+        Peer {
+            target,
+            addr: node.raft_addr.clone(),
+            client: connect(&node.raft_addr),
+            in_flight: false,
+        }
     }
+}
+
+/// A lazily connected client of `addr`'s Raft transport.
+fn connect(addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .connect_lazy()
+        })
+        .map(|ch| {
+            RaftTransportClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        })
+        .map_err(|e| e.to_string())
 }
 
 pub struct Peer {
     target: NodeId,
+    addr: String,
     client: Result<RaftTransportClient<Channel>, String>,
+    /// Set while a call is in flight; still set at the next call when openraft dropped
+    /// the previous one at its deadline, which is the cue to dial afresh.
+    in_flight: bool,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
@@ -66,6 +79,9 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.in_flight {
+            self.client = connect(&self.addr);
+        }
         let client = match &mut self.client {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&StrErr(e.clone())))),
@@ -74,15 +90,26 @@ impl Peer {
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(option.hard_ttl());
+        self.in_flight = true;
         let resp = match kind {
             Kind::Append => client.append_entries(request).await,
             Kind::Vote => client.vote(request).await,
             Kind::Snapshot => client.install_snapshot(request).await,
         };
-        let msg = resp.map_err(|s| match s.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
-            _ => RPCError::Network(NetworkError::new(&s)),
-        })?;
+        self.in_flight = false;
+        let msg = match resp {
+            Ok(msg) => msg,
+            Err(s) => {
+                // A timed-out or broken call may leave its TCP connection in a long
+                // retransmission back-off (packets lost while the peer was busy or its
+                // tunnel re-keyed); every later call would wait on it. Dial afresh.
+                self.client = connect(&self.addr);
+                return Err(match s.code() {
+                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
+                    _ => RPCError::Network(NetworkError::new(&s)),
+                });
+            }
+        };
         let res: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&msg.into_inner().data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -67,14 +68,50 @@ fn meta<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>, SE
 /// The Raft log and vote. openraft 0.9 waits for each append to be flushed before it
 /// takes the next, so an append is one synced write; group commit happens above Raft
 /// (see `RaftNode::propose`).
+///
+/// Only a voter's log counts towards a quorum, so a non-voter (most nodes of a mesh)
+/// appends without fsync: if it loses the tail on a power cut the leader sends it
+/// again. Which one this node is comes from the membership entries passing through
+/// `append`; in doubt (start-up, after a truncation) it syncs.
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
+    id: NodeId,
+    sync: Arc<AtomicBool>,
 }
 
 impl LogStore {
-    pub fn new(engine: Engine) -> LogStore {
-        LogStore { engine }
+    pub fn new(engine: Engine, id: NodeId) -> LogStore {
+        // The last membership this node knows of: in its log, else its state machine.
+        let mut voter = None;
+        for item in engine
+            .db()
+            .iterator_cf(engine.cf(CF_LOG), IteratorMode::End)
+        {
+            let Ok((_, v)) = item else { break };
+            if let Ok(e) = dec::<Entry>(&v)
+                && let EntryPayload::Membership(m) = &e.payload
+            {
+                voter = Some(m.voter_ids().any(|v| v == id));
+                break;
+            }
+        }
+        if voter.is_none()
+            && let Ok(Some(sm)) = meta::<StoredMembership<NodeId, Member>>(&engine, MEMBERSHIP)
+            && sm.log_id().is_some()
+        {
+            voter = Some(sm.membership().voter_ids().any(|v| v == id));
+        }
+        LogStore {
+            engine,
+            id,
+            sync: Arc::new(AtomicBool::new(voter.unwrap_or(true))),
+        }
+    }
+
+    /// Whether appends are fsynced (this node votes, or may).
+    pub fn syncs(&self) -> bool {
+        self.sync.load(Ordering::SeqCst)
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, SErr> {
@@ -164,15 +201,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut b = WriteBatch::default();
+        let mut sync = self.syncs();
         for e in entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                let voter = m.voter_ids().any(|v| v == self.id);
+                self.sync.store(voter, Ordering::SeqCst);
+                // The entry that makes us a voter is itself synced.
+                sync |= voter;
+            }
             b.put_cf(
                 self.engine.cf(CF_LOG),
                 e.log_id.index.to_be_bytes(),
                 enc(&e)?,
             );
         }
-        // Synced before the callback: an acknowledged entry survives a power cut.
-        let res = self.engine.write(b, true);
+        // A voter syncs before the callback: an acknowledged entry survives a power cut.
+        let res = self.engine.write(b, sync);
         let report = res
             .as_ref()
             .map(|_| ())
@@ -182,6 +226,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        // The truncated tail may have held the membership we went by.
+        self.sync.store(true, Ordering::SeqCst);
         let mut b = WriteBatch::default();
         let cf = self.engine.cf(CF_LOG);
         b.delete_range_cf(cf, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
@@ -436,6 +482,46 @@ mod tests {
 
     fn value(sm: &StateMachine, key: &str) -> Option<String> {
         sm.engine.get(key).unwrap().map(|e| e.value)
+    }
+
+    fn membership_entry(index: u64, voters: &[u64], learners: &[u64]) -> Entry {
+        // Nodes outside the voter set are learners.
+        let nodes: BTreeMap<u64, Member> = voters
+            .iter()
+            .chain(learners)
+            .map(|&i| (i, Member::default()))
+            .collect();
+        let m = Membership::new(vec![voters.iter().copied().collect::<BTreeSet<_>>()], nodes);
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Membership(m),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_voters_fsync_their_log() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let mut log = LogStore::new(engine.clone(), 7);
+        assert!(log.syncs(), "unknown membership: sync");
+        log.blocking_append([membership_entry(1, &[1], &[7])])
+            .await
+            .unwrap();
+        assert!(!log.syncs(), "a learner does not");
+        log.blocking_append([membership_entry(2, &[1, 7], &[])])
+            .await
+            .unwrap();
+        assert!(log.syncs(), "promoted: it does");
+        log.blocking_append([membership_entry(3, &[1], &[7])])
+            .await
+            .unwrap();
+        assert!(!log.syncs());
+        // Reopened: the last membership in the log decides.
+        assert!(!LogStore::new(engine.clone(), 7).syncs());
+        assert!(LogStore::new(engine.clone(), 1).syncs(), "node 1 votes");
+        log.truncate(log_id(1, 1, 3)).await.unwrap();
+        assert!(log.syncs(), "after a truncation, in doubt: sync");
     }
 
     #[tokio::test]

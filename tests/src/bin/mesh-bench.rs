@@ -140,7 +140,9 @@ fn applied_times(net: &TestNet, index: u64, skip: &str) -> BTreeMap<String, Opti
 /// A public node joins (a state change every node must apply): time from the leader's
 /// commit of its registration to the change on every other node's interface.
 async fn propagation_bench(n: usize) -> Result<()> {
-    let level = "info,webmesh::net=debug,webmesh::services=debug";
+    let level = std::env::var("MESH_BENCH_LOG")
+        .unwrap_or_else(|_| "info,webmesh::net=debug,webmesh::services=debug".into());
+    let level = level.as_str();
     let mut net = TestNet::new()?;
     bootstrap(&mut net, level).await?;
     for i in 2..=n {
@@ -181,6 +183,14 @@ async fn propagation_bench(n: usize) -> Result<()> {
         .context("propagation")?;
         let last = times.values().filter_map(|v| *v).max().expect("nodes");
         samples.push((last - t0) as f64 / 1e3);
+        if last - t0 > 200_000 {
+            let slow: Vec<String> = times
+                .iter()
+                .filter(|(_, t)| t.is_some_and(|t| t - t0 > 200_000))
+                .map(|(id, t)| format!("{id} {:.0} ms", (t.unwrap_or(t0) - t0) as f64 / 1e3))
+                .collect();
+            eprintln!("change {k} (index {idx}) was slow on: {}", slow.join(", "));
+        }
         net.host(&id).stop(Duration::from_secs(10));
         // Wait until the leave is applied everywhere before the next change.
         let gone = net.hosts["h1"].nodes().await?;
@@ -191,6 +201,12 @@ async fn propagation_bench(n: usize) -> Result<()> {
             .await?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Ok(keep) = std::env::var("MESH_BENCH_KEEP_LOGS") {
+        std::fs::create_dir_all(&keep)?;
+        for h in net.hosts.values() {
+            std::fs::write(format!("{keep}/{}.log", h.id), h.log_text())?;
+        }
     }
     let (p50, p99, max) = stats(samples);
     println!("| nodes | changes | p50 | p99 | max |\n|---:|---:|---:|---:|---:|");
