@@ -20,8 +20,9 @@ BIN="$CARGO_TARGET_DIR/debug"
 
 P=wmdemo                      # prefix of every name this script creates
 NET=10.199.0                  # the "underlay" LAN of the hosts
-WORK=$(mktemp -d /tmp/webmesh-local.XXXXXX)
-cleanup() {
+WORK=""
+# A subshell body, so `set +e` here does not leak into the script.
+cleanup() (
   set +e
   for i in $(seq 1 "$HOSTS"); do
     pids=$(ip netns pids "${P}$i" 2>/dev/null); [ -n "$pids" ] && kill $pids 2>/dev/null
@@ -34,10 +35,11 @@ cleanup() {
     rm -f "/var/run/wireguard/${P}w$i.sock"
   done
   ip link del "${P}br" 2>/dev/null
-  rm -rf "$WORK"
-}
+  if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
+)
+cleanup # leftovers of an earlier run that was killed
 trap cleanup EXIT INT TERM
-cleanup; trap cleanup EXIT INT TERM
+WORK=$(mktemp -d /tmp/webmesh-local.XXXXXX)
 
 echo "== creating $HOSTS hosts (namespaces ${P}1..${P}$HOSTS on bridge ${P}br, $NET.0/24)"
 ip link add "${P}br" type bridge && ip addr add "$NET.254/24" dev "${P}br" && ip link set "${P}br" up
