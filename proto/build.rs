@@ -32,13 +32,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Well-known types with serde support, so every v1 message is JSON/YAML-able.
     let mut prost_config = prost_build::Config::new();
     prost_config.prost_types_path("::pbjson_types");
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        // AppDaemon has an RPC named `Connect`, which would clash with the generated
-        // `connect` constructor: clients are made with `new(channel)` instead.
-        .build_transport(false)
-        .compile_fds_with_config(fds, prost_config)?;
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_some() {
+        tonic_prost_build::configure()
+            .build_server(true)
+            .build_client(true)
+            // AppDaemon has an RPC named `Connect`, which would clash with the generated
+            // `connect` constructor: clients are made with `new(channel)` instead.
+            .build_transport(false)
+            .compile_fds_with_config(fds, prost_config)?;
+    } else {
+        prost_config.compile_fds(fds)?;
+    }
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
         .build(&[".v1"])?;

@@ -123,6 +123,25 @@ pub struct Flags {
     /// (labs and benchmarks; the mesh carries no traffic).
     #[arg(long, env = "WEBMESH_NO_WIREGUARD", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_wireguard: Option<String>,
+    /// Username this node presents to the mesh it joins (the auth-basic plugin).
+    #[arg(long, env = "WEBMESH_AUTH_BASIC_USER", value_name = "NAME")]
+    pub auth_basic_user: Option<String>,
+    /// File holding the password for --auth-basic-user (first line).
+    #[arg(long, env = "WEBMESH_AUTH_BASIC_PASSWORD_FILE", value_name = "FILE")]
+    pub auth_basic_password_file: Option<PathBuf>,
+    /// A plugin, NAME=TARGET (repeatable). TARGET: an executable (started and
+    /// supervised by the node), a `.wasm` component, `unix:///path.sock`, or
+    /// `grpc://host:port` / `grpcs://host:port` (a plugin already running).
+    #[arg(
+        long = "plugin",
+        env = "WEBMESH_PLUGIN",
+        value_name = "NAME=TARGET",
+        value_delimiter = ','
+    )]
+    pub plugins: Vec<String>,
+    /// A plugin setting, NAME.KEY=VALUE (repeatable); reaches the plugin's `Configure`.
+    #[arg(long = "plugin-config", value_name = "NAME.KEY=VALUE")]
+    pub plugin_config: Vec<String>,
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "WEBMESH_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -155,6 +174,149 @@ struct FileConfig {
     leave_on_shutdown: Option<bool>,
     no_wireguard: Option<bool>,
     log_level: Option<String>,
+    auth_basic_user: Option<String>,
+    auth_basic_password_file: Option<PathBuf>,
+    plugins: Option<std::collections::BTreeMap<String, FilePlugin>>,
+}
+
+/// `plugins: {NAME: {target: ..., config: {...}}}` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlugin {
+    target: Option<String>,
+    #[serde(default)]
+    config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where a plugin runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "at")]
+pub enum PluginTarget {
+    /// An executable the node starts and supervises.
+    Process(PathBuf),
+    /// A WebAssembly component run in the node's sandbox.
+    Wasm(PathBuf),
+    /// A plugin already serving on a unix socket.
+    Unix(PathBuf),
+    /// A plugin already serving on TCP, `tls` for `grpcs://`.
+    Grpc { addr: String, tls: bool },
+}
+
+impl std::fmt::Display for PluginTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginTarget::Process(p) | PluginTarget::Wasm(p) => write!(f, "{}", p.display()),
+            PluginTarget::Unix(p) => write!(f, "unix://{}", p.display()),
+            PluginTarget::Grpc { addr, tls: false } => write!(f, "grpc://{addr}"),
+            PluginTarget::Grpc { addr, tls: true } => write!(f, "grpcs://{addr}"),
+        }
+    }
+}
+
+impl PluginTarget {
+    pub fn parse(s: &str) -> Result<PluginTarget, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("the target is empty".into());
+        }
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err("unix:// needs an absolute socket path (unix:///run/p.sock)".into());
+            }
+            return Ok(PluginTarget::Unix(PathBuf::from(path)));
+        }
+        for (scheme, tls) in [("grpc://", false), ("grpcs://", true)] {
+            if let Some(addr) = s.strip_prefix(scheme) {
+                validate_host_port(addr)?;
+                return Ok(PluginTarget::Grpc {
+                    addr: addr.to_string(),
+                    tls,
+                });
+            }
+        }
+        if s.contains("://") {
+            return Err("unknown scheme; use a path, unix://, grpc:// or grpcs://".into());
+        }
+        if s.ends_with(".wasm") {
+            return Ok(PluginTarget::Wasm(PathBuf::from(s)));
+        }
+        Ok(PluginTarget::Process(PathBuf::from(s)))
+    }
+}
+
+/// One configured plugin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginSettings {
+    pub target: PluginTarget,
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Plugin names: what `--plugin-config NAME.KEY` and the logs use.
+fn validate_plugin_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("a plugin name must be 1-63 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err("a plugin name may use a-z, 0-9, '-' and '_'");
+    }
+    Ok(())
+}
+
+fn layer_plugins(
+    file: Option<std::collections::BTreeMap<String, FilePlugin>>,
+    flags: &[String],
+    settings: &[String],
+) -> Result<std::collections::BTreeMap<String, PluginSettings>, ConfigError> {
+    let mut targets = std::collections::BTreeMap::new();
+    let mut configs: std::collections::BTreeMap<String, serde_json::Map<_, _>> = Default::default();
+    for (name, p) in file.unwrap_or_default() {
+        validate_plugin_name(&name).map_err(|e| invalid("plugins", &name, e))?;
+        if let Some(t) = p.target {
+            let target = PluginTarget::parse(&t)
+                .map_err(|e| invalid("plugins", format!("{name}.target={t}"), e))?;
+            targets.insert(name.clone(), target);
+        }
+        configs.insert(name, p.config);
+    }
+    for f in flags {
+        let (name, target) = f
+            .split_once('=')
+            .ok_or_else(|| invalid("plugin", f, "must be NAME=TARGET"))?;
+        validate_plugin_name(name).map_err(|e| invalid("plugin", f, e))?;
+        let target = PluginTarget::parse(target).map_err(|e| invalid("plugin", f, e))?;
+        targets.insert(name.to_string(), target);
+    }
+    for s in settings {
+        let (path, value) = s
+            .split_once('=')
+            .ok_or_else(|| invalid("plugin-config", s, "must be NAME.KEY=VALUE"))?;
+        let (name, key) = path
+            .split_once('.')
+            .filter(|(n, k)| !n.is_empty() && !k.is_empty())
+            .ok_or_else(|| invalid("plugin-config", s, "must be NAME.KEY=VALUE"))?;
+        configs.entry(name.to_string()).or_default().insert(
+            key.to_string(),
+            serde_json::Value::String(value.to_string()),
+        );
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for name in configs.keys() {
+        if !targets.contains_key(name) {
+            return Err(invalid(
+                "plugin-config",
+                name,
+                format!("no plugin {name:?} is configured (add --plugin {name}=TARGET)"),
+            ));
+        }
+    }
+    for (name, target) in targets {
+        let config = configs.remove(&name).unwrap_or_default();
+        out.insert(name, PluginSettings { target, config });
+    }
+    Ok(out)
 }
 
 /// The effective, validated settings of a node.
@@ -183,6 +345,9 @@ pub struct Config {
     pub leave_on_shutdown: bool,
     pub no_wireguard: bool,
     pub log_level: String,
+    pub auth_basic_user: Option<String>,
+    pub auth_basic_password_file: Option<PathBuf>,
+    pub plugins: std::collections::BTreeMap<String, PluginSettings>,
 }
 
 impl Default for Config {
@@ -208,6 +373,9 @@ impl Default for Config {
             leave_on_shutdown: false,
             no_wireguard: false,
             log_level: "info".into(),
+            auth_basic_user: None,
+            auth_basic_password_file: None,
+            plugins: Default::default(),
         }
     }
 }
@@ -352,6 +520,32 @@ impl Config {
                 .map_err(|e| invalid("log-level", &level, e))?;
             cfg.log_level = level;
         }
+        cfg.auth_basic_user = flags.auth_basic_user.clone().or(file.auth_basic_user);
+        cfg.auth_basic_password_file = flags
+            .auth_basic_password_file
+            .clone()
+            .or(file.auth_basic_password_file);
+        match (&cfg.auth_basic_user, &cfg.auth_basic_password_file) {
+            (Some(u), _) if u.is_empty() || u.contains(char::is_control) => {
+                return Err(invalid("auth-basic-user", u, "must be a non-empty name"));
+            }
+            (Some(u), None) => {
+                return Err(invalid(
+                    "auth-basic-user",
+                    u,
+                    "needs --auth-basic-password-file",
+                ));
+            }
+            (None, Some(f)) => {
+                return Err(invalid(
+                    "auth-basic-password-file",
+                    f.display(),
+                    "needs --auth-basic-user",
+                ));
+            }
+            _ => {}
+        }
+        cfg.plugins = layer_plugins(file.plugins, &flags.plugins, &flags.plugin_config)?;
         Ok(cfg)
     }
 
@@ -515,6 +709,91 @@ mod tests {
         assert_eq!(c.mesh_domain, "webmesh.internal");
         assert!(!c.bootstrap);
         assert_eq!(c.bootstrap_default_policy, DefaultPolicy::Accept);
+    }
+
+    #[test]
+    fn plugins_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "plugins:\n  auth:\n    target: /usr/lib/webmesh/auth-basic\n    config:\n      \
+             htpasswd: /etc/webmesh/htpasswd\n      reload: true\n  store:\n    target: \
+             unix:///run/store.sock\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&flags(&[
+            "--config",
+            p,
+            "--plugin",
+            "ipam=./ipam-sqlite",
+            "--plugin",
+            "wasm=./allow.wasm",
+            "--plugin",
+            "remote=grpcs://plugins.example:7443",
+            "--plugin-config",
+            "ipam.path=/var/lib/ipam.db",
+            "--plugin-config",
+            "auth.htpasswd=/other",
+        ]))
+        .unwrap();
+        let auth = &c.plugins["auth"];
+        assert_eq!(
+            auth.target,
+            PluginTarget::Process("/usr/lib/webmesh/auth-basic".into())
+        );
+        assert_eq!(auth.config["htpasswd"], "/other");
+        assert_eq!(auth.config["reload"], true);
+        assert_eq!(
+            c.plugins["store"].target,
+            PluginTarget::Unix("/run/store.sock".into())
+        );
+        assert_eq!(
+            c.plugins["ipam"].target,
+            PluginTarget::Process("./ipam-sqlite".into())
+        );
+        assert_eq!(c.plugins["ipam"].config["path"], "/var/lib/ipam.db");
+        assert_eq!(
+            c.plugins["wasm"].target,
+            PluginTarget::Wasm("./allow.wasm".into())
+        );
+        assert_eq!(
+            c.plugins["remote"].target,
+            PluginTarget::Grpc {
+                addr: "plugins.example:7443".into(),
+                tls: true
+            }
+        );
+    }
+
+    #[test]
+    fn bad_plugin_settings_name_the_key() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--plugin", "ipam"],
+                "invalid plugin \"ipam\": must be NAME=TARGET",
+            ),
+            (&["--plugin", "Bad Name=x"], "invalid plugin \"Bad Name=x\""),
+            (&["--plugin", "a=http://x:1"], "unknown scheme"),
+            (&["--plugin", "a=unix://rel.sock"], "absolute socket path"),
+            (
+                &["--plugin", "a=grpc://nohost"],
+                "invalid plugin \"a=grpc://nohost\"",
+            ),
+            (
+                &["--plugin-config", "a.k=v"],
+                "no plugin \"a\" is configured",
+            ),
+            (
+                &["--plugin", "a=/x", "--plugin-config", "a=v"],
+                "NAME.KEY=VALUE",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = Config::load(&flags(args)).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

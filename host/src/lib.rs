@@ -8,6 +8,7 @@ pub mod config;
 pub mod mesh;
 pub mod net;
 pub mod node;
+pub mod plugins;
 pub mod raft;
 pub mod services;
 pub mod store;

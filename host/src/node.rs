@@ -49,6 +49,8 @@ pub enum NodeError {
     Network(String),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::StartError),
 }
 
 fn dir_err(path: &Path, e: impl ToString) -> NodeError {
@@ -170,8 +172,56 @@ pub struct Node {
     pub net: Option<MeshNet>,
     leave_on_shutdown: bool,
     join: Vec<String>,
+    creds: Credentials,
+    plugins: crate::plugins::Plugins,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// What this node presents when it calls another mesh's API (join, leave).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    headers: Vec<(
+        &'static str,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )>,
+}
+
+impl Credentials {
+    fn load(cfg: &Config) -> Result<Credentials, NodeError> {
+        let mut c = Credentials::default();
+        if let (Some(user), Some(file)) = (&cfg.auth_basic_user, &cfg.auth_basic_password_file) {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                NodeError::Usage(format!(
+                    "invalid auth-basic-password-file {:?}: {e}",
+                    file.display()
+                ))
+            })?;
+            let password = text.lines().next().unwrap_or_default();
+            let value = |key: &str, v: &str| {
+                v.parse().map_err(|_| {
+                    NodeError::Usage(format!("invalid {key}: it must be printable ASCII"))
+                })
+            };
+            c.headers.push((
+                "x-webmesh-basic-auth-username",
+                value("auth-basic-user", user)?,
+            ));
+            c.headers.push((
+                "x-webmesh-basic-auth-password",
+                value("auth-basic-password-file", password)?,
+            ));
+        }
+        Ok(c)
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        for (k, v) in &self.headers {
+            r.metadata_mut().insert(*k, v.clone());
+        }
+        r
+    }
 }
 
 /// How long a joiner keeps trying its join addresses before giving up.
@@ -268,8 +318,24 @@ impl Node {
 
     async fn start_named(cfg: Config, dir: DataDir, name: String) -> Result<Node, NodeError> {
         let key = dir.wireguard_key()?;
+        let creds = Credentials::load(&cfg)?;
         let engine = Engine::open(&dir.raft_path())?;
         let raft = RaftNode::start(engine, &name).await?;
+        // Plugins before the mesh: one that cannot start stops us before we join.
+        let plugins = match crate::plugins::Plugins::start(&cfg.plugins, raft.engine.clone()).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                raft.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        if plugins.auth().is_none() {
+            warn!(
+                "no AUTH plugin: the API trusts callers by address only (loopback acts as this \
+                 node, a mesh address as that node); anyone who reaches the API port can join"
+            );
+        }
         let initialized = raft.is_initialized().await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -324,7 +390,7 @@ impl Node {
                 }
             }
             None => {
-                let resp = join_mesh(&cfg, &name, &key).await?;
+                let resp = join_mesh(&cfg, &name, &key, &creds).await?;
                 initial_peers = resp.peers.clone();
                 let v4net: Option<Ipv4Net> = resp.network_ipv4.parse().ok();
                 let v6net: Option<Ipv6Net> = resp.network_ipv6.parse().ok();
@@ -451,11 +517,14 @@ impl Node {
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
+        let auth_layer =
+            crate::services::auth::AuthLayer::new(plugins.auth(), raft.engine.clone(), &name);
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(
             async move {
                 let res = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .layer(auth_layer)
                     .add_service(node_svc)
                     .add_service(reflection)
                     .add_service(reflection_alpha)
@@ -477,15 +546,17 @@ impl Node {
             net,
             leave_on_shutdown: cfg.leave_on_shutdown,
             join: cfg.join.clone(),
+            creds,
+            plugins,
             tasks,
             stop,
         })
     }
 
     /// Leaves the mesh if asked to, then stops the servers, WireGuard and Raft.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         if self.leave_on_shutdown {
-            match leave_mesh(&self.raft, &self.join).await {
+            match leave_mesh(&self.raft, &self.join, &self.creds).await {
                 Ok(()) => info!("left the mesh"),
                 Err(e) => warn!(error = %e, "could not leave the mesh"),
             }
@@ -497,6 +568,7 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || iface.remove()).await;
         }
         self.raft.shutdown().await;
+        self.plugins.shutdown().await;
         for t in self.tasks {
             t.abort();
         }
@@ -506,7 +578,7 @@ impl Node {
 /// Asks the leader to remove this node: through the join addresses first (the
 /// underlay), because the reply of a leader reached through the mesh cannot come back
 /// once the leave has removed our tunnel.
-async fn leave_mesh(raft: &RaftNode, join: &[String]) -> Result<(), String> {
+async fn leave_mesh(raft: &RaftNode, join: &[String], creds: &Credentials) -> Result<(), String> {
     let req = LeaveRequest {
         id: raft.name.clone(),
     };
@@ -535,7 +607,7 @@ async fn leave_mesh(raft: &RaftNode, join: &[String]) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             NodeClient::new(ch)
-                .leave(req.clone())
+                .leave(creds.request(req.clone()))
                 .await
                 .map(|_| ())
                 .map_err(|s| s.message().to_string())
@@ -580,14 +652,19 @@ fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
 
 /// Tries each join address in order, with backoff between rounds, until one accepts.
 /// Errors a retry cannot fix (bad input, refused credentials) stop at once.
-async fn join_mesh(cfg: &Config, name: &str, key: &Key) -> Result<JoinResponse, NodeError> {
+async fn join_mesh(
+    cfg: &Config,
+    name: &str,
+    key: &Key,
+    creds: &Credentials,
+) -> Result<JoinResponse, NodeError> {
     let req = join_request(cfg, name, key);
     let deadline = Instant::now() + JOIN_DEADLINE;
     let mut backoff = Duration::from_millis(250);
     loop {
         for addr in &cfg.join {
             info!("contacting {addr}");
-            match try_join(addr, &req).await {
+            match try_join(addr, &req, creds).await {
                 Ok(resp) => {
                     let role = if cfg.voter { "voter" } else { "non-voter" };
                     info!("joined as {role} via {addr}");
@@ -622,7 +699,11 @@ async fn join_mesh(cfg: &Config, name: &str, key: &Key) -> Result<JoinResponse, 
     }
 }
 
-async fn try_join(addr: &str, req: &JoinRequest) -> Result<JoinResponse, tonic::Status> {
+async fn try_join(
+    addr: &str,
+    req: &JoinRequest,
+    creds: &Credentials,
+) -> Result<JoinResponse, tonic::Status> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -636,7 +717,7 @@ async fn try_join(addr: &str, req: &JoinRequest) -> Result<JoinResponse, tonic::
         .await
         .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
     NodeClient::new(ch)
-        .join(req.clone())
+        .join(creds.request(req.clone()))
         .await
         .map(|r| r.into_inner())
 }

@@ -8,7 +8,7 @@
 /// Package `v1`: every message, enum and service of the API.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
-    tonic::include_proto!("v1");
+    include!(concat!(env!("OUT_DIR"), "/v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/v1.serde.rs"));
 }
 
@@ -16,7 +16,7 @@ pub mod v1 {
 /// snapshot format).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod internal {
-    tonic::include_proto!("webmesh.internal");
+    include!(concat!(env!("OUT_DIR"), "/webmesh.internal.rs"));
 }
 
 /// Well-known protobuf types as used by the generated code (with serde support).

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -154,6 +154,11 @@ impl TestNet {
         };
         self.hosts.insert(id.to_string(), host);
         Ok(self.hosts.get_mut(id).expect("just inserted"))
+    }
+
+    /// A scratch directory that lives as long as the net.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn host(&mut self, id: &str) -> &mut Host {
@@ -300,6 +305,11 @@ impl Host {
             .context("spawn webmesh")?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The node's PID (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn running(&mut self) -> bool {

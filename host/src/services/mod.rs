@@ -1,6 +1,7 @@
 //! The public gRPC services and what they share: who is calling, and how internal
 //! errors become `tonic::Status` values a person can act on.
 
+pub mod auth;
 pub mod membership;
 pub mod node;
 
@@ -15,6 +16,8 @@ use crate::raft::ProposeError;
 pub enum Caller {
     /// A mesh node, by ID.
     Node(String),
+    /// An identity the AUTH plugin vouched for.
+    User(String),
     /// Nobody we can name.
     Anonymous,
 }
@@ -23,6 +26,7 @@ impl std::fmt::Display for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Caller::Node(id) => write!(f, "node {id}"),
+            Caller::User(id) => write!(f, "{id:?} (authenticated)"),
             Caller::Anonymous => f.write_str("an anonymous caller"),
         }
     }
@@ -108,6 +112,18 @@ pub fn propose_status(e: ProposeError) -> Status {
         ProposeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
         ProposeError::Refused(reason) => Status::failed_precondition(reason),
         ProposeError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Until RBAC decides more (issue 5), an authenticated caller acts only for the node
+/// of its own name.
+pub fn require_self(caller: &Caller, id: &str, action: &str) -> Result<(), Status> {
+    match caller {
+        Caller::User(who) if who != id => Err(Status::permission_denied(format!(
+            "{caller} may not {action} node {id:?}: an authenticated caller may only {action} \
+             the node of its own name"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -65,6 +65,9 @@ impl NodeService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Caller {
+        if let Some(a) = req.extensions().get::<super::auth::Authenticated>() {
+            return Caller::User(a.0.clone());
+        }
         identify(
             req.remote_addr().map(|a| a.ip()),
             &self.raft.name,
@@ -215,6 +218,7 @@ impl Node for NodeService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let caller = self.caller(&req);
         membership::validate_join(req.get_ref()).map_err(field_status)?;
+        super::require_self(&caller, &req.get_ref().id, "join as")?;
         let via = req
             .metadata()
             .get(JOIN_VIA_HEADER)
@@ -251,6 +255,7 @@ impl Node for NodeService {
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
         membership::validate_update(req.get_ref()).map_err(field_status)?;
+        super::require_self(&self.caller(&req), &req.get_ref().id, "update")?;
         let update = req.into_inner();
         match self.leader_client()? {
             Some(mut leader) => leader.update(update).await,
@@ -263,6 +268,7 @@ impl Node for NodeService {
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<()>, Status> {
         membership::validate_id(&req.get_ref().id).map_err(field_status)?;
+        super::require_self(&self.caller(&req), &req.get_ref().id, "remove")?;
         let leave = req.into_inner();
         match self.leader_client()? {
             Some(mut leader) => leader.leave(leave).await,

@@ -1,0 +1,497 @@
+//! The plugin host: starts or dials each configured plugin, learns its capabilities,
+//! configures it, opens its querier, routes the node's duties to it, and supervises
+//! process plugins. Calls to plugins are bounded: a dead or hung plugin makes calls
+//! fail with Unavailable or DeadlineExceeded; it never hangs the node.
+
+pub mod process;
+pub mod querier;
+pub mod routing;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use webmesh_api::v1::{
+    self, auth_plugin_client::AuthPluginClient, ipam_plugin_client::IpamPluginClient,
+    plugin_client::PluginClient, storage_plugin_client::StoragePluginClient,
+    watch_plugin_client::WatchPluginClient,
+};
+use webmesh_plugin_sdk::Config as PluginConfig;
+
+use crate::config::{PluginSettings, PluginTarget};
+use crate::store::engine::Engine;
+pub use routing::{RouteError, Routes};
+
+/// How long a process plugin has to print its handshake, and a plugin to answer
+/// `GetInfo` and `Configure`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound on an authentication call: it sits in front of every API request.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bound on other plugin calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the plugins could not start; each names the plugin and what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("plugin {plugin}: cannot start {path}: {reason}")]
+    Spawn {
+        plugin: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("plugin {plugin} ({path}): handshake failed: {reason}")]
+    Handshake {
+        plugin: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("plugin {plugin} ({target}): {reason}")]
+    Rpc {
+        plugin: String,
+        target: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    #[error("plugin socket directory {dir}: {reason}")]
+    Dir { dir: PathBuf, reason: String },
+}
+
+/// A running plugin the node can call.
+pub struct PluginHandle {
+    pub name: String,
+    pub target: PluginTarget,
+    pub info: v1::PluginInfo,
+    channel: Channel,
+}
+
+impl PluginHandle {
+    fn request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(timeout);
+        r
+    }
+
+    /// Runs one call with a hard bound, and names the plugin in any error.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(timeout + Duration::from_millis(100), call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(self.named(what, s)),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "plugin {}: {what} did not answer within {timeout:?}",
+                self.name
+            ))),
+        }
+    }
+
+    fn named(&self, what: &str, s: Status) -> Status {
+        match s.code() {
+            // The plugin's own verdicts pass through unchanged.
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted => s,
+            Code::DeadlineExceeded => Status::deadline_exceeded(format!(
+                "plugin {}: {what} did not answer in time",
+                self.name
+            )),
+            code => Status::new(
+                if code == Code::Unknown {
+                    Code::Unavailable
+                } else {
+                    code
+                },
+                format!("plugin {}: {what}: {}", self.name, s.message()),
+            ),
+        }
+    }
+
+    pub async fn authenticate(&self, req: v1::AuthenticationRequest) -> Result<String, Status> {
+        let mut c = AuthPluginClient::new(self.channel.clone());
+        let r = self.request(req, AUTH_TIMEOUT);
+        Ok(self
+            .bounded("Authenticate", AUTH_TIMEOUT, c.authenticate(r))
+            .await?
+            .id)
+    }
+
+    pub async fn allocate(&self, req: v1::AllocateIpRequest) -> Result<String, Status> {
+        let mut c = IpamPluginClient::new(self.channel.clone());
+        let r = self.request(req, CALL_TIMEOUT);
+        Ok(self
+            .bounded("Allocate", CALL_TIMEOUT, c.allocate(r))
+            .await?
+            .ip)
+    }
+
+    pub async fn release(&self, req: v1::ReleaseIpRequest) -> Result<(), Status> {
+        let mut c = IpamPluginClient::new(self.channel.clone());
+        let r = self.request(req, CALL_TIMEOUT);
+        self.bounded("Release", CALL_TIMEOUT, c.release(r)).await
+    }
+
+    pub async fn store(&self, req: v1::StoreLogRequest) -> Result<v1::RaftApplyResponse, Status> {
+        let mut c = StoragePluginClient::new(self.channel.clone());
+        let r = self.request(req, CALL_TIMEOUT);
+        self.bounded("Store", CALL_TIMEOUT, c.store(r)).await
+    }
+
+    pub async fn restore(&self, req: v1::DataSnapshot) -> Result<(), Status> {
+        let mut c = StoragePluginClient::new(self.channel.clone());
+        // A snapshot may be large; give it longer.
+        let t = CALL_TIMEOUT * 6;
+        let r = self.request(req, t);
+        self.bounded("RestoreSnapshot", t, c.restore_snapshot(r))
+            .await
+    }
+
+    pub async fn emit(&self, req: v1::Event) -> Result<(), Status> {
+        let mut c = WatchPluginClient::new(self.channel.clone());
+        let r = self.request(req, CALL_TIMEOUT);
+        self.bounded("Emit", CALL_TIMEOUT, c.emit(r)).await
+    }
+
+    async fn get_info(&self) -> Result<v1::PluginInfo, Status> {
+        let mut c = PluginClient::new(self.channel.clone());
+        let r = self.request((), HANDSHAKE_TIMEOUT);
+        self.bounded("GetInfo", HANDSHAKE_TIMEOUT, c.get_info(r))
+            .await
+    }
+
+    async fn configure(&self, config: &PluginConfig) -> Result<(), Status> {
+        let mut c = PluginClient::new(self.channel.clone());
+        let r = self.request(
+            v1::PluginConfiguration {
+                config: Some(config.to_struct()),
+            },
+            HANDSHAKE_TIMEOUT,
+        );
+        self.bounded("Configure", HANDSHAKE_TIMEOUT, c.configure(r))
+            .await
+    }
+
+    async fn close(&self) -> Result<(), Status> {
+        let mut c = PluginClient::new(self.channel.clone());
+        let t = Duration::from_secs(1);
+        let r = self.request((), t);
+        self.bounded("Close", t, c.close(r)).await
+    }
+}
+
+/// A channel to a unix socket; each (re)connection dials the path afresh, so a
+/// restarted plugin on the same path is picked up by the same channel.
+fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://plugin.invalid")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(&path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(s))
+            }
+        }))
+}
+
+fn tcp_channel(name: &str, addr: &str, tls: bool) -> Result<Channel, StartError> {
+    if tls {
+        return Err(StartError::Rpc {
+            plugin: name.to_string(),
+            target: format!("grpcs://{addr}"),
+            reason: "grpcs:// targets are not supported by this build yet; run the plugin \
+                     on a unix socket or grpc:// behind a local TLS terminator"
+                .into(),
+        });
+    }
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| StartError::Rpc {
+            plugin: name.to_string(),
+            target: format!("grpc://{addr}"),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// The node's plugins and their duties.
+pub struct Plugins {
+    pub handles: BTreeMap<String, Arc<PluginHandle>>,
+    pub routes: Routes,
+    supervisors: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<watch::Sender<bool>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Plugins {
+    /// No plugins.
+    pub fn none() -> Plugins {
+        Plugins {
+            handles: BTreeMap::new(),
+            routes: Routes::default(),
+            supervisors: Vec::new(),
+            stop: Arc::new(watch::Sender::new(false)),
+            _dir: None,
+        }
+    }
+
+    pub fn auth(&self) -> Option<Arc<PluginHandle>> {
+        self.routes.auth.as_ref().map(|n| self.handles[n].clone())
+    }
+
+    pub fn ipam_v4(&self) -> Option<Arc<PluginHandle>> {
+        self.routes
+            .ipam_v4
+            .as_ref()
+            .map(|n| self.handles[n].clone())
+    }
+
+    pub fn ipam_v6(&self) -> Option<Arc<PluginHandle>> {
+        self.routes
+            .ipam_v6
+            .as_ref()
+            .map(|n| self.handles[n].clone())
+    }
+
+    /// Starts every configured plugin (in name order), configures it and routes its
+    /// capabilities. On any failure the plugins started so far are stopped again.
+    pub async fn start(
+        settings: &BTreeMap<String, PluginSettings>,
+        engine: Engine,
+    ) -> Result<Plugins, StartError> {
+        let mut plugins = Plugins::none();
+        if settings.is_empty() {
+            return Ok(plugins);
+        }
+        match plugins.start_all(settings, engine).await {
+            Ok(()) => Ok(plugins),
+            Err(e) => {
+                plugins.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_all(
+        &mut self,
+        settings: &BTreeMap<String, PluginSettings>,
+        engine: Engine,
+    ) -> Result<(), StartError> {
+        let mut caps = Vec::new();
+        for (name, s) in settings {
+            let t0 = Instant::now();
+            let handle = match &s.target {
+                PluginTarget::Process(path) => {
+                    let dir = self.socket_dir()?;
+                    let launched = process::launch(name, path, &dir, HANDSHAKE_TIMEOUT).await?;
+                    let handle = self
+                        .connect(name, s, unix_channel(&launched.socket))
+                        .await?;
+                    let sup = Supervisor {
+                        handle: handle.clone(),
+                        path: path.clone(),
+                        dir,
+                        config: PluginConfig(s.config.clone()),
+                        engine: engine.clone(),
+                        stop: self.stop.clone(),
+                    };
+                    self.supervisors.push(tokio::spawn(sup.run(launched.child)));
+                    handle
+                }
+                PluginTarget::Unix(path) => self.connect(name, s, unix_channel(path)).await?,
+                PluginTarget::Grpc { addr, tls } => {
+                    self.connect(name, s, tcp_channel(name, addr, *tls)?)
+                        .await?
+                }
+                PluginTarget::Wasm(path) => {
+                    return Err(StartError::Rpc {
+                        plugin: name.clone(),
+                        target: path.display().to_string(),
+                        reason: "WASM plugins are not supported by this build yet".into(),
+                    });
+                }
+            };
+            querier::open(handle.clone(), engine.clone());
+            tracing::info!(
+                plugin = %name,
+                target = %s.target,
+                version = %handle.info.version,
+                capabilities = ?caps_names(&handle.info.capabilities),
+                took = ?t0.elapsed(),
+                "plugin ready"
+            );
+            caps.push((name.clone(), handle.info.capabilities.clone()));
+            self.handles.insert(name.clone(), handle);
+        }
+        self.routes = routing::route(&caps)?;
+        Ok(())
+    }
+
+    /// A private directory for the sockets of process plugins.
+    fn socket_dir(&mut self) -> Result<PathBuf, StartError> {
+        if self._dir.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("webmesh-plugins-")
+                .tempdir()
+                .map_err(|e| StartError::Dir {
+                    dir: std::env::temp_dir(),
+                    reason: e.to_string(),
+                })?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700));
+            self._dir = Some(dir);
+        }
+        Ok(self._dir.as_ref().expect("just made").path().to_path_buf())
+    }
+
+    /// `GetInfo` then `Configure` over `channel`.
+    async fn connect(
+        &self,
+        name: &str,
+        s: &PluginSettings,
+        channel: Channel,
+    ) -> Result<Arc<PluginHandle>, StartError> {
+        let mut handle = PluginHandle {
+            name: name.to_string(),
+            target: s.target.clone(),
+            info: v1::PluginInfo::default(),
+            channel,
+        };
+        let rpc_err = |what: &str, e: Status| StartError::Rpc {
+            plugin: name.to_string(),
+            target: s.target.to_string(),
+            reason: format!("{what}: {}", e.message()),
+        };
+        handle.info = handle
+            .get_info()
+            .await
+            .map_err(|e| rpc_err("GetInfo failed", e))?;
+        handle
+            .configure(&PluginConfig(s.config.clone()))
+            .await
+            .map_err(|e| rpc_err("it refused its configuration", e))?;
+        Ok(Arc::new(handle))
+    }
+
+    /// Close → SIGTERM → SIGKILL for process plugins; Close for the others.
+    pub async fn shutdown(&mut self) {
+        let closes = self.handles.values().map(|h| {
+            let h = h.clone();
+            async move {
+                if let Err(e) = h.close().await {
+                    tracing::debug!(plugin = %h.name, error = %e, "close");
+                }
+            }
+        });
+        futures::future::join_all(closes).await;
+        self.stop.send_replace(true);
+        for s in self.supervisors.drain(..) {
+            let _ = s.await;
+        }
+    }
+}
+
+fn caps_names(caps: &[i32]) -> Vec<&'static str> {
+    caps.iter()
+        .map(|c| {
+            v1::PluginCapability::try_from(*c)
+                .map(|c| c.as_str_name())
+                .unwrap_or("?")
+        })
+        .collect()
+}
+
+/// Resolves once shutdown has begun.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Keeps one process plugin running: restarts it with backoff when it exits, then
+/// configures it and reopens its querier; stops it on shutdown.
+struct Supervisor {
+    handle: Arc<PluginHandle>,
+    path: PathBuf,
+    dir: PathBuf,
+    config: PluginConfig,
+    engine: Engine,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl Supervisor {
+    async fn run(self, mut child: tokio::process::Child) {
+        let name = self.handle.name.clone();
+        let mut backoff = process::Backoff::new();
+        let mut started = Instant::now();
+        loop {
+            let stopped = stopped(self.stop.subscribe());
+            tokio::pin!(stopped);
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    let delay = backoff.delay(started.elapsed());
+                    tracing::warn!(plugin = %name, %status, restart_in = ?delay, "plugin exited");
+                    if self.sleep_or_stop(delay).await {
+                        return;
+                    }
+                    match self.restart().await {
+                        Ok(c) => {
+                            child = c;
+                            started = Instant::now();
+                            tracing::info!(plugin = %name, "plugin restarted");
+                        }
+                        Err(e) => {
+                            tracing::error!(plugin = %name, error = %e, "plugin restart failed");
+                            // Go round again: the exited child's wait returns at once.
+                            started = Instant::now();
+                        }
+                    }
+                }
+                _ = &mut stopped => {
+                    process::stop(&mut child, Duration::from_secs(2)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// True when shutdown came first.
+    async fn sleep_or_stop(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = stopped(self.stop.subscribe()) => true,
+        }
+    }
+
+    async fn restart(&self) -> Result<tokio::process::Child, StartError> {
+        let launched =
+            process::launch(&self.handle.name, &self.path, &self.dir, HANDSHAKE_TIMEOUT).await?;
+        let mut child = launched.child;
+        let configured = async {
+            self.handle.get_info().await?;
+            self.handle.configure(&self.config).await
+        };
+        if let Err(e) = configured.await {
+            process::stop(&mut child, Duration::from_secs(1)).await;
+            return Err(StartError::Rpc {
+                plugin: self.handle.name.clone(),
+                target: self.handle.target.to_string(),
+                reason: e.message().to_string(),
+            });
+        }
+        querier::open(self.handle.clone(), self.engine.clone());
+        Ok(child)
+    }
+}

@@ -1,0 +1,205 @@
+//! Plugins as child processes: start, handshake, stderr into our log, restart with
+//! backoff when one dies, and Close → SIGTERM → SIGKILL on shutdown. Every child is
+//! waited for, so none is left a zombie.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use webmesh_plugin_sdk::{HANDSHAKE_PREFIX, SOCKET_ENV};
+
+use super::StartError;
+
+/// How many of a plugin's last stderr lines a start-up error quotes.
+const STDERR_TAIL: usize = 8;
+
+/// A started child that has printed a valid handshake.
+pub struct Launched {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+/// Starts `path` with its socket in `dir`, forwards its output into the log, and waits
+/// up to `timeout` for the handshake line.
+pub async fn launch(
+    name: &str,
+    path: &Path,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Launched, StartError> {
+    let socket = dir.join(format!("{name}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = Command::new(path);
+    cmd.env(SOCKET_ENV, &socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it only sets a flag of the new process.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the node dies without a shutdown (SIGKILL), its plugins go with it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| StartError::Spawn {
+        plugin: name.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr_done = child.stderr.take().map(|err| {
+        let (name, tail) = (name.to_string(), tail.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(plugin = %name, "{line}");
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        })
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(timeout, lines.next_line()).await;
+    let printed = |tail: &Arc<Mutex<VecDeque<String>>>| {
+        let t = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if t.is_empty() {
+            "nothing on stderr".to_string()
+        } else {
+            format!(
+                "stderr: {}",
+                t.iter().cloned().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    };
+    let fail = |reason: String| StartError::Handshake {
+        plugin: name.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    match first {
+        Ok(Ok(Some(line))) => match line.trim().strip_prefix(HANDSHAKE_PREFIX) {
+            Some(sock) if !sock.is_empty() => {
+                forward_stdout(name, lines);
+                Ok(Launched {
+                    child,
+                    socket: PathBuf::from(sock),
+                })
+            }
+            _ => {
+                let _ = child.kill().await;
+                Err(fail(format!(
+                    "it printed {line:?} instead of the handshake line \
+                     \"{HANDSHAKE_PREFIX}<socket>\" (is it a webmesh plugin?)"
+                )))
+            }
+        },
+        Ok(_) => {
+            // Stdout closed: the plugin exited (or closed it). Give stderr a moment to
+            // drain so the error can quote it.
+            let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            if let Some(h) = stderr_done {
+                let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
+            }
+            let status = match status {
+                Ok(Ok(s)) => s.to_string(),
+                _ => {
+                    let _ = child.kill().await;
+                    "closed its stdout".to_string()
+                }
+            };
+            Err(fail(format!(
+                "it exited ({status}) after {:.1?} without a handshake; {}",
+                started.elapsed(),
+                printed(&tail)
+            )))
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(fail(format!(
+                "no handshake within {timeout:?}; {}",
+                printed(&tail)
+            )))
+        }
+    }
+}
+
+/// Plugin stdout after the handshake goes to the log too.
+fn forward_stdout(name: &str, mut lines: tokio::io::Lines<BufReader<ChildStdout>>) {
+    let name = name.to_string();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(plugin = %name, "{line}");
+        }
+    });
+}
+
+/// Stops a child: SIGTERM, then SIGKILL after `grace`; always reaped.
+pub async fn stop(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling a child we own and have not reaped yet.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Restart delays: 100 ms doubling to 10 s; back to the start after a minute of health.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+    const HEALTHY: Duration = Duration::from_secs(60);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay before the next start, given how long the last run lasted.
+    pub fn delay(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= Self::HEALTHY {
+            self.next = Self::FIRST;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
+        let mut b = Backoff::new();
+        let short = Duration::from_millis(10);
+        let got: Vec<u128> = (0..9).map(|_| b.delay(short).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
+        assert_eq!(b.delay(Duration::from_secs(120)), Backoff::FIRST);
+    }
+}

@@ -1,0 +1,327 @@
+//! The plugin host against real binaries: handshake failures, duplicate capabilities,
+//! supervision of a plugin killed with SIGKILL, and authentication swapped in by the
+//! config file alone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use webmesh_api::v1::GetStatusRequest;
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_e2e::netns::TestNet;
+use webmesh_e2e::{LocalNode, bin, wait_for};
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// An htpasswd file with `users` (name, password), hashed by the plugin itself.
+fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut text = String::new();
+    for (user, password) in users {
+        let out = std::process::Command::new(bin("auth-basic"))
+            // Cost 10 (htpasswd -B uses 5): the restart test times a first, uncached
+            // verification.
+            .args(["hash", "--cost", "10", password])
+            .output()?;
+        if !out.status.success() {
+            bail!("auth-basic hash: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        text.push_str(&format!(
+            "{user}:{}\n",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Waits for a node that should not start to exit; returns its last log line.
+async fn startup_failure(node: &mut LocalNode, within: Duration) -> Result<String> {
+    let id = node.id.clone();
+    wait_for(&format!("{id} to exit"), within, || {
+        let exited = node.exited().is_some();
+        async move { exited.then_some(()) }
+    })
+    .await?;
+    let status = node.exited().context("exited")?;
+    assert!(!status.success(), "{} exited with success", node.id);
+    let log = node.log_text();
+    Ok(log.lines().last().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn plugins_that_fail_their_handshake_stop_startup_with_one_clear_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases: Vec<(&str, PathBuf, &[&str], Duration)> = vec![
+        (
+            "dies",
+            script(
+                dir.path(),
+                "dies.sh",
+                "echo 'cannot open /var/lib/x.db' >&2\nexit 3",
+            ),
+            &[
+                "plugin dies",
+                "exited (exit status: 3)",
+                "cannot open /var/lib/x.db",
+            ],
+            Duration::from_secs(8),
+        ),
+        (
+            "chatty",
+            script(dir.path(), "chatty.sh", "echo 'hello there'\nexec sleep 60"),
+            &[
+                "plugin chatty",
+                "printed \"hello there\" instead of the handshake line",
+            ],
+            Duration::from_secs(8),
+        ),
+        (
+            "mute",
+            script(
+                dir.path(),
+                "mute.sh",
+                "echo 'starting up' >&2\nexec sleep 60",
+            ),
+            &["plugin mute", "no handshake within 10s", "starting up"],
+            Duration::from_secs(16),
+        ),
+        (
+            "missing",
+            dir.path().join("no-such-plugin"),
+            &["plugin missing", "cannot start", "No such file"],
+            Duration::from_secs(8),
+        ),
+    ];
+    for (name, path, want, within) in cases {
+        let mut node = LocalNode::new(&format!("hs-{name}"), dir.path());
+        node.extra_args = vec![
+            "--bootstrap".into(),
+            "--no-wireguard".into(),
+            "--plugin".into(),
+            format!("{name}={}", path.display()),
+        ];
+        let t0 = Instant::now();
+        node.spawn()?;
+        let line = startup_failure(&mut node, within).await?;
+        for w in want {
+            assert!(line.contains(w), "{name}: {w:?} not in {line:?}");
+        }
+        assert!(line.starts_with("webmesh: "), "{name}: {line:?}");
+        assert_eq!(line.matches(&format!("plugin {name}")).count(), 1, "{line}");
+        eprintln!("{name}: failed in {:?}: {line}", t0.elapsed());
+    }
+    // The misbehaving children went with their nodes.
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}/(chatty|mute).sh", dir.path().display())])
+        .output()?;
+    assert!(
+        out.stdout.is_empty(),
+        "leftover plugin processes: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_auth_plugin_is_a_startup_error_naming_both() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pw = htpasswd(dir.path(), &[("admin", "pw")])?;
+    let mut node = LocalNode::new("dup-auth", dir.path());
+    node.extra_args = vec!["--bootstrap".into(), "--no-wireguard".into()];
+    for name in ["basic-one", "basic-two"] {
+        node.extra_args.extend([
+            "--plugin".into(),
+            format!("{name}={}", bin("auth-basic").display()),
+            "--plugin-config".into(),
+            format!("{name}.htpasswd={}", pw.display()),
+        ]);
+    }
+    node.spawn()?;
+    let line = startup_failure(&mut node, Duration::from_secs(15)).await?;
+    assert!(
+        line.contains("plugins \"basic-one\" and \"basic-two\" both provide AUTH"),
+        "{line}"
+    );
+    Ok(())
+}
+
+fn with_basic<T>(msg: T, user: &str, password: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "x-webmesh-basic-auth-username",
+        user.parse().expect("ascii"),
+    );
+    r.metadata_mut().insert(
+        "x-webmesh-basic-auth-password",
+        password.parse().expect("ascii"),
+    );
+    r
+}
+
+/// Child processes of `pid`, with their state letter from /proc.
+fn children(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(t.path().join("children")) else {
+            continue;
+        };
+        for c in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let state = std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+                    Some(after)
+                })
+                .unwrap_or('?');
+            out.push((c, state));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn auth_by_config_file_and_a_killed_plugin_comes_back() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let pw = htpasswd(net.path(), &[("admin", "adm1n"), ("b", "b-pass")])?;
+    // Swapping auth in is a config file change only.
+    let config = net.path().join("h1.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "bootstrap: true\nplugins:\n  auth:\n    target: {}\n    config:\n      htpasswd: {}\n",
+            bin("auth-basic").display(),
+            pw.display()
+        ),
+    )?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--endpoint".into(),
+        h1.ip.to_string(),
+    ];
+    h1.start()?;
+    let url = format!("http://{}", net.grpc("h1"));
+    let status = |user: Option<(&'static str, &'static str)>| {
+        let url = url.clone();
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await?;
+            let req = match user {
+                Some((u, p)) => with_basic(GetStatusRequest::default(), u, p),
+                None => tonic::Request::new(GetStatusRequest::default()),
+            };
+            Ok::<_, anyhow::Error>(NodeClient::new(ch).get_status(req).await)
+        }
+    };
+    wait_for(
+        "h1 to serve authenticated callers",
+        Duration::from_secs(60),
+        || async {
+            status(Some(("admin", "adm1n")))
+                .await
+                .ok()?
+                .ok()
+                .filter(|s| !s.get_ref().current_leader.is_empty())
+        },
+    )
+    .await?;
+    for (who, user) in [
+        ("no credentials", None),
+        ("a wrong password", Some(("admin", "nope"))),
+        ("an unknown user", Some(("zed", "adm1n"))),
+    ] {
+        let err = status(user).await?.expect_err(who);
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{who}: {err:?}");
+    }
+
+    // Joiners: without credentials, with a wrong password, then right.
+    let bad = net.path().join("bad-pass");
+    std::fs::write(&bad, "wrong\n")?;
+    let good = net.path().join("good-pass");
+    std::fs::write(&good, "b-pass\n")?;
+    let join = net.grpc("h1");
+    // "badpass" presents user b with a wrong password; "b" the right one.
+    for (id, creds) in [
+        ("nocreds", None),
+        ("badpass", Some(("b", &bad))),
+        ("b", Some(("b", &good))),
+    ] {
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+        ];
+        if let Some((user, file)) = creds {
+            h.args.extend([
+                "--auth-basic-user".into(),
+                user.into(),
+                "--auth-basic-password-file".into(),
+                file.display().to_string(),
+            ]);
+        }
+        h.start()?;
+    }
+    for id in ["nocreds", "badpass"] {
+        let h = net.host(id);
+        wait_for(&format!("{id} to give up"), Duration::from_secs(30), || {
+            let running = h.running();
+            async move { (!running).then_some(()) }
+        })
+        .await?;
+        let log = net.hosts[id].log_text();
+        let last = log.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("refused the join: Unauthenticated"),
+            "{id}: {last}"
+        );
+    }
+    net.host("b").wait_ready(Duration::from_secs(60)).await?;
+
+    // SIGKILL the plugin: the node keeps serving; the plugin is back within a second.
+    let node_pid = net.hosts["h1"].pid().context("h1 pid")?;
+    let plugin_pid = children(node_pid)
+        .into_iter()
+        .map(|(p, _)| p)
+        .next()
+        .context("h1 has no plugin child")?;
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &plugin_pid.to_string()])
+        .status()?;
+    let back = wait_for(
+        "the plugin to answer again",
+        Duration::from_secs(5),
+        || async {
+            let r = status(Some(("admin", "adm1n"))).await.ok()?;
+            r.ok().map(|_| killed.elapsed())
+        },
+    )
+    .await?;
+    eprintln!("plugin back after {back:?}");
+    assert!(back < Duration::from_secs(1), "plugin back after {back:?}");
+    let kids = children(node_pid);
+    assert_eq!(kids.len(), 1, "one plugin child: {kids:?}");
+    assert_ne!(kids[0].0, plugin_pid, "a new plugin process");
+    assert!(kids.iter().all(|(_, s)| *s != 'Z'), "zombies: {kids:?}");
+    assert!(net.host("h1").running());
+    Ok(())
+}
