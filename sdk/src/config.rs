@@ -56,7 +56,16 @@ impl Config {
     pub fn u64(&self, key: &str) -> Result<Option<u64>, Error> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| bad(key, n)),
+            // Struct numbers are doubles on the wire: 7 arrives as 7.0.
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                        .map(|f| f as u64)
+                })
+                .map(Some)
+                .ok_or_else(|| bad(key, n)),
             Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad(key, s)),
             Some(other) => Err(bad(key, other)),
         }
@@ -105,7 +114,11 @@ mod tests {
         assert_eq!(c.str("b").unwrap().as_deref(), Some("7"));
         assert!(c.str("e").unwrap_err().message.contains("config key e"));
         assert!(c.required_str("zz").unwrap_err().message.contains("zz"));
+        // Through the wire (numbers become doubles) the getters read the same.
         let round = Config::from_struct(Some(&c.to_struct())).unwrap();
-        assert_eq!(round, c);
+        assert_eq!(round.u64("b").unwrap(), Some(7));
+        assert_eq!(round.str("a").unwrap().as_deref(), Some("5"));
+        assert_eq!(round.bool("d").unwrap(), Some(false));
+        assert!(round.u64("e").is_err());
     }
 }
