@@ -380,10 +380,21 @@ impl Node {
                 // The first node takes the first addresses of the new mesh.
                 let v6net = cfg.ipv6_network.unwrap_or_else(ipam::random_ula48);
                 bootstrap_v6 = Some(v6net);
-                let v4 = ipam::next_ipv4(cfg.ipv4_network, &Default::default())
-                    .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
-                let v6 = ipam::next_ipv6_prefix(v6net, &Default::default())
-                    .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+                let (pv4, pv6) = plugins
+                    .ipam()
+                    .allocate(&name, true, Some(cfg.ipv4_network), Some(v6net))
+                    .await
+                    .map_err(|e| NodeError::Bootstrap(format!("IPAM: {}", e.message())))?;
+                let v4 = match pv4.parse::<Ipv4Net>() {
+                    Ok(n) => n.addr(),
+                    Err(_) => ipam::next_ipv4(cfg.ipv4_network, &Default::default())
+                        .map_err(|e| NodeError::Bootstrap(e.to_string()))?,
+                };
+                let v6 = match pv6.parse::<Ipv6Net>() {
+                    Ok(n) => n,
+                    Err(_) => ipam::next_ipv6_prefix(v6net, &Default::default())
+                        .map_err(|e| NodeError::Bootstrap(e.to_string()))?,
+                };
                 Addresses {
                     v4: Some((v4, cfg.ipv4_network)),
                     v6: Some((v6, v6net)),
@@ -507,7 +518,8 @@ impl Node {
                 info,
                 Arc::new(move || metrics_iface.as_ref().and_then(|i| i.metrics().ok())),
             )
-            .underlay(cfg.no_wireguard),
+            .underlay(cfg.no_wireguard)
+            .ipam(plugins.ipam()),
         );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
@@ -556,7 +568,7 @@ impl Node {
     /// Leaves the mesh if asked to, then stops the servers, WireGuard and Raft.
     pub async fn shutdown(mut self) {
         if self.leave_on_shutdown {
-            match leave_mesh(&self.raft, &self.join, &self.creds).await {
+            match leave_mesh(&self.raft, &self.join, &self.creds, &self.plugins.ipam()).await {
                 Ok(()) => info!("left the mesh"),
                 Err(e) => warn!(error = %e, "could not leave the mesh"),
             }
@@ -578,12 +590,17 @@ impl Node {
 /// Asks the leader to remove this node: through the join addresses first (the
 /// underlay), because the reply of a leader reached through the mesh cannot come back
 /// once the leave has removed our tunnel.
-async fn leave_mesh(raft: &RaftNode, join: &[String], creds: &Credentials) -> Result<(), String> {
+async fn leave_mesh(
+    raft: &RaftNode,
+    join: &[String],
+    creds: &Credentials,
+    ipam: &crate::plugins::Ipam,
+) -> Result<(), String> {
     let req = LeaveRequest {
         id: raft.name.clone(),
     };
     if raft.is_leader() {
-        return crate::services::membership::leave(raft, &req.id)
+        return crate::services::membership::leave(raft, &req.id, ipam)
             .await
             .map_err(|s| s.message().to_string());
     }

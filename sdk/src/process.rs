@@ -287,6 +287,11 @@ impl Querier {
         self.conn.send_replace(conn);
     }
 
+    /// Whether the node has opened the query stream (it does right after `Configure`).
+    pub fn is_connected(&self) -> bool {
+        self.conn.borrow().is_some()
+    }
+
     /// The value of `key`, if it exists.
     pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
         let r = self.query(QueryCommand::Get, key).await?;

@@ -325,3 +325,82 @@ async fn auth_by_config_file_and_a_killed_plugin_comes_back() -> Result<()> {
     assert!(net.host("h1").running());
     Ok(())
 }
+
+fn sqlite_rows(db: &Path) -> Result<Vec<(String, String)>> {
+    let out = std::process::Command::new("sqlite3")
+        .args([
+            db.to_str().context("db path")?,
+            "SELECT node_id, ip FROM allocations ORDER BY node_id, version",
+        ])
+        .output()
+        .context("sqlite3 (apt-get install sqlite3)")?;
+    if !out.status.success() {
+        bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(n, ip)| (n.to_string(), ip.to_string()))
+        .collect())
+}
+
+#[tokio::test]
+async fn joiners_get_their_addresses_from_the_ipam_sqlite_plugin() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let db = net.path().join("ipam.db");
+    let h1 = net.add_host("h1")?;
+    h1.args = vec![
+        "--bootstrap".into(),
+        "--endpoint".into(),
+        h1.ip.to_string(),
+        "--plugin".into(),
+        format!("ipam={}", bin("ipam-sqlite").display()),
+        "--plugin-config".into(),
+        format!("ipam.path={}", db.display()),
+    ];
+    h1.start()?;
+    h1.wait_ready(Duration::from_secs(60)).await?;
+    let join = net.grpc("h1");
+    for id in ["h2", "h3"] {
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+            "--leave-on-shutdown".into(),
+        ];
+        h.start()?;
+    }
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(Duration::from_secs(60)).await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    let rows = sqlite_rows(&db)?;
+    // Every node's addresses, the bootstrap node's included, are the file's rows.
+    let mut want = Vec::new();
+    for (id, n) in &nodes {
+        want.push((id.clone(), n.private_ipv4.clone()));
+        want.push((id.clone(), n.private_ipv6.clone()));
+    }
+    want.sort();
+    let mut got = rows.clone();
+    got.sort();
+    assert_eq!(got, want, "rows vs node records");
+    assert_eq!(rows.len(), 6);
+    // A leave gives the addresses back.
+    net.host("h3").stop(Duration::from_secs(10));
+    wait_for("h3's rows to go", Duration::from_secs(10), || async {
+        let rows = sqlite_rows(&db).ok()?;
+        (rows.len() == 4 && rows.iter().all(|(n, _)| n != "h3")).then_some(())
+    })
+    .await?;
+    // And the mesh works on those addresses.
+    let h2_v4 = webmesh_e2e::netns::v4(&nodes["h2"]);
+    let h1 = &net.hosts["h1"];
+    wait_for("h1 to ping h2", Duration::from_secs(10), || async {
+        h1.ping(&h2_v4).then_some(())
+    })
+    .await?;
+    Ok(())
+}

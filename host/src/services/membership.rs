@@ -13,6 +13,7 @@ use super::propose_status;
 use crate::mesh::membership::{self, FieldError};
 use crate::mesh::{keys, peers};
 use crate::net::load_view;
+use crate::plugins::Ipam;
 use crate::raft::{Member, ProposeError, RaftNode};
 use crate::store::ops::Op;
 
@@ -74,6 +75,7 @@ pub async fn join(
     req: &JoinRequest,
     handler: &str,
     underlay: bool,
+    ipam: &Ipam,
 ) -> Result<JoinResponse, Status> {
     if !req.direct_peers.is_empty() {
         return Err(Status::unimplemented(
@@ -81,7 +83,24 @@ pub async fn join(
         ));
     }
     let view = load_view(&raft.engine);
-    let record = membership::node_record(req);
+    let mut record = membership::node_record(req);
+    // IPAM plugins choose first; the state machine still checks uniqueness, and
+    // allocates what no plugin chose.
+    let (v4, v6) = ipam
+        .allocate(
+            &req.id,
+            req.assign_ipv4,
+            view.ipv4_network,
+            view.ipv6_network,
+        )
+        .await?;
+    if !v4.is_empty() {
+        record.private_ipv4 = v4.clone();
+    }
+    if !v6.is_empty() {
+        record.private_ipv6 = v6.clone();
+    }
+    let rejoin = view.nodes.contains_key(&req.id);
     let mut ops = vec![Op::RegisterNode {
         node_json: serde_json::to_string(&record).map_err(|e| Status::internal(e.to_string()))?,
         assign_ipv4: req.assign_ipv4,
@@ -90,7 +109,15 @@ pub async fn join(
     if !req.routes.is_empty() {
         ops.push(route_op(&req.id, &req.routes));
     }
-    let committed = raft.propose(ops).await.map_err(propose_err)?;
+    let committed = match raft.propose(ops).await {
+        Ok(c) => c,
+        Err(e) => {
+            if !rejoin {
+                ipam.release(&req.id, &v4, &v6).await;
+            }
+            return Err(propose_err(e));
+        }
+    };
     debug!(node = %req.id, index = committed.index, "node registered");
     let node = mesh_node(committed.outcome.value.as_deref())?;
     let member = if underlay {
@@ -193,16 +220,18 @@ pub async fn update(raft: &RaftNode, req: &UpdateRequest) -> Result<(), Status> 
 }
 
 /// A leave, on the leader: the record, edges, auto route and Raft membership go.
-pub async fn leave(raft: &RaftNode, id: &str) -> Result<(), Status> {
+pub async fn leave(raft: &RaftNode, id: &str, ipam: &Ipam) -> Result<(), Status> {
     let view = load_view(&raft.engine);
-    if !view.nodes.contains_key(id) {
+    let Some(node) = view.nodes.get(id).cloned() else {
         return Err(Status::not_found(format!("id: no node {id:?} in the mesh")));
-    }
+    };
     let mut ops = membership::leave_ops(&view, id);
     ops.push(Op::Delete {
         key: format!("{}{id}-auto", keys::ROUTES),
     });
     raft.propose(ops).await.map_err(propose_err)?;
+    ipam.release(id, &node.private_ipv4, &node.private_ipv6)
+        .await;
     raft.remove_member(id).await.map_err(propose_err)?;
     info!(node = %id, "node left");
     Ok(())

@@ -37,6 +37,7 @@ pub struct NodeService {
     channels: Channels,
     /// The mesh runs without WireGuard: members are reached on their primary endpoints.
     underlay: bool,
+    ipam: crate::plugins::Ipam,
 }
 
 /// Names the node that handled a join when it forwards it to the leader; trusted only
@@ -55,7 +56,14 @@ impl NodeService {
             metrics,
             channels: Channels::default(),
             underlay: false,
+            ipam: Default::default(),
         }
+    }
+
+    /// Addresses come from these IPAM plugins when this node leads.
+    pub fn ipam(mut self, ipam: crate::plugins::Ipam) -> Self {
+        self.ipam = ipam;
+        self
     }
 
     /// Members are reached on their primary endpoints (meshes run without WireGuard).
@@ -243,7 +251,7 @@ impl Node for NodeService {
                     (Some(v), Caller::Node(_)) if ids::validate_node_id(&v).is_ok() => v,
                     _ => self.raft.name.clone(),
                 };
-                membership_svc::join(&self.raft, &join, &handler, self.underlay)
+                membership_svc::join(&self.raft, &join, &handler, self.underlay, &self.ipam)
                     .await
                     .map(Response::new)
             }
@@ -273,7 +281,7 @@ impl Node for NodeService {
         match self.leader_client()? {
             Some(mut leader) => leader.leave(leave).await,
             None => {
-                membership_svc::leave(&self.raft, &leave.id).await?;
+                membership_svc::leave(&self.raft, &leave.id, &self.ipam).await?;
                 Ok(Response::new(()))
             }
         }
