@@ -322,14 +322,14 @@ impl Node {
         let engine = Engine::open(&dir.raft_path())?;
         let raft = RaftNode::start(engine, &name).await?;
         // Plugins before the mesh: one that cannot start stops us before we join.
-        let plugins = match crate::plugins::Plugins::start(&cfg.plugins, raft.engine.clone()).await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                raft.shutdown().await;
-                return Err(e.into());
-            }
-        };
+        let mut plugins =
+            match crate::plugins::Plugins::start(&cfg.plugins, raft.engine.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    raft.shutdown().await;
+                    return Err(e.into());
+                }
+            };
         if plugins.auth().is_none() {
             warn!(
                 "no AUTH plugin: the API trusts callers by address only (loopback acts as this \
@@ -506,6 +506,7 @@ impl Node {
             ensure_bootstrapped(&raft, &cfg, &name, &key, &addrs, bootstrap_v6).await?;
         }
 
+        plugins.start_duties(&raft);
         let info = Arc::new(NodeInfo {
             started_at: SystemTime::now(),
             started: Instant::now(),

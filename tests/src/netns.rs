@@ -156,6 +156,11 @@ impl TestNet {
         Ok(self.hosts.get_mut(id).expect("just inserted"))
     }
 
+    /// The root namespace's address on the bridge: where the test itself listens.
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.slot, 254)
+    }
+
     /// A scratch directory that lives as long as the net.
     pub fn path(&self) -> &Path {
         self.dir.path()

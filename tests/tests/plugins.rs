@@ -404,3 +404,253 @@ async fn joiners_get_their_addresses_from_the_ipam_sqlite_plugin() -> Result<()>
     .await?;
     Ok(())
 }
+
+/// The node's whole state, from its Snapshot RPC (loopback: trusted).
+async fn node_state(node: &LocalNode) -> Result<Vec<(String, String)>> {
+    use prost::Message;
+    let snap = node
+        .client()
+        .await?
+        .snapshot(webmesh_api::v1::SnapshotRequest {})
+        .await?
+        .into_inner();
+    let s = webmesh_api::internal::StateSnapshot::decode(snap.snapshot.as_slice())?;
+    Ok(s.entries.into_iter().map(|e| (e.key, e.value)).collect())
+}
+
+fn sqlite_state(db: &Path) -> Result<Vec<(String, String)>> {
+    let out = std::process::Command::new("sqlite3")
+        .args([
+            "-json",
+            db.to_str().context("db path")?,
+            "SELECT key, value FROM state ORDER BY key",
+        ])
+        .output()
+        .context("sqlite3")?;
+    if !out.status.success() {
+        bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(vec![]);
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap_or_default().to_string(),
+                r["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+async fn wait_equal(node: &LocalNode, db: &Path, what: &str) -> Result<usize> {
+    wait_for(what, Duration::from_secs(20), || async {
+        let want = node_state(node).await.ok()?;
+        let got = sqlite_state(db).ok()?;
+        (got == want).then_some(want.len())
+    })
+    .await
+}
+
+async fn put(node: &LocalNode, key: &str, value: &str, delete: bool) -> Result<()> {
+    let r = node
+        .client()
+        .await?
+        .apply(webmesh_api::v1::RaftLogEntry {
+            r#type: if delete { 2 } else { 1 },
+            key: key.into(),
+            value: value.into(),
+            ttl: None,
+        })
+        .await?
+        .into_inner();
+    if !r.error.is_empty() {
+        bail!("apply {key}: {}", r.error);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn storage_sqlite_equals_the_state_through_writes_restarts_and_restores() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("state.db");
+    let mut node = LocalNode::new("store-1", dir.path());
+    node.extra_args = vec![
+        "--bootstrap".into(),
+        "--no-wireguard".into(),
+        "--plugin".into(),
+        format!("store={}", bin("storage-sqlite").display()),
+        "--plugin-config".into(),
+        format!("store.path={}", db.display()),
+    ];
+    node.spawn()?;
+    node.wait_ready(Duration::from_secs(60)).await?;
+    let n = wait_equal(&node, &db, "the bootstrap state in SQLite").await?;
+    assert!(n > 5, "bootstrap objects: {n}");
+    for i in 0..50 {
+        put(&node, &format!("/test/k{i:02}"), &format!("v{i}"), false).await?;
+    }
+    for i in 0..10 {
+        put(&node, &format!("/test/k{i:02}"), "", true).await?;
+    }
+    put(&node, "/test/k20", "changed", false).await?;
+    let n = wait_equal(&node, &db, "SQLite to follow the writes").await?;
+    // A restart: the plugin comes back with the node and is restored.
+    node.stop(Duration::from_secs(10));
+    node.spawn()?;
+    node.wait_ready(Duration::from_secs(60)).await?;
+    put(&node, "/test/after-restart", "yes", false).await?;
+    assert_eq!(
+        wait_equal(&node, &db, "SQLite after the restart").await?,
+        n + 1
+    );
+    // The copy lost while the node is down is rebuilt from a snapshot.
+    node.stop(Duration::from_secs(10));
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    node.spawn()?;
+    node.wait_ready(Duration::from_secs(60)).await?;
+    assert_eq!(
+        wait_equal(&node, &db, "SQLite restored from a snapshot").await?,
+        n + 1
+    );
+    node.stop(Duration::from_secs(10));
+    Ok(())
+}
+
+/// A webhook receiver: collects POST bodies.
+async fn receiver(
+    addr: std::net::SocketAddr,
+) -> Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() < len {
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_str(&body[..len]) {
+                        g.lock().unwrap().push(v);
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    buf.clear();
+                }
+            });
+        }
+    });
+    Ok((bound, got))
+}
+
+#[tokio::test]
+async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let (addr, got) = receiver((net.bridge_ip(), 0).into()).await?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.start()?;
+    h1.wait_ready(Duration::from_secs(60)).await?;
+    let join = net.grpc("h1");
+    let h2 = net.add_host("h2")?;
+    h2.args = vec![
+        "--join".into(),
+        join.clone(),
+        "--voter".into(),
+        "--endpoint".into(),
+        h2.ip.to_string(),
+        "--plugin".into(),
+        format!("hook={}", bin("watch-webhook").display()),
+        "--plugin-config".into(),
+        format!("hook.url=http://{addr}/events"),
+    ];
+    h2.start()?;
+    net.host("h2").wait_ready(Duration::from_secs(60)).await?;
+    for (id, voter) in [("h3", true), ("h4", false)] {
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+            "--leave-on-shutdown".into(),
+        ];
+        if voter {
+            h.args.push("--voter".into());
+        }
+        h.start()?;
+        net.host(id).wait_ready(Duration::from_secs(60)).await?;
+    }
+    let has = |kind: &str, id: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == kind && e["node"]["id"] == id)
+    };
+    let joins = wait_for(
+        "join events for h3 and h4",
+        Duration::from_secs(10),
+        || async {
+            (has("WATCH_EVENT_NODE_JOIN", "h3") && has("WATCH_EVENT_NODE_JOIN", "h4")).then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = joins {
+        bail!(
+            "{e}; received {:?}; h2's log:\n{}",
+            got.lock().unwrap(),
+            net.hosts["h2"].log_text()
+        );
+    }
+    net.host("h4").stop(Duration::from_secs(10));
+    wait_for("a leave event for h4", Duration::from_secs(10), || async {
+        has("WATCH_EVENT_NODE_LEAVE", "h4").then_some(())
+    })
+    .await?;
+    // Wait until h3 votes, then take the leader away.
+    wait_for("h3 to be a voter", Duration::from_secs(30), || async {
+        let s = net.hosts["h3"].status().await.ok()?;
+        (s.cluster_status == webmesh_api::v1::ClusterStatus::ClusterVoter as i32).then_some(())
+    })
+    .await?;
+    net.host("h1").kill9();
+    wait_for("a leader change event", Duration::from_secs(20), || async {
+        (has("WATCH_EVENT_LEADER_CHANGE", "h2") || has("WATCH_EVENT_LEADER_CHANGE", "h3"))
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! process plugins. Calls to plugins are bounded: a dead or hung plugin makes calls
 //! fail with Unavailable or DeadlineExceeded; it never hangs the node.
 
+pub mod duties;
 pub mod process;
 pub mod querier;
 pub mod routing;
@@ -328,6 +329,8 @@ pub struct Plugins {
     pub handles: BTreeMap<String, Arc<PluginHandle>>,
     pub routes: Routes,
     supervisors: Vec<tokio::task::JoinHandle<()>>,
+    duties: Vec<tokio::task::JoinHandle<()>>,
+    pub watch_stats: Vec<Arc<duties::WatchStats>>,
     stop: Arc<watch::Sender<bool>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -339,6 +342,8 @@ impl Plugins {
             handles: BTreeMap::new(),
             routes: Routes::default(),
             supervisors: Vec::new(),
+            duties: Vec::new(),
+            watch_stats: Vec::new(),
             stop: Arc::new(watch::Sender::new(false)),
             _dir: None,
         }
@@ -360,6 +365,23 @@ impl Plugins {
             .ipam_v6
             .as_ref()
             .map(|n| self.handles[n].clone())
+    }
+
+    /// Starts feeding STORE and WATCH plugins from `raft`'s state events.
+    pub fn start_duties(&mut self, raft: &crate::raft::RaftNode) {
+        for name in &self.routes.store {
+            let h = self.handles[name].clone();
+            self.duties.push(duties::spawn_store(h, raft.clone()));
+        }
+        let watchers = self
+            .routes
+            .watch
+            .iter()
+            .map(|n| self.handles[n].clone())
+            .collect();
+        let (tasks, stats) = duties::spawn_watch(watchers, raft.clone());
+        self.duties.extend(tasks);
+        self.watch_stats = stats;
     }
 
     pub fn ipam(&self) -> Ipam {
@@ -491,6 +513,9 @@ impl Plugins {
 
     /// Close → SIGTERM → SIGKILL for process plugins; Close for the others.
     pub async fn shutdown(&mut self) {
+        for d in self.duties.drain(..) {
+            d.abort();
+        }
         let closes = self.handles.values().map(|h| {
             let h = h.clone();
             async move {
