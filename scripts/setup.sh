@@ -37,6 +37,12 @@ for m in "${PIP_MODULES[@]}"; do
   fi
 done
 
+# WASM plugins (the auth-allowlist component, the sandbox tests) build for wasm32-wasip2.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  echo "setup: adding the rustup target wasm32-wasip2"
+  rustup target add wasm32-wasip2
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked -q cargo-nextest

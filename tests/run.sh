@@ -11,5 +11,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== fmt";    cargo fmt --all -- --check
 echo "== build";  cargo build --workspace --bins --locked
+# WASM components the tests load (same debug profile, the wasm32-wasip2 target).
+echo "== wasm";   cargo build --locked --target wasm32-wasip2 --lib -p auth-allowlist -p wasm-misbehave
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests";  cargo nextest run --workspace --locked --no-fail-fast "$@"

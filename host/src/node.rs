@@ -322,14 +322,19 @@ impl Node {
         let engine = Engine::open(&dir.raft_path())?;
         let raft = RaftNode::start(engine, &name).await?;
         // Plugins before the mesh: one that cannot start stops us before we join.
-        let mut plugins =
-            match crate::plugins::Plugins::start(&cfg.plugins, raft.engine.clone()).await {
-                Ok(p) => p,
-                Err(e) => {
-                    raft.shutdown().await;
-                    return Err(e.into());
-                }
-            };
+        let mut plugins = match crate::plugins::Plugins::start(
+            &cfg.plugins,
+            raft.engine.clone(),
+            Some(cfg.data_dir.join("wasm-cache")),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                raft.shutdown().await;
+                return Err(e.into());
+            }
+        };
         if plugins.auth().is_none() {
             warn!(
                 "no AUTH plugin: the API trusts callers by address only (loopback acts as this \

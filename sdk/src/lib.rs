@@ -60,6 +60,9 @@ mod error;
 #[cfg(not(target_family = "wasm"))]
 mod process;
 mod snapshot;
+#[cfg(target_family = "wasm")]
+#[doc(hidden)]
+pub mod wasm;
 
 pub use async_trait::async_trait;
 pub use config::Config;
@@ -67,6 +70,8 @@ pub use error::{Code, Error};
 #[cfg(not(target_family = "wasm"))]
 pub use process::{Querier, querier, serve, serve_on};
 pub use snapshot::{SnapshotEntry, decode_snapshot};
+#[cfg(target_family = "wasm")]
+pub use wasm::{Querier, log, querier};
 pub use webmesh_api::v1;
 
 /// The first line a process plugin prints on stdout: protocol version 1, then how to
@@ -75,6 +80,30 @@ pub const HANDSHAKE_PREFIX: &str = "webmesh-plugin|1|unix|";
 
 /// The environment variable through which the node hands a process plugin its socket.
 pub const SOCKET_ENV: &str = "WEBMESH_PLUGIN_SOCKET";
+
+/// Exports a plugin from a library crate built for `wasm32-wasip2`: the same value a
+/// process plugin passes to [`serve`]. Expands to nothing on other targets, so the one
+/// library serves both.
+///
+/// ```ignore
+/// webmesh_plugin_sdk::wasm_plugin!(Allowlist::default());
+/// ```
+#[macro_export]
+macro_rules! wasm_plugin {
+    ($make:expr) => {
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            #[unsafe(no_mangle)]
+            fn __webmesh_plugin_new() -> ::std::boxed::Box<dyn $crate::Plugin> {
+                ::std::boxed::Box::new($make)
+            }
+            use $crate::wasm::Component as WebmeshComponent;
+            $crate::wasm::bindings::export!(
+                WebmeshComponent with_types_in $crate::wasm::bindings
+            );
+        };
+    };
+}
 
 /// What `GetInfo` reports, less the capabilities (derived from the trait accessors).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -636,7 +636,7 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
         );
     }
     net.host("h4").stop(Duration::from_secs(10));
-    wait_for("a leave event for h4", Duration::from_secs(10), || async {
+    wait_for("a leave event for h4", Duration::from_secs(20), || async {
         has("WATCH_EVENT_NODE_LEAVE", "h4").then_some(())
     })
     .await?;
@@ -652,5 +652,151 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
             .then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// A WASM component built by tests/run.sh (`--target wasm32-wasip2`).
+fn wasm_component(name: &str) -> PathBuf {
+    let native = bin("webmesh");
+    // target/<profile>/webmesh -> target/wasm32-wasip2/<profile>/<name>.wasm
+    let profile = native.parent().expect("profile dir");
+    let target = profile.parent().expect("target dir");
+    let path = target
+        .join("wasm32-wasip2")
+        .join(profile.file_name().expect("profile name"))
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --target wasm32-wasip2 --lib -p {}",
+        path.display(),
+        name.replace('_', "-")
+    );
+    path
+}
+
+/// A bootstrapped node in a namespace (so the test's calls are not trusted by address)
+/// with one plugin.
+async fn node_with_plugin(net: &mut TestNet, plugin: &str, config: &[&str]) -> Result<String> {
+    let h = net.add_host("n1")?;
+    h.args = vec![
+        "--bootstrap".into(),
+        "--no-wireguard".into(),
+        "--grpc-listen".into(),
+        format!("{}:8443", h.ip),
+        "--endpoint".into(),
+        h.ip.to_string(),
+        "--plugin".into(),
+        format!("auth={plugin}"),
+    ];
+    for c in config {
+        h.args
+            .extend(["--plugin-config".into(), format!("auth.{c}")]);
+    }
+    h.start()?;
+    let url = format!("http://{}", net.grpc("n1"));
+    let probe = url.clone();
+    let running = || net.hosts["n1"].log_text();
+    wait_for("the node to serve", Duration::from_secs(60), || {
+        let probe = probe.clone();
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(probe)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            // Any answer (even Unauthenticated) means the API is up.
+            let r = NodeClient::new(ch)
+                .get_status(GetStatusRequest::default())
+                .await;
+            match r {
+                Ok(_) => Some(()),
+                Err(s) if s.code() == tonic::Code::Unauthenticated => Some(()),
+                Err(_) => None,
+            }
+        }
+    })
+    .await
+    .with_context(running)?;
+    Ok(url)
+}
+
+async fn status_with(url: &str, headers: &[(&'static str, &str)]) -> Result<tonic::Status> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    let mut req = tonic::Request::new(GetStatusRequest::default());
+    for (k, v) in headers {
+        req.metadata_mut().insert(*k, v.parse()?);
+    }
+    Ok(match NodeClient::new(ch).get_status(req).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(s) => s,
+    })
+}
+
+#[tokio::test]
+async fn the_wasm_plugin_enforces_the_same_policy_as_its_process_twin() -> Result<()> {
+    let targets = [
+        ("process", bin("auth-allowlist")),
+        ("wasm", wasm_component("auth_allowlist")),
+    ];
+    let mut verdicts = Vec::new();
+    for (kind, path) in targets {
+        let mut net = TestNet::new()?;
+        let url = node_with_plugin(
+            &mut net,
+            &path.display().to_string(),
+            &["tokens=alice:s3cret,bob:hunter2"],
+        )
+        .await?;
+        let mut row = Vec::new();
+        for h in [
+            vec![("authorization", "Bearer s3cret")],
+            vec![("authorization", "Bearer hunter2")],
+            vec![("authorization", "Bearer wrong")],
+            vec![("authorization", "Basic s3cret")],
+            vec![],
+        ] {
+            row.push(status_with(&url, &h).await?.code());
+        }
+        eprintln!("{kind}: {row:?}");
+        verdicts.push(row);
+    }
+    use tonic::Code::{Ok as Allowed, Unauthenticated as Refused};
+    assert_eq!(
+        verdicts[0],
+        vec![Allowed, Allowed, Refused, Refused, Refused]
+    );
+    assert_eq!(verdicts[1], verdicts[0], "WASM and process twins disagree");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wasm_plugin_that_loops_or_hoards_memory_is_stopped_and_the_node_stays_up() -> Result<()>
+{
+    let mut net = TestNet::new()?;
+    let url = node_with_plugin(
+        &mut net,
+        &wasm_component("wasm_misbehave").display().to_string(),
+        &["wasm.deadline-ms=300", "wasm.memory-mb=32"],
+    )
+    .await?;
+    assert_eq!(status_with(&url, &[]).await?.code(), tonic::Code::Ok);
+    let t = Instant::now();
+    let s = status_with(&url, &[("x-misbehave", "loop")]).await?;
+    let took = t.elapsed();
+    assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "{s:?}");
+    assert!(s.message().contains("deadline"), "{s:?}");
+    assert!(took < Duration::from_secs(2), "the loop ran {took:?}");
+    // A fresh instance serves the next call.
+    assert_eq!(status_with(&url, &[]).await?.code(), tonic::Code::Ok);
+    let s = status_with(&url, &[("x-misbehave", "grab")]).await?;
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("memory"), "{s:?}");
+    assert_eq!(status_with(&url, &[]).await?.code(), tonic::Code::Ok);
+    assert!(net.host("n1").running(), "the node went down");
+    eprintln!("loop stopped after {took:?}");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod duties;
 pub mod process;
 pub mod querier;
 pub mod routing;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,13 +64,80 @@ pub enum StartError {
     Dir { dir: PathBuf, reason: String },
 }
 
+/// How the node reaches a plugin.
+enum Backend {
+    Grpc(Channel),
+    Wasm(Arc<wasm::WasmPlugin>),
+}
+
 /// A running plugin the node can call.
 pub struct PluginHandle {
     pub name: String,
     pub target: PluginTarget,
     pub info: v1::PluginInfo,
-    channel: Channel,
+    backend: Backend,
 }
+
+/// One call, in both of its shapes: the gRPC client call, and the WASM export with its
+/// request and response encoded as protobuf.
+macro_rules! call {
+    ($self:ident, $what:literal, $timeout:expr, $req:expr,
+     grpc: |$ch:ident, $r:ident| $grpc:expr,
+     wasm: |$w:ident, $bytes:ident| $wasm:expr) => {{
+        let timeout = $timeout;
+        match &$self.backend {
+            Backend::Grpc($ch) => {
+                let $r = $self.request($req, timeout);
+                $self.bounded($what, timeout, $grpc).await
+            }
+            Backend::Wasm(w) => {
+                let $bytes = prost::Message::encode_to_vec(&$req);
+                let out = tokio::time::timeout(
+                    timeout + Duration::from_millis(100),
+                    wasm::run(w.clone(), move |$w| $wasm),
+                )
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "plugin {}: {} did not answer within {timeout:?}",
+                        $self.name, $what
+                    ))
+                })??;
+                Decode::decode_from(&$self.name, $what, out)
+            }
+        }
+    }};
+}
+
+/// Decoding a WASM export's answer into the call's result type.
+trait Decode: Sized {
+    fn decode_from<B: AsRef<[u8]>>(plugin: &str, what: &str, bytes: B) -> Result<Self, Status>;
+}
+
+impl Decode for () {
+    fn decode_from<B: AsRef<[u8]>>(_: &str, _: &str, _: B) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+macro_rules! decode_msg {
+    ($($t:ty),*) => {$(
+        impl Decode for $t {
+            fn decode_from<B: AsRef<[u8]>>(plugin: &str, what: &str, bytes: B) -> Result<$t, Status> {
+                <$t as prost::Message>::decode(bytes.as_ref()).map_err(|e| {
+                    Status::internal(format!("plugin {plugin}: {what} answered garbage: {e}"))
+                })
+            }
+        }
+    )*};
+}
+
+decode_msg!(
+    v1::AuthenticationResponse,
+    v1::AllocatedIp,
+    v1::RaftApplyResponse,
+    v1::PluginInfo
+);
 
 impl PluginHandle {
     fn request<T>(&self, msg: T, timeout: Duration) -> Request<T> {
@@ -120,75 +188,76 @@ impl PluginHandle {
         }
     }
 
+    pub fn is_wasm(&self) -> bool {
+        matches!(self.backend, Backend::Wasm(_))
+    }
+
     pub async fn authenticate(&self, req: v1::AuthenticationRequest) -> Result<String, Status> {
-        let mut c = AuthPluginClient::new(self.channel.clone());
-        let r = self.request(req, AUTH_TIMEOUT);
-        Ok(self
-            .bounded("Authenticate", AUTH_TIMEOUT, c.authenticate(r))
-            .await?
-            .id)
+        let r: v1::AuthenticationResponse = call!(self, "Authenticate", AUTH_TIMEOUT, req,
+            grpc: |ch, r| AuthPluginClient::new(ch.clone()).authenticate(r),
+            wasm: |w, b| w.authenticate(b))?;
+        Ok(r.id)
     }
 
     pub async fn allocate(&self, req: v1::AllocateIpRequest) -> Result<String, Status> {
-        let mut c = IpamPluginClient::new(self.channel.clone());
-        let r = self.request(req, CALL_TIMEOUT);
-        Ok(self
-            .bounded("Allocate", CALL_TIMEOUT, c.allocate(r))
-            .await?
-            .ip)
+        let r: v1::AllocatedIp = call!(self, "Allocate", CALL_TIMEOUT, req,
+            grpc: |ch, r| IpamPluginClient::new(ch.clone()).allocate(r),
+            wasm: |w, b| w.allocate(b))?;
+        Ok(r.ip)
     }
 
     pub async fn release(&self, req: v1::ReleaseIpRequest) -> Result<(), Status> {
-        let mut c = IpamPluginClient::new(self.channel.clone());
-        let r = self.request(req, CALL_TIMEOUT);
-        self.bounded("Release", CALL_TIMEOUT, c.release(r)).await
+        call!(self, "Release", CALL_TIMEOUT, req,
+            grpc: |ch, r| IpamPluginClient::new(ch.clone()).release(r),
+            wasm: |w, b| w.release(b).map(|()| Vec::new()))
     }
 
     pub async fn store(&self, req: v1::StoreLogRequest) -> Result<v1::RaftApplyResponse, Status> {
-        let mut c = StoragePluginClient::new(self.channel.clone());
-        let r = self.request(req, CALL_TIMEOUT);
-        self.bounded("Store", CALL_TIMEOUT, c.store(r)).await
+        call!(self, "Store", CALL_TIMEOUT, req,
+            grpc: |ch, r| StoragePluginClient::new(ch.clone()).store(r),
+            wasm: |w, b| w.store(b))
     }
 
     pub async fn restore(&self, req: v1::DataSnapshot) -> Result<(), Status> {
-        let mut c = StoragePluginClient::new(self.channel.clone());
         // A snapshot may be large; give it longer.
-        let t = CALL_TIMEOUT * 6;
-        let r = self.request(req, t);
-        self.bounded("RestoreSnapshot", t, c.restore_snapshot(r))
-            .await
+        call!(self, "RestoreSnapshot", CALL_TIMEOUT * 6, req,
+            grpc: |ch, r| StoragePluginClient::new(ch.clone()).restore_snapshot(r),
+            wasm: |w, b| w.restore(b).map(|()| Vec::new()))
     }
 
     pub async fn emit(&self, req: v1::Event) -> Result<(), Status> {
-        let mut c = WatchPluginClient::new(self.channel.clone());
-        let r = self.request(req, CALL_TIMEOUT);
-        self.bounded("Emit", CALL_TIMEOUT, c.emit(r)).await
+        call!(self, "Emit", CALL_TIMEOUT, req,
+            grpc: |ch, r| WatchPluginClient::new(ch.clone()).emit(r),
+            wasm: |w, b| w.emit(b).map(|()| Vec::new()))
     }
 
     async fn get_info(&self) -> Result<v1::PluginInfo, Status> {
-        let mut c = PluginClient::new(self.channel.clone());
-        let r = self.request((), HANDSHAKE_TIMEOUT);
-        self.bounded("GetInfo", HANDSHAKE_TIMEOUT, c.get_info(r))
-            .await
+        call!(self, "GetInfo", HANDSHAKE_TIMEOUT, (),
+            grpc: |ch, r| PluginClient::new(ch.clone()).get_info(r),
+            wasm: |w, _b| w.get_info())
     }
 
     async fn configure(&self, config: &PluginConfig) -> Result<(), Status> {
-        let mut c = PluginClient::new(self.channel.clone());
-        let r = self.request(
-            v1::PluginConfiguration {
-                config: Some(config.to_struct()),
-            },
-            HANDSHAKE_TIMEOUT,
-        );
-        self.bounded("Configure", HANDSHAKE_TIMEOUT, c.configure(r))
-            .await
+        let req = v1::PluginConfiguration {
+            config: Some(config.to_struct()),
+        };
+        call!(self, "Configure", HANDSHAKE_TIMEOUT, req,
+            grpc: |ch, r| PluginClient::new(ch.clone()).configure(r),
+            wasm: |w, b| w.configure(b).map(|()| Vec::new()))
     }
 
     async fn close(&self) -> Result<(), Status> {
-        let mut c = PluginClient::new(self.channel.clone());
-        let t = Duration::from_secs(1);
-        let r = self.request((), t);
-        self.bounded("Close", t, c.close(r)).await
+        call!(self, "Close", Duration::from_secs(1), (),
+            grpc: |ch, r| PluginClient::new(ch.clone()).close(r),
+            wasm: |w, _b| w.close().map(|()| Vec::new()))
+    }
+
+    /// The gRPC channel, for process and remote plugins.
+    fn channel(&self) -> Option<&Channel> {
+        match &self.backend {
+            Backend::Grpc(ch) => Some(ch),
+            Backend::Wasm(_) => None,
+        }
     }
 }
 
@@ -396,12 +465,13 @@ impl Plugins {
     pub async fn start(
         settings: &BTreeMap<String, PluginSettings>,
         engine: Engine,
+        cache_dir: Option<PathBuf>,
     ) -> Result<Plugins, StartError> {
         let mut plugins = Plugins::none();
         if settings.is_empty() {
             return Ok(plugins);
         }
-        match plugins.start_all(settings, engine).await {
+        match plugins.start_all(settings, engine, cache_dir).await {
             Ok(()) => Ok(plugins),
             Err(e) => {
                 plugins.shutdown().await;
@@ -414,6 +484,7 @@ impl Plugins {
         &mut self,
         settings: &BTreeMap<String, PluginSettings>,
         engine: Engine,
+        cache_dir: Option<PathBuf>,
     ) -> Result<(), StartError> {
         let mut caps = Vec::new();
         for (name, s) in settings {
@@ -442,14 +513,36 @@ impl Plugins {
                         .await?
                 }
                 PluginTarget::Wasm(path) => {
-                    return Err(StartError::Rpc {
+                    let mut config = s.config.clone();
+                    let rpc_err = |reason: String| StartError::Rpc {
                         plugin: name.clone(),
                         target: path.display().to_string(),
-                        reason: "WASM plugins are not supported by this build yet".into(),
-                    });
+                        reason,
+                    };
+                    let sandbox = wasm::Sandbox::from_config(&mut config).map_err(rpc_err)?;
+                    let (n, p, st, cache) = (
+                        name.clone(),
+                        path.clone(),
+                        engine.clone(),
+                        cache_dir.clone(),
+                    );
+                    let plugin = tokio::task::spawn_blocking(move || {
+                        wasm::WasmPlugin::open(&n, &p, sandbox, st, cache.as_deref())
+                    })
+                    .await
+                    .map_err(|e| rpc_err(e.to_string()))?
+                    .map_err(rpc_err)?;
+                    let settings = PluginSettings {
+                        target: s.target.clone(),
+                        config,
+                    };
+                    self.handshake(name, &settings, Backend::Wasm(Arc::new(plugin)))
+                        .await?
                 }
             };
-            querier::open(handle.clone(), engine.clone());
+            if !handle.is_wasm() {
+                querier::open(handle.clone(), engine.clone());
+            }
             tracing::info!(
                 plugin = %name,
                 target = %s.target,
@@ -489,11 +582,20 @@ impl Plugins {
         s: &PluginSettings,
         channel: Channel,
     ) -> Result<Arc<PluginHandle>, StartError> {
+        self.handshake(name, s, Backend::Grpc(channel)).await
+    }
+
+    async fn handshake(
+        &self,
+        name: &str,
+        s: &PluginSettings,
+        backend: Backend,
+    ) -> Result<Arc<PluginHandle>, StartError> {
         let mut handle = PluginHandle {
             name: name.to_string(),
             target: s.target.clone(),
             info: v1::PluginInfo::default(),
-            channel,
+            backend,
         };
         let rpc_err = |what: &str, e: Status| StartError::Rpc {
             plugin: name.to_string(),

@@ -16,8 +16,11 @@ use crate::store::engine::Engine;
 /// (the plugin stopped, or does not want one).
 pub fn open(plugin: Arc<PluginHandle>, engine: Engine) {
     tokio::spawn(async move {
+        let Some(channel) = plugin.channel() else {
+            return; // WASM plugins query through an import instead.
+        };
         let (tx, rx) = mpsc::channel::<PluginQueryResult>(64);
-        let mut client = PluginClient::new(plugin.channel.clone());
+        let mut client = PluginClient::new(channel.clone());
         let mut queries = match client.inject_querier(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
