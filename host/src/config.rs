@@ -123,6 +123,28 @@ pub struct Flags {
     /// (labs and benchmarks; the mesh carries no traffic).
     #[arg(long, env = "WEBMESH_NO_WIREGUARD", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_wireguard: Option<String>,
+    /// PEM certificate (chain) of the API's TLS listener; with --tls-key turns TLS on.
+    #[arg(long, env = "WEBMESH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WEBMESH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: ask API clients for certificates and verify those they present
+    /// (an AUTH plugin such as auth-mtls decides what a certificate is worth).
+    #[arg(long, env = "WEBMESH_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA bundle that signs the API certificates of the mesh this node joins.
+    #[arg(long, env = "WEBMESH_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate this node presents when it joins.
+    #[arg(long, env = "WEBMESH_TLS_CLIENT_CERT", value_name = "FILE")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key for --tls-client-cert.
+    #[arg(long, env = "WEBMESH_TLS_CLIENT_KEY", value_name = "FILE")]
+    pub tls_client_key: Option<PathBuf>,
+    /// Talk TLS to the join addresses without verifying their certificates (labs only).
+    #[arg(long, env = "WEBMESH_TLS_SKIP_VERIFY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_skip_verify: Option<String>,
     /// Username this node presents to the mesh it joins (the auth-basic plugin).
     #[arg(long, env = "WEBMESH_AUTH_BASIC_USER", value_name = "NAME")]
     pub auth_basic_user: Option<String>,
@@ -176,7 +198,65 @@ struct FileConfig {
     log_level: Option<String>,
     auth_basic_user: Option<String>,
     auth_basic_password_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+    tls_skip_verify: Option<bool>,
     plugins: Option<std::collections::BTreeMap<String, FilePlugin>>,
+}
+
+/// TLS of the API (server side) and of this node's calls to join addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TlsSettings {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub skip_verify: bool,
+}
+
+impl TlsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let pair =
+            |a: &Option<PathBuf>, ak: &'static str, b: &Option<PathBuf>, bk: &'static str| match (
+                a, b,
+            ) {
+                (Some(p), None) => Err(invalid(ak, p.display(), format!("needs --{bk}"))),
+                (None, Some(p)) => Err(invalid(bk, p.display(), format!("needs --{ak}"))),
+                _ => Ok(()),
+            };
+        pair(&self.cert, "tls-cert", &self.key, "tls-key")?;
+        pair(
+            &self.client_cert,
+            "tls-client-cert",
+            &self.client_key,
+            "tls-client-key",
+        )?;
+        if let (Some(ca), None) = (&self.client_ca, &self.cert) {
+            return Err(invalid(
+                "tls-client-ca",
+                ca.display(),
+                "client certificates need a TLS listener: set --tls-cert and --tls-key",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API listens with TLS.
+    pub fn server(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// This node's calls to join addresses use TLS.
+    pub fn client(&self) -> bool {
+        self.ca.is_some() || self.client_cert.is_some() || self.skip_verify
+    }
 }
 
 /// `plugins: {NAME: {target: ..., config: {...}}}` in the config file.
@@ -347,6 +427,7 @@ pub struct Config {
     pub log_level: String,
     pub auth_basic_user: Option<String>,
     pub auth_basic_password_file: Option<PathBuf>,
+    pub tls: TlsSettings,
     pub plugins: std::collections::BTreeMap<String, PluginSettings>,
 }
 
@@ -375,6 +456,7 @@ impl Default for Config {
             log_level: "info".into(),
             auth_basic_user: None,
             auth_basic_password_file: None,
+            tls: TlsSettings::default(),
             plugins: Default::default(),
         }
     }
@@ -545,6 +627,22 @@ impl Config {
             }
             _ => {}
         }
+        let pick = |f: &Option<PathBuf>, file: Option<PathBuf>| f.clone().or(file);
+        cfg.tls = TlsSettings {
+            cert: pick(&flags.tls_cert, file.tls_cert),
+            key: pick(&flags.tls_key, file.tls_key),
+            client_ca: pick(&flags.tls_client_ca, file.tls_client_ca),
+            ca: pick(&flags.tls_ca, file.tls_ca),
+            client_cert: pick(&flags.tls_client_cert, file.tls_client_cert),
+            client_key: pick(&flags.tls_client_key, file.tls_client_key),
+            skip_verify: bool_layer(
+                "tls-skip-verify",
+                &flags.tls_skip_verify,
+                file.tls_skip_verify,
+            )?
+            .unwrap_or(false),
+        };
+        cfg.tls.validate()?;
         cfg.plugins = layer_plugins(file.plugins, &flags.plugins, &flags.plugin_config)?;
         Ok(cfg)
     }
@@ -765,6 +863,31 @@ mod tests {
                 tls: true
             }
         );
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--tls-cert", "/c.pem"],
+                "invalid tls-cert \"/c.pem\": needs --tls-key",
+            ),
+            (
+                &["--tls-key", "/k.pem"],
+                "invalid tls-key \"/k.pem\": needs --tls-cert",
+            ),
+            (&["--tls-client-cert", "/c.pem"], "needs --tls-client-key"),
+            (&["--tls-client-ca", "/ca.pem"], "need a TLS listener"),
+            (&["--tls-skip-verify", "perhaps"], "invalid tls-skip-verify"),
+        ];
+        for (args, want) in cases {
+            let err = Config::load(&flags(args)).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        let c = Config::load(&flags(&["--tls-cert", "/c", "--tls-key", "/k"])).unwrap();
+        assert!(c.tls.server() && !c.tls.client());
+        let c = Config::load(&flags(&["--tls-skip-verify"])).unwrap();
+        assert!(c.tls.client());
     }
 
     #[test]

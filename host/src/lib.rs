@@ -12,4 +12,5 @@ pub mod plugins;
 pub mod raft;
 pub mod services;
 pub mod store;
+pub mod tls;
 pub mod version;

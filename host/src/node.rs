@@ -185,11 +185,15 @@ pub struct Credentials {
         &'static str,
         tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     )>,
+    dialer: crate::tls::Dialer,
 }
 
 impl Credentials {
     fn load(cfg: &Config) -> Result<Credentials, NodeError> {
-        let mut c = Credentials::default();
+        let mut c = Credentials {
+            dialer: crate::tls::Dialer::for_joining(&cfg.tls).map_err(NodeError::Usage)?,
+            ..Default::default()
+        };
         if let (Some(user), Some(file)) = (&cfg.auth_basic_user, &cfg.auth_basic_password_file) {
             let text = std::fs::read_to_string(file).map_err(|e| {
                 NodeError::Usage(format!(
@@ -525,7 +529,8 @@ impl Node {
                 Arc::new(move || metrics_iface.as_ref().and_then(|i| i.metrics().ok())),
             )
             .underlay(cfg.no_wireguard)
-            .ipam(plugins.ipam()),
+            .ipam(plugins.ipam())
+            .dialer(crate::tls::Dialer::for_members(&cfg.tls).map_err(NodeError::Usage)?),
         );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
@@ -537,10 +542,24 @@ impl Node {
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
         let auth_layer =
             crate::services::auth::AuthLayer::new(plugins.auth(), raft.engine.clone(), &name);
+        let mut api = tonic::transport::Server::builder();
+        match crate::tls::server_config(&cfg.tls).map_err(NodeError::Usage)? {
+            Some(tls) => {
+                api = api
+                    .tls_config(tls)
+                    .map_err(|e| NodeError::Usage(format!("invalid tls-cert: {e}")))?;
+                info!(client_ca = cfg.tls.client_ca.is_some(), "API speaks TLS");
+            }
+            None if plugins.auth().is_some() => warn!(
+                "the API is plaintext: credentials sent to the AUTH plugin travel in clear; \
+                 set --tls-cert and --tls-key"
+            ),
+            None => {}
+        }
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(
             async move {
-                let res = tonic::transport::Server::builder()
+                let res = api
                     .tcp_nodelay(true)
                     .layer(auth_layer)
                     .add_service(node_svc)
@@ -616,19 +635,8 @@ async fn leave_mesh(
     }
     let mut last = "no leader known and no join address".to_string();
     for t in targets {
-        let url = if t.contains("://") {
-            t.clone()
-        } else {
-            format!("http://{t}")
-        };
         let attempt = async {
-            let ch = tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let ch = creds.dialer.channel(&t, Some(Duration::from_secs(5)))?;
             NodeClient::new(ch)
                 .leave(creds.request(req.clone()))
                 .await
@@ -727,18 +735,10 @@ async fn try_join(
     req: &JoinRequest,
     creds: &Credentials,
 ) -> Result<JoinResponse, tonic::Status> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let ch = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| tonic::Status::invalid_argument(format!("join address: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+    let ch = creds
+        .dialer
+        .channel(addr, Some(Duration::from_secs(30)))
+        .map_err(|e| tonic::Status::invalid_argument(format!("join address: {e}")))?;
     NodeClient::new(ch)
         .join(creds.request(req.clone()))
         .await

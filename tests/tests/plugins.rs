@@ -800,3 +800,171 @@ async fn a_wasm_plugin_that_loops_or_hoards_memory_is_stopped_and_the_node_stays
     eprintln!("loop stopped after {took:?}");
     Ok(())
 }
+
+/// A test CA and what it signs.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Result<TestCa> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate()?;
+        let cert = p.self_signed(&key)?;
+        Ok(TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(p, key),
+        })
+    }
+
+    /// (cert PEM, key PEM) for `cn`; `ip` makes it a server certificate for that IP.
+    fn sign(&self, cn: &str, ip: Option<std::net::Ipv4Addr>) -> Result<(String, String)> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let sans = ip.map(|i| vec![i.to_string()]).unwrap_or_default();
+        let mut p = CertificateParams::new(sans)?;
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = if ip.is_some() {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+fn write_pair(dir: &Path, name: &str, pair: &(String, String)) -> Result<(PathBuf, PathBuf)> {
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, &pair.0)?;
+    std::fs::write(&k, &pair.1)?;
+    Ok((c, k))
+}
+
+/// A TLS call to `ip:8443`, trusting `ca`, presenting `client` if given.
+async fn tls_client(
+    ip: std::net::Ipv4Addr,
+    ca: &str,
+    client: Option<&(String, String)>,
+) -> Result<NodeClient<tonic::transport::Channel>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((c, k)) = client {
+        tls = tls.identity(Identity::from_pem(c, k));
+    }
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{ip}:8443"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(NodeClient::new(ch))
+}
+
+#[tokio::test]
+async fn mtls_lets_in_certificates_of_the_mesh_ca_only() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let dir = net.path().to_path_buf();
+    let ca = TestCa::new("mesh ca")?;
+    let other = TestCa::new("some other ca")?;
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, &ca.pem)?;
+    let h1 = net.add_host("h1")?;
+    let h1_ip = h1.ip;
+    let (cert, key) = write_pair(&dir, "h1", &ca.sign("h1", Some(h1_ip))?)?;
+    h1.args = vec![
+        "--bootstrap".into(),
+        "--endpoint".into(),
+        h1_ip.to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+        "--tls-client-ca".into(),
+        ca_pem.display().to_string(),
+        "--plugin".into(),
+        format!("auth={}", bin("auth-mtls").display()),
+        "--plugin-config".into(),
+        format!("auth.ca={}", ca_pem.display()),
+    ];
+    h1.start()?;
+    let admin = ca.sign("admin", None)?;
+    let ca_text = ca.pem.clone();
+    wait_for("h1 to answer over TLS", Duration::from_secs(60), || async {
+        let mut c = tls_client(h1_ip, &ca_text, Some(&admin)).await.ok()?;
+        let s = c.get_status(GetStatusRequest::default()).await.ok()?;
+        (!s.get_ref().current_leader.is_empty()).then_some(())
+    })
+    .await
+    .with_context(|| net.hosts["h1"].log_text())?;
+    // Without a certificate: the plugin refuses. From another CA: TLS refuses.
+    let err = tls_client(h1_ip, &ca.pem, None)
+        .await?
+        .get_status(GetStatusRequest::default())
+        .await
+        .expect_err("no client certificate");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("certificate"), "{err:?}");
+    let intruder = other.sign("h1", None)?;
+    let refused = match tls_client(h1_ip, &ca.pem, Some(&intruder)).await {
+        Err(_) => true,
+        Ok(mut c) => c.get_status(GetStatusRequest::default()).await.is_err(),
+    };
+    assert!(refused, "a certificate of another CA got in");
+
+    // Joiners: h2 with a certificate of the mesh CA joins; h3 with another CA's does not.
+    let join = net.grpc("h1");
+    for (id, signer) in [("h2", &ca), ("h3", &other)] {
+        let (c, k) = write_pair(&dir, id, &signer.sign(id, None)?)?;
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+            "--tls-ca".into(),
+            ca_pem.display().to_string(),
+            "--tls-client-cert".into(),
+            c.display().to_string(),
+            "--tls-client-key".into(),
+            k.display().to_string(),
+        ];
+        h.start()?;
+    }
+    net.host("h2").wait_ready(Duration::from_secs(60)).await?;
+    let nodes = |admin: (String, String)| {
+        let ca = ca.pem.clone();
+        async move {
+            use prost::Message;
+            let snap = tls_client(h1_ip, &ca, Some(&admin))
+                .await?
+                .snapshot(webmesh_api::v1::SnapshotRequest {})
+                .await?
+                .into_inner();
+            let s = webmesh_api::internal::StateSnapshot::decode(snap.snapshot.as_slice())?;
+            Ok::<_, anyhow::Error>(
+                s.entries
+                    .into_iter()
+                    .filter_map(|e| e.key.strip_prefix("/registry/nodes/").map(str::to_string))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let ids = nodes(admin.clone()).await?;
+    assert!(ids.contains(&"h2".to_string()), "{ids:?}");
+    assert!(!ids.contains(&"h3".to_string()), "{ids:?}");
+    assert!(
+        net.hosts["h3"].log_text().contains("join via"),
+        "h3 should be retrying"
+    );
+    net.host("h3").stop(Duration::from_secs(5));
+    Ok(())
+}

@@ -26,6 +26,10 @@ struct Cli {
     /// Per-call timeout in seconds.
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
+    /// A request header for the node's AUTH plugin, KEY=VALUE (repeatable), e.g.
+    /// `authorization=Bearer TOKEN`.
+    #[arg(long = "header", short = 'H', value_name = "KEY=VALUE", global = true)]
+    headers: Vec<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -73,10 +77,24 @@ async fn run(cli: &Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot reach {url}: {e}"))?;
     match &cli.command {
         Cmd::Status { node } => {
+            let mut req = tonic::Request::new(GetStatusRequest {
+                id: node.clone().unwrap_or_default(),
+            });
+            for h in &cli.headers {
+                let (k, v) = h
+                    .split_once('=')
+                    .ok_or_else(|| format!("bad --header {h:?}: must be KEY=VALUE"))?;
+                let key = tonic::metadata::MetadataKey::from_bytes(
+                    k.trim().to_ascii_lowercase().as_bytes(),
+                )
+                .map_err(|_| format!("bad --header {h:?}: {k:?} is not a header name"))?;
+                let value = v.parse().map_err(|_| {
+                    format!("bad --header {h:?}: the value must be printable ASCII")
+                })?;
+                req.metadata_mut().insert(key, value);
+            }
             let status = NodeClient::new(channel)
-                .get_status(GetStatusRequest {
-                    id: node.clone().unwrap_or_default(),
-                })
+                .get_status(req)
                 .await
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
                 .into_inner();

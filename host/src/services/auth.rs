@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use webmesh_api::v1::AuthenticationRequest;
 
 use super::{Caller, identify};
@@ -17,11 +17,6 @@ use crate::store::engine::Engine;
 /// The identity the AUTH plugin returned for a request, in its extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated(pub String);
-
-/// Client certificates (DER, leaf first) of a TLS connection, when the listener
-/// terminates TLS and the client presented some.
-#[derive(Debug, Clone, Default)]
-pub struct PeerCertificates(pub Vec<Vec<u8>>);
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -97,9 +92,11 @@ where
             let Some(auth) = layer.auth else {
                 return inner.call(req).await;
             };
+            let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
             let remote = req
                 .extensions()
                 .get::<TcpConnectInfo>()
+                .or(tls.map(|t| t.get_ref()))
                 .and_then(|i| i.remote_addr())
                 .map(|a| a.ip());
             if let Caller::Node(_) = identify(remote, &layer.local, &layer.engine) {
@@ -107,10 +104,9 @@ where
             }
             let request = AuthenticationRequest {
                 headers: auth_headers(req.headers()),
-                certificates: req
-                    .extensions()
-                    .get::<PeerCertificates>()
-                    .map(|c| c.0.clone())
+                certificates: tls
+                    .and_then(|t| t.peer_certs())
+                    .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
                     .unwrap_or_default(),
             };
             match auth.authenticate(request).await {

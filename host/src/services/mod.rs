@@ -89,19 +89,26 @@ pub fn identify(
 #[derive(Default)]
 pub struct Channels {
     cache: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    dialer: crate::tls::Dialer,
 }
 
 impl Channels {
+    pub fn new(dialer: crate::tls::Dialer) -> Channels {
+        Channels {
+            cache: Default::default(),
+            dialer,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<tonic::transport::Channel, Status> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = cache.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::unavailable(format!("bad member address {addr}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = self
+            .dialer
+            .channel(addr, None)
+            .map_err(|e| Status::unavailable(format!("bad member address {addr}: {e}")))?;
         cache.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

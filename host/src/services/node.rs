@@ -60,6 +60,12 @@ impl NodeService {
         }
     }
 
+    /// How to reach other members (TLS when the API speaks it).
+    pub fn dialer(mut self, dialer: crate::tls::Dialer) -> Self {
+        self.channels = Channels::new(dialer);
+        self
+    }
+
     /// Addresses come from these IPAM plugins when this node leads.
     pub fn ipam(mut self, ipam: crate::plugins::Ipam) -> Self {
         self.ipam = ipam;

@@ -1,0 +1,186 @@
+//! Plugin benchmarks on the release binaries, nodes in network namespaces:
+//!
+//!   cargo build --release --bins
+//!   cargo build --release --target wasm32-wasip2 --lib -p auth-allowlist
+//!   target/release/plugin-bench auth       # auth cost per RPC: none / WASM / process
+//!   target/release/plugin-bench restart    # SIGKILL a process plugin: back in ...
+//!
+//! Needs root. Prints Markdown tables.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use webmesh_api::v1::GetStatusRequest;
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_e2e::netns::TestNet;
+use webmesh_e2e::{bin, wait_for};
+
+const TOKEN: &str = "Bearer s3cret";
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn wasm_component() -> Result<PathBuf> {
+    let native = bin("webmesh");
+    let profile = native.parent().context("profile dir")?;
+    let path = profile
+        .parent()
+        .context("target dir")?
+        .join("wasm32-wasip2")
+        .join(profile.file_name().context("profile")?)
+        .join("auth_allowlist.wasm");
+    if !path.exists() {
+        bail!(
+            "{} is missing: cargo build --release --target wasm32-wasip2 --lib -p auth-allowlist",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A bootstrapped node in a namespace with `plugin` as AUTH (or none); its API URL.
+async fn node(net: &mut TestNet, plugin: Option<String>) -> Result<String> {
+    let h = net.add_host("n1")?;
+    h.args = vec![
+        "--bootstrap".into(),
+        "--no-wireguard".into(),
+        "--grpc-listen".into(),
+        format!("{}:8443", h.ip),
+        "--endpoint".into(),
+        h.ip.to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    if let Some(p) = plugin {
+        h.args.extend([
+            "--plugin".into(),
+            format!("auth={p}"),
+            "--plugin-config".into(),
+            "auth.tokens=alice:s3cret".into(),
+        ]);
+    }
+    h.start()?;
+    let url = format!("http://{}", net.grpc("n1"));
+    wait_for("the node", Duration::from_secs(60), || async {
+        call(&url).await.ok()
+    })
+    .await?;
+    Ok(url)
+}
+
+async fn client(url: &str) -> Result<NodeClient<tonic::transport::Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(NodeClient::new(ch))
+}
+
+async fn call(url: &str) -> Result<()> {
+    let mut c = client(url).await?;
+    let mut req = tonic::Request::new(GetStatusRequest::default());
+    req.metadata_mut().insert("authorization", TOKEN.parse()?);
+    c.get_status(req).await?;
+    Ok(())
+}
+
+async fn latencies(url: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut c = client(url).await?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let mut req = tonic::Request::new(GetStatusRequest::default());
+        req.metadata_mut().insert("authorization", TOKEN.parse()?);
+        let t = Instant::now();
+        c.get_status(req).await?;
+        if i >= 200 {
+            out.push(t.elapsed());
+        }
+    }
+    Ok(out)
+}
+
+async fn auth_bench() -> Result<()> {
+    let runs = [
+        ("none", None),
+        (
+            "WASM (auth_allowlist.wasm)",
+            Some(wasm_component()?.display().to_string()),
+        ),
+        (
+            "process (auth-allowlist)",
+            Some(bin("auth-allowlist").display().to_string()),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, plugin) in runs {
+        let mut net = TestNet::new()?;
+        let url = node(&mut net, plugin).await?;
+        let mut l = latencies(&url, 3000).await?;
+        rows.push((name, pct(&mut l, 0.5), pct(&mut l, 0.99)));
+    }
+    let base = rows[0].1;
+    println!("| AUTH | GetStatus p50 | p99 | auth cost at p50 |\n|---|---:|---:|---:|");
+    for (name, p50, p99) in rows {
+        let cost = p50.saturating_sub(base);
+        println!("| {name} | {p50:.1?} | {p99:.1?} | {cost:.1?} |");
+    }
+    Ok(())
+}
+
+fn plugin_pid(node_pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{node_pid}/task")).ok()?;
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children"))
+            && let Some(p) = list.split_whitespace().next()
+        {
+            return p.parse().ok();
+        }
+    }
+    None
+}
+
+async fn restart_bench() -> Result<()> {
+    // A fresh node per sample: the first restart after a healthy run starts at the
+    // shortest backoff (a crash loop backs off further, by design).
+    let mut back = Vec::new();
+    for _ in 0..5 {
+        let mut net = TestNet::new()?;
+        let url = node(&mut net, Some(bin("auth-allowlist").display().to_string())).await?;
+        let node_pid = net.hosts["n1"].pid().context("pid")?;
+        let pid = plugin_pid(node_pid).context("no plugin child")?;
+        let t = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?;
+        loop {
+            if plugin_pid(node_pid).is_some_and(|p| p != pid) && call(&url).await.is_ok() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("the plugin did not come back");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        back.push(t.elapsed());
+    }
+    println!("| kill -9 of a process plugin → next authenticated call succeeds | p50 of 5 | max |");
+    println!("|---|---:|---:|");
+    println!(
+        "| auth-allowlist | {:.0?} | {:.0?} |",
+        pct(&mut back.clone(), 0.5),
+        pct(&mut back, 1.0)
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("auth") => auth_bench().await,
+        Some("restart") => restart_bench().await,
+        _ => bail!("usage: plugin-bench auth | restart"),
+    }
+}
