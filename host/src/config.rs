@@ -210,27 +210,33 @@ struct FileConfig {
 
 /// TLS of the API (server side) and of this node's calls to join addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct TlsSettings {
+    #[serde(rename = "tls-cert", skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
+    #[serde(rename = "tls-key", skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    #[serde(rename = "tls-client-ca", skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    #[serde(rename = "tls-ca", skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
+    #[serde(rename = "tls-client-cert", skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
+    #[serde(rename = "tls-client-key", skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
+    #[serde(rename = "tls-skip-verify")]
     pub skip_verify: bool,
 }
 
 impl TlsSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        let pair =
-            |a: &Option<PathBuf>, ak: &'static str, b: &Option<PathBuf>, bk: &'static str| match (
-                a, b,
-            ) {
-                (Some(p), None) => Err(invalid(ak, p.display(), format!("needs --{bk}"))),
-                (None, Some(p)) => Err(invalid(bk, p.display(), format!("needs --{ak}"))),
-                _ => Ok(()),
-            };
+        let pair = |a: &Option<PathBuf>,
+                    ak: &'static str,
+                    b: &Option<PathBuf>,
+                    bk: &'static str| match (a, b) {
+            (Some(p), None) => Err(invalid(ak, p.display(), format!("needs --{bk}"))),
+            (None, Some(p)) => Err(invalid(bk, p.display(), format!("needs --{ak}"))),
+            _ => Ok(()),
+        };
         pair(&self.cert, "tls-cert", &self.key, "tls-key")?;
         pair(
             &self.client_cert,
@@ -269,8 +275,7 @@ struct FilePlugin {
 }
 
 /// Where a plugin runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "kind", content = "at")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginTarget {
     /// An executable the node starts and supervises.
     Process(PathBuf),
@@ -290,6 +295,13 @@ impl std::fmt::Display for PluginTarget {
             PluginTarget::Grpc { addr, tls: false } => write!(f, "grpc://{addr}"),
             PluginTarget::Grpc { addr, tls: true } => write!(f, "grpcs://{addr}"),
         }
+    }
+}
+
+/// Written as the config file takes it: `/path`, `x.wasm`, `unix://...`, `grpc://...`.
+impl Serialize for PluginTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 
@@ -427,6 +439,7 @@ pub struct Config {
     pub log_level: String,
     pub auth_basic_user: Option<String>,
     pub auth_basic_password_file: Option<PathBuf>,
+    #[serde(flatten)]
     pub tls: TlsSettings,
     pub plugins: std::collections::BTreeMap<String, PluginSettings>,
 }
@@ -995,9 +1008,21 @@ mod tests {
             "n1",
             "--ipv6-network",
             "fd12:3456:789a::/48",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--plugin",
+            "ipam=/usr/lib/ipam-sqlite",
+            "--plugin",
+            "remote=grpc://10.0.0.1:7000",
+            "--plugin-config",
+            "ipam.path=/var/lib/ipam.db",
         ]))
         .unwrap();
         let again = Config::from_file_text(&c.to_yaml(), Path::new("printed.yaml")).unwrap();
+        assert_eq!(again.tls, c.tls);
+        assert_eq!(again.plugins, c.plugins);
         assert_eq!(again.node_id.as_deref(), Some("n1"));
         assert_eq!(again.ipv6_network, c.ipv6_network);
         assert_eq!(again.grpc_listen, c.grpc_listen);
