@@ -68,7 +68,7 @@ pub use async_trait::async_trait;
 pub use config::Config;
 pub use error::{Code, Error};
 #[cfg(not(target_family = "wasm"))]
-pub use process::{Querier, querier, serve, serve_on};
+pub use process::{Querier, querier, serve, serve_on, serve_tcp};
 pub use snapshot::{SnapshotEntry, decode_snapshot};
 #[cfg(target_family = "wasm")]
 pub use wasm::{Querier, log, querier};

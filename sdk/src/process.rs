@@ -21,13 +21,35 @@ use webmesh_api::v1::{
 use crate::{Config, Error, HANDSHAKE_PREFIX, Plugin, SOCKET_ENV, plugin_info};
 
 /// Runs `plugin` as a process until SIGTERM or SIGINT: on the socket the node named in
-/// `WEBMESH_PLUGIN_SOCKET`, or on `--listen PATH` when started by hand. Call it from
-/// `main`; it returns the process's exit code.
+/// `WEBMESH_PLUGIN_SOCKET`, or, started by hand, on `--listen PATH` (a unix socket; the
+/// node's target `unix://PATH`) or `--listen tcp://HOST:PORT` (target `grpc://`; with
+/// `--tls-cert FILE --tls-key FILE`, `grpcs://`). Call it from `main`; it returns the
+/// process's exit code.
 pub fn serve(plugin: impl Plugin) -> ExitCode {
-    let socket = match socket_path(std::env::var_os(SOCKET_ENV), std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let socket = match socket_path(std::env::var_os(SOCKET_ENV), args.clone().into_iter()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let tls = match (flag("--tls-cert"), flag("--tls-key")) {
+        (Some(c), Some(k)) => match (std::fs::read(&c), std::fs::read(&k)) {
+            (Ok(c), Ok(k)) => Some((c, k)),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("--tls-cert/--tls-key: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+        _ => {
+            eprintln!("--tls-cert and --tls-key go together");
             return ExitCode::from(2);
         }
     };
@@ -42,7 +64,15 @@ pub fn serve(plugin: impl Plugin) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve_on(plugin, &socket)) {
+    let served = match socket.to_str().and_then(|s| s.strip_prefix("tcp://")) {
+        Some(addr) => rt.block_on(serve_tcp(plugin, addr, tls)),
+        None if tls.is_some() => {
+            eprintln!("--tls-cert needs --listen tcp://HOST:PORT");
+            return ExitCode::from(2);
+        }
+        None => rt.block_on(serve_on(plugin, &socket)),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -63,7 +93,7 @@ fn socket_path(
             return args
                 .next()
                 .map(|p| PathBuf::from(p.trim_start_matches("unix://")))
-                .ok_or_else(|| "--listen needs a socket path".to_string());
+                .ok_or_else(|| "--listen needs a socket path or tcp://HOST:PORT".to_string());
         }
         if let Some(p) = a.strip_prefix("--listen=") {
             return Ok(PathBuf::from(p.trim_start_matches("unix://")));
@@ -73,6 +103,80 @@ fn socket_path(
         "no socket to serve on: webmesh starts this plugin with {SOCKET_ENV} set \
          (--plugin NAME=PATH); to run it by hand, pass --listen /path/to/plugin.sock"
     ))
+}
+
+/// Serves `plugin` on TCP (TLS with a PEM certificate and key), for a node that dials
+/// it with `grpc://` or `grpcs://`; returns on SIGTERM or SIGINT.
+pub async fn serve_tcp(
+    plugin: impl Plugin,
+    addr: &str,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), String> {
+    let svc = Svc(Arc::new(plugin));
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("--listen tcp://{addr}: {e}"))?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let id = tonic::transport::Identity::from_pem(cert, key);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(id))
+            .map_err(|e| format!("--tls-cert: {e}"))?;
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    eprintln!(
+        "serving on {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    routes(server, &svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(),
+        )
+        .await
+        .map_err(|e| format!("serving on {addr}: {e}"))
+}
+
+/// The plugin's services: Plugin always, the capability services it offers.
+fn routes(mut server: tonic::transport::Server, svc: &Svc) -> tonic::transport::server::Router {
+    let p = &svc.0;
+    server
+        .add_service(plugin_server::PluginServer::new(svc.clone()))
+        .add_optional_service(
+            p.auth()
+                .map(|_| auth_plugin_server::AuthPluginServer::new(svc.clone())),
+        )
+        .add_optional_service(
+            p.ipam()
+                .map(|_| ipam_plugin_server::IpamPluginServer::new(svc.clone())),
+        )
+        .add_optional_service(
+            p.storage()
+                .map(|_| storage_plugin_server::StoragePluginServer::new(svc.clone())),
+        )
+        .add_optional_service(
+            p.watch()
+                .map(|_| watch_plugin_server::WatchPluginServer::new(svc.clone())),
+        )
+}
+
+/// SIGTERM or SIGINT.
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Serves `plugin` on `socket` (replacing a stale socket file), prints the handshake
@@ -93,42 +197,9 @@ pub async fn serve_on(plugin: impl Plugin, socket: &Path) -> Result<(), String> 
             .and_then(|()| out.flush())
             .map_err(|e| format!("cannot print the handshake: {e}"))?;
     }
-    let p = &svc.0;
-    let router = tonic::transport::Server::builder()
-        .add_service(plugin_server::PluginServer::new(svc.clone()))
-        .add_optional_service(
-            p.auth()
-                .map(|_| auth_plugin_server::AuthPluginServer::new(svc.clone())),
-        )
-        .add_optional_service(
-            p.ipam()
-                .map(|_| ipam_plugin_server::IpamPluginServer::new(svc.clone())),
-        )
-        .add_optional_service(
-            p.storage()
-                .map(|_| storage_plugin_server::StoragePluginServer::new(svc.clone())),
-        )
-        .add_optional_service(
-            p.watch()
-                .map(|_| watch_plugin_server::WatchPluginServer::new(svc.clone())),
-        );
-    let stop = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
-    };
+    let router = routes(tonic::transport::Server::builder(), &svc);
     let res = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped())
         .await
         .map_err(|e| format!("serving on {}: {e}", socket.display()));
     let _ = std::fs::remove_file(socket);

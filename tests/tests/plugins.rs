@@ -968,3 +968,53 @@ async fn mtls_lets_in_certificates_of_the_mesh_ca_only() -> Result<()> {
     net.host("h3").stop(Duration::from_secs(5));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_plugin_already_running_is_reached_over_grpcs() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let dir = net.path().to_path_buf();
+    let ca = TestCa::new("plugin ca")?;
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, &ca.pem)?;
+    let bridge = net.bridge_ip();
+    let (cert, key) = write_pair(&dir, "plugin", &ca.sign("plugin", Some(bridge))?)?;
+    let port = webmesh_e2e::free_port();
+    // The plugin runs on its own, outside the node's namespace, with TLS.
+    let mut plugin = std::process::Command::new(bin("auth-allowlist"))
+        .args([
+            "--listen",
+            &format!("tcp://{bridge}:{port}"),
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let res = async {
+        let url = node_with_plugin(
+            &mut net,
+            &format!("grpcs://{bridge}:{port}"),
+            &[
+                format!("grpc.ca={}", ca_pem.display()).as_str(),
+                "tokens=alice:s3cret",
+            ],
+        )
+        .await?;
+        let ok = status_with(&url, &[("authorization", "Bearer s3cret")]).await?;
+        assert_eq!(ok.code(), tonic::Code::Ok, "{ok:?}");
+        let no = status_with(&url, &[("authorization", "Bearer guess")]).await?;
+        assert_eq!(no.code(), tonic::Code::Unauthenticated, "{no:?}");
+        assert!(
+            net.hosts["n1"].log_text().contains("plugin ready"),
+            "{}",
+            net.hosts["n1"].log_text()
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = plugin.kill();
+    let _ = plugin.wait();
+    res
+}

@@ -372,25 +372,67 @@ fn unix_channel(path: &Path) -> Channel {
         }))
 }
 
-fn tcp_channel(name: &str, addr: &str, tls: bool) -> Result<Channel, StartError> {
-    if tls {
-        return Err(StartError::Rpc {
-            plugin: name.to_string(),
-            target: format!("grpcs://{addr}"),
-            reason: "grpcs:// targets are not supported by this build yet; run the plugin \
-                     on a unix socket or grpc:// behind a local TLS terminator"
-                .into(),
-        });
-    }
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| StartError::Rpc {
-            plugin: name.to_string(),
-            target: format!("grpc://{addr}"),
-            reason: e.to_string(),
-        })?
+/// The system's CA bundle (Debian's path), the default trust of `grpcs://` targets.
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A channel to a plugin on TCP. `grpcs://` verifies the plugin's certificate against
+/// `grpc.ca` (default: the system bundle) and presents `grpc.client-cert` /
+/// `grpc.client-key` if given; those keys are the node's and are taken out of the
+/// plugin's config.
+fn tcp_channel(
+    name: &str,
+    addr: &str,
+    tls: bool,
+    config: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Channel, StartError> {
+    let scheme = if tls { "grpcs" } else { "grpc" };
+    let err = |reason: String| StartError::Rpc {
+        plugin: name.to_string(),
+        target: format!("{scheme}://{addr}"),
+        reason,
+    };
+    let mut take = |key: &str| {
+        config.remove(key).map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+    };
+    let (ca, cert, key) = (
+        take("grpc.ca"),
+        take("grpc.client-cert"),
+        take("grpc.client-key"),
+    );
+    let mut ep = Endpoint::from_shared(format!("{}://{addr}", if tls { "https" } else { "http" }))
+        .map_err(|e| err(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    if tls {
+        let read = |k: &str, p: &str| {
+            std::fs::read(p).map_err(|e| err(format!("config key {k}: {p}: {e}")))
+        };
+        let ca_path = ca.unwrap_or_else(|| SYSTEM_CAS.to_string());
+        let mut cfg = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read("grpc.ca", &ca_path)?),
+        );
+        match (cert, key) {
+            (Some(c), Some(k)) => {
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(
+                    read("grpc.client-cert", &c)?,
+                    read("grpc.client-key", &k)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(err(
+                    "grpc.client-cert and grpc.client-key go together".into()
+                ));
+            }
+        }
+        ep = ep.tls_config(cfg).map_err(|e| err(e.to_string()))?;
+    } else if ca.is_some() || cert.is_some() || key.is_some() {
+        return Err(err("grpc.* TLS keys need a grpcs:// target".into()));
+    }
+    Ok(ep.connect_lazy())
 }
 
 /// The node's plugins and their duties.
@@ -509,8 +551,13 @@ impl Plugins {
                 }
                 PluginTarget::Unix(path) => self.connect(name, s, unix_channel(path)).await?,
                 PluginTarget::Grpc { addr, tls } => {
-                    self.connect(name, s, tcp_channel(name, addr, *tls)?)
-                        .await?
+                    let mut config = s.config.clone();
+                    let channel = tcp_channel(name, addr, *tls, &mut config)?;
+                    let settings = PluginSettings {
+                        target: s.target.clone(),
+                        config,
+                    };
+                    self.connect(name, &settings, channel).await?
                 }
                 PluginTarget::Wasm(path) => {
                     let mut config = s.config.clone();
