@@ -34,6 +34,27 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A WASM component of this workspace, built for `wasm32-wasip2` in the same profile
+/// (`cargo build --target wasm32-wasip2 --lib -p NAME`): `name` is the library's file
+/// stem, e.g. `auth_allowlist`.
+pub fn wasm_component(name: &str) -> PathBuf {
+    let native = bin("webmesh");
+    // target/<profile>/webmesh -> target/wasm32-wasip2/<profile>/<name>.wasm
+    let profile = native.parent().expect("profile dir");
+    let target = profile.parent().expect("target dir");
+    let path = target
+        .join("wasm32-wasip2")
+        .join(profile.file_name().expect("profile name"))
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --target wasm32-wasip2 --lib -p {}",
+        path.display(),
+        name.replace('_', "-")
+    );
+    path
+}
+
 /// A free TCP port on loopback (the OS picks; the test binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

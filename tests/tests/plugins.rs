@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use webmesh_api::v1::GetStatusRequest;
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_e2e::netns::TestNet;
-use webmesh_e2e::{LocalNode, bin, wait_for};
+use webmesh_e2e::{LocalNode, bin, wait_for, wasm_component};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
@@ -323,25 +323,52 @@ async fn auth_by_config_file_and_a_killed_plugin_comes_back() -> Result<()> {
     assert_ne!(kids[0].0, plugin_pid, "a new plugin process");
     assert!(kids.iter().all(|(_, s)| *s != 'Z'), "zombies: {kids:?}");
     assert!(net.host("h1").running());
+    // A clean shutdown takes the plugin with it (Close, then signals).
+    let survivor = kids[0].0;
+    net.host("h1").stop(Duration::from_secs(10));
+    wait_for(
+        "the plugin to exit with the node",
+        Duration::from_secs(5),
+        || async { (!Path::new(&format!("/proc/{survivor}")).exists()).then_some(()) },
+    )
+    .await?;
     Ok(())
 }
 
-fn sqlite_rows(db: &Path) -> Result<Vec<(String, String)>> {
+/// Two columns of a query, through the sqlite3 CLI (an independent reader).
+fn sqlite_pairs(db: &Path, sql: &str, cols: (&str, &str)) -> Result<Vec<(String, String)>> {
     let out = std::process::Command::new("sqlite3")
-        .args([
-            db.to_str().context("db path")?,
-            "SELECT node_id, ip FROM allocations ORDER BY node_id, version",
-        ])
+        .args(["-json", db.to_str().context("db path")?, sql])
         .output()
         .context("sqlite3 (apt-get install sqlite3)")?;
     if !out.status.success() {
         bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('|'))
-        .map(|(n, ip)| (n.to_string(), ip.to_string()))
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(vec![]);
+    }
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(&out.stdout)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let col = |c: &str| {
+                r.get(c)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (col(cols.0), col(cols.1))
+        })
         .collect())
+}
+
+fn sqlite_rows(db: &Path) -> Result<Vec<(String, String)>> {
+    sqlite_pairs(
+        db,
+        "SELECT node_id, ip FROM allocations ORDER BY node_id, version",
+        ("node_id", "ip"),
+    )
 }
 
 #[tokio::test]
@@ -419,30 +446,11 @@ async fn node_state(node: &LocalNode) -> Result<Vec<(String, String)>> {
 }
 
 fn sqlite_state(db: &Path) -> Result<Vec<(String, String)>> {
-    let out = std::process::Command::new("sqlite3")
-        .args([
-            "-json",
-            db.to_str().context("db path")?,
-            "SELECT key, value FROM state ORDER BY key",
-        ])
-        .output()
-        .context("sqlite3")?;
-    if !out.status.success() {
-        bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Ok(vec![]);
-    }
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r["key"].as_str().unwrap_or_default().to_string(),
-                r["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect())
+    sqlite_pairs(
+        db,
+        "SELECT key, value FROM state ORDER BY key",
+        ("key", "value"),
+    )
 }
 
 async fn wait_equal(node: &LocalNode, db: &Path, what: &str) -> Result<usize> {
@@ -653,25 +661,6 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
     })
     .await?;
     Ok(())
-}
-
-/// A WASM component built by tests/run.sh (`--target wasm32-wasip2`).
-fn wasm_component(name: &str) -> PathBuf {
-    let native = bin("webmesh");
-    // target/<profile>/webmesh -> target/wasm32-wasip2/<profile>/<name>.wasm
-    let profile = native.parent().expect("profile dir");
-    let target = profile.parent().expect("target dir");
-    let path = target
-        .join("wasm32-wasip2")
-        .join(profile.file_name().expect("profile name"))
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --target wasm32-wasip2 --lib -p {}",
-        path.display(),
-        name.replace('_', "-")
-    );
-    path
 }
 
 /// A bootstrapped node in a namespace (so the test's calls are not trusted by address)

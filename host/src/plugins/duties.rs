@@ -9,41 +9,13 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
-use webmesh_api::v1::{self, MeshNode, RaftCommandType, RaftLogEntry, WatchEvent};
+use webmesh_api::v1::{self, MeshNode, WatchEvent};
 
 use super::PluginHandle;
 use crate::mesh::keys;
 use crate::raft::RaftNode;
 use crate::raft::storage::StateEvent;
 use crate::store::ops::{Change, now_ms};
-
-/// A committed change as the v1 API writes it.
-pub fn log_entry(change: &Change, now_ms: u64) -> RaftLogEntry {
-    match change {
-        Change::Put {
-            key,
-            value,
-            expires_at_ms,
-        } => RaftLogEntry {
-            r#type: RaftCommandType::Put as i32,
-            key: key.clone(),
-            value: value.clone(),
-            ttl: (*expires_at_ms > 0).then(|| {
-                let left = expires_at_ms.saturating_sub(now_ms).max(1);
-                webmesh_api::wkt::Duration {
-                    seconds: (left / 1000) as i64,
-                    nanos: ((left % 1000) * 1_000_000) as i32,
-                }
-            }),
-        },
-        Change::Delete { key } => RaftLogEntry {
-            r#type: RaftCommandType::Delete as i32,
-            key: key.clone(),
-            value: String::new(),
-            ttl: None,
-        },
-    }
-}
 
 /// Feeds a STORE plugin: a snapshot first, then every committed change in order.
 /// After a failure or when it fell behind, it starts over from a snapshot.
@@ -111,7 +83,7 @@ async fn feed_store(plugin: &PluginHandle, raft: &RaftNode) -> Result<(), String
                         .store(v1::StoreLogRequest {
                             term,
                             index,
-                            log: Some(log_entry(c, now)),
+                            log: Some(c.to_entry(now)),
                         })
                         .await
                         .map_err(|s| s.message().to_string())?;
@@ -363,23 +335,5 @@ mod tests {
             )
             .is_empty()
         );
-    }
-
-    #[test]
-    fn changes_become_v1_log_entries_with_remaining_ttl() {
-        let e = log_entry(
-            &Change::Put {
-                key: "/k".into(),
-                value: "v".into(),
-                expires_at_ms: 10_500,
-            },
-            8_000,
-        );
-        assert_eq!(e.r#type, RaftCommandType::Put as i32);
-        let ttl = e.ttl.unwrap();
-        assert_eq!((ttl.seconds, ttl.nanos), (2, 500_000_000));
-        let d = log_entry(&Change::Delete { key: "/k".into() }, 0);
-        assert_eq!(d.r#type, RaftCommandType::Delete as i32);
-        assert!(d.ttl.is_none());
     }
 }

@@ -7,7 +7,6 @@
 //!
 //! Needs root. Prints Markdown tables.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -21,24 +20,6 @@ const TOKEN: &str = "Bearer s3cret";
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn wasm_component() -> Result<PathBuf> {
-    let native = bin("webmesh");
-    let profile = native.parent().context("profile dir")?;
-    let path = profile
-        .parent()
-        .context("target dir")?
-        .join("wasm32-wasip2")
-        .join(profile.file_name().context("profile")?)
-        .join("auth_allowlist.wasm");
-    if !path.exists() {
-        bail!(
-            "{} is missing: cargo build --release --target wasm32-wasip2 --lib -p auth-allowlist",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// A bootstrapped node in a namespace with `plugin` as AUTH (or none); its API URL.
@@ -107,7 +88,11 @@ async fn auth_bench() -> Result<()> {
         ("none", None),
         (
             "WASM (auth_allowlist.wasm)",
-            Some(wasm_component()?.display().to_string()),
+            Some(
+                webmesh_e2e::wasm_component("auth_allowlist")
+                    .display()
+                    .to_string(),
+            ),
         ),
         (
             "process (auth-allowlist)",
