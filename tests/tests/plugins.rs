@@ -909,9 +909,10 @@ async fn mtls_lets_in_certificates_of_the_mesh_ca_only() -> Result<()> {
     };
     assert!(refused, "a certificate of another CA got in");
 
-    // Joiners: h2 with a certificate of the mesh CA joins; h3 with another CA's does not.
+    // Joiners: h2 with a certificate of the mesh CA joins; h3 with another CA's does not;
+    // h4 does not verify the server (--tls-skip-verify) but has a good certificate.
     let join = net.grpc("h1");
-    for (id, signer) in [("h2", &ca), ("h3", &other)] {
+    for (id, signer, verify) in [("h2", &ca, true), ("h3", &other, true), ("h4", &ca, false)] {
         let (c, k) = write_pair(&dir, id, &signer.sign(id, None)?)?;
         let h = net.add_host(id)?;
         h.args = vec![
@@ -919,16 +920,21 @@ async fn mtls_lets_in_certificates_of_the_mesh_ca_only() -> Result<()> {
             join.clone(),
             "--endpoint".into(),
             h.ip.to_string(),
-            "--tls-ca".into(),
-            ca_pem.display().to_string(),
             "--tls-client-cert".into(),
             c.display().to_string(),
             "--tls-client-key".into(),
             k.display().to_string(),
         ];
+        if verify {
+            h.args
+                .extend(["--tls-ca".into(), ca_pem.display().to_string()]);
+        } else {
+            h.args.push("--tls-skip-verify".into());
+        }
         h.start()?;
     }
     net.host("h2").wait_ready(Duration::from_secs(60)).await?;
+    net.host("h4").wait_ready(Duration::from_secs(60)).await?;
     let nodes = |admin: (String, String)| {
         let ca = ca.pem.clone();
         async move {
@@ -949,6 +955,7 @@ async fn mtls_lets_in_certificates_of_the_mesh_ca_only() -> Result<()> {
     };
     let ids = nodes(admin.clone()).await?;
     assert!(ids.contains(&"h2".to_string()), "{ids:?}");
+    assert!(ids.contains(&"h4".to_string()), "{ids:?}");
     assert!(!ids.contains(&"h3".to_string()), "{ids:?}");
     assert!(
         net.hosts["h3"].log_text().contains("join via"),
