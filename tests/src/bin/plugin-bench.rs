@@ -84,16 +84,15 @@ async fn latencies(url: &str, n: usize) -> Result<Vec<Duration>> {
 }
 
 async fn auth_bench() -> Result<()> {
+    // The component: the one named on the command line, else this profile's build.
+    let wasm = std::env::args().nth(2).unwrap_or_else(|| {
+        webmesh_e2e::wasm_component("auth_allowlist")
+            .display()
+            .to_string()
+    });
     let runs = [
         ("none", None),
-        (
-            "WASM (auth_allowlist.wasm)",
-            Some(
-                webmesh_e2e::wasm_component("auth_allowlist")
-                    .display()
-                    .to_string(),
-            ),
-        ),
+        ("WASM (auth_allowlist.wasm)", Some(wasm)),
         (
             "process (auth-allowlist)",
             Some(bin("auth-allowlist").display().to_string()),
