@@ -312,6 +312,19 @@ impl Host {
         Ok(())
     }
 
+    /// Flags of a one-node mesh without WireGuard whose API listens on this host's
+    /// address (so callers from outside are not trusted by address).
+    pub fn api_only_args(&self) -> Vec<String> {
+        vec![
+            "--bootstrap".into(),
+            "--no-wireguard".into(),
+            "--grpc-listen".into(),
+            format!("{}:8443", self.ip),
+            "--endpoint".into(),
+            self.ip.to_string(),
+        ]
+    }
+
     /// The node's PID (`ip netns exec` execs it, so it is the child's).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -667,16 +667,8 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
 /// with one plugin.
 async fn node_with_plugin(net: &mut TestNet, plugin: &str, config: &[&str]) -> Result<String> {
     let h = net.add_host("n1")?;
-    h.args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--grpc-listen".into(),
-        format!("{}:8443", h.ip),
-        "--endpoint".into(),
-        h.ip.to_string(),
-        "--plugin".into(),
-        format!("auth={plugin}"),
-    ];
+    h.args = h.api_only_args();
+    h.args.extend(["--plugin".into(), format!("auth={plugin}")]);
     for c in config {
         h.args
             .extend(["--plugin-config".into(), format!("auth.{c}")]);

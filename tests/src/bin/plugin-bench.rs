@@ -25,16 +25,8 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 /// A bootstrapped node in a namespace with `plugin` as AUTH (or none); its API URL.
 async fn node(net: &mut TestNet, plugin: Option<String>) -> Result<String> {
     let h = net.add_host("n1")?;
-    h.args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--grpc-listen".into(),
-        format!("{}:8443", h.ip),
-        "--endpoint".into(),
-        h.ip.to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
+    h.args = h.api_only_args();
+    h.args.extend(["--log-level".into(), "warn".into()]);
     if let Some(p) = plugin {
         h.args.extend([
             "--plugin".into(),
