@@ -97,11 +97,11 @@ async fn feed_store(plugin: &PluginHandle, raft: &RaftNode) -> Result<(), String
     }
 }
 
-/// Counters of a WATCH plugin's queue.
+/// Counters of a WATCH plugin's queue (reported in its log lines).
 #[derive(Default)]
-pub struct WatchStats {
-    pub sent: AtomicU64,
-    pub dropped: AtomicU64,
+struct WatchStats {
+    sent: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// What the watch dispatcher knows of the nodes, to tell joins from updates.
@@ -151,19 +151,17 @@ const WATCH_QUEUE: usize = 1024;
 pub fn spawn_watch(
     plugins: Vec<Arc<PluginHandle>>,
     raft: RaftNode,
-) -> (Vec<tokio::task::JoinHandle<()>>, Vec<Arc<WatchStats>>) {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let mut queues = Vec::new();
-    let mut all_stats = Vec::new();
     for p in plugins {
         let (tx, rx) = mpsc::channel::<v1::Event>(WATCH_QUEUE);
         let stats = Arc::new(WatchStats::default());
         queues.push((p.name.clone(), tx, stats.clone()));
-        all_stats.push(stats.clone());
         tasks.push(tokio::spawn(emit_loop(p, rx, stats)));
     }
     if queues.is_empty() {
-        return (tasks, all_stats);
+        return tasks;
     }
     let mut events = raft.subscribe();
     let mut metrics = raft.raft.metrics();
@@ -244,7 +242,7 @@ pub fn spawn_watch(
             }
         }
     }));
-    (tasks, all_stats)
+    tasks
 }
 
 /// Delivers queued events to one plugin: a few tries each, then the event is dropped

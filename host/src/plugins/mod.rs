@@ -441,7 +441,6 @@ pub struct Plugins {
     pub routes: Routes,
     supervisors: Vec<tokio::task::JoinHandle<()>>,
     duties: Vec<tokio::task::JoinHandle<()>>,
-    pub watch_stats: Vec<Arc<duties::WatchStats>>,
     stop: Arc<watch::Sender<bool>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -454,7 +453,6 @@ impl Plugins {
             routes: Routes::default(),
             supervisors: Vec::new(),
             duties: Vec::new(),
-            watch_stats: Vec::new(),
             stop: Arc::new(watch::Sender::new(false)),
             _dir: None,
         }
@@ -490,9 +488,8 @@ impl Plugins {
             .iter()
             .map(|n| self.handles[n].clone())
             .collect();
-        let (tasks, stats) = duties::spawn_watch(watchers, raft.clone());
-        self.duties.extend(tasks);
-        self.watch_stats = stats;
+        self.duties
+            .extend(duties::spawn_watch(watchers, raft.clone()));
     }
 
     pub fn ipam(&self) -> Ipam {

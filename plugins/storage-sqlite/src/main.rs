@@ -62,6 +62,15 @@ fn last_index(c: &Connection) -> Result<u64, Error> {
 const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
                         ON CONFLICT(name) DO UPDATE SET value = excluded.value";
 
+/// Records the log position the table reflects.
+fn set_position(c: &Connection, index: u64, term: u64) -> Result<(), Error> {
+    for (name, v) in [("last_index", index), ("last_term", term)] {
+        c.execute(SET_META, params![name, v as i64])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 impl Store {
     fn with_db<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
         let mut g = self.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,10 +140,7 @@ impl StoragePlugin for Store {
                     )));
                 }
             }
-            tx.execute(SET_META, params!["last_index", req.index as i64])
-                .map_err(db_err)?;
-            tx.execute(SET_META, params!["last_term", req.term as i64])
-                .map_err(db_err)?;
+            set_position(&tx, req.index, req.term)?;
             tx.commit().map_err(db_err)
         })?;
         Ok(v1::RaftApplyResponse {
@@ -157,10 +163,7 @@ impl StoragePlugin for Store {
                         .map_err(db_err)?;
                 }
             }
-            tx.execute(SET_META, params!["last_index", snapshot.index as i64])
-                .map_err(db_err)?;
-            tx.execute(SET_META, params!["last_term", snapshot.term as i64])
-                .map_err(db_err)?;
+            set_position(&tx, snapshot.index, snapshot.term)?;
             tx.commit().map_err(db_err)
         })?;
         eprintln!(
