@@ -540,8 +540,11 @@ impl Node {
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
-        let auth_layer =
-            crate::services::auth::AuthLayer::new(plugins.auth(), raft.engine.clone(), &name);
+        let auth_layer = crate::services::auth::AuthLayer::new(
+            plugins.auth(),
+            raft.state_machine.members(),
+            &name,
+        );
         let mut api = tonic::transport::Server::builder();
         match crate::tls::server_config(&cfg.tls).map_err(NodeError::Usage)? {
             Some(tls) => {

@@ -195,7 +195,10 @@ fn children(pid: u32) -> Vec<(u32, char)> {
 #[tokio::test]
 async fn auth_by_config_file_and_a_killed_plugin_comes_back() -> Result<()> {
     let mut net = TestNet::new()?;
-    let pw = htpasswd(net.path(), &[("admin", "adm1n"), ("b", "b-pass")])?;
+    let pw = htpasswd(
+        net.path(),
+        &[("admin", "adm1n"), ("b", "b-pass"), ("c", "c-pass")],
+    )?;
     // Swapping auth in is a config file change only.
     let config = net.path().join("h1.yaml");
     std::fs::write(
@@ -297,6 +300,8 @@ async fn auth_by_config_file_and_a_killed_plugin_comes_back() -> Result<()> {
     net.host("b").wait_ready(Duration::from_secs(60)).await?;
 
     // SIGKILL the plugin: the node keeps serving; the plugin is back within a second.
+    // The probe uses credentials never shown before, so the node's cache of verdicts
+    // cannot answer for the plugin.
     let node_pid = net.hosts["h1"].pid().context("h1 pid")?;
     let plugin_pid = children(node_pid)
         .into_iter()
@@ -311,7 +316,7 @@ async fn auth_by_config_file_and_a_killed_plugin_comes_back() -> Result<()> {
         "the plugin to answer again",
         Duration::from_secs(5),
         || async {
-            let r = status(Some(("admin", "adm1n"))).await.ok()?;
+            let r = status(Some(("c", "c-pass"))).await.ok()?;
             r.ok().map(|_| killed.elapsed())
         },
     )

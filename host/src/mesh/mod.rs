@@ -1,5 +1,5 @@
 //! The mesh model and its rules: IDs, key layout, bootstrap objects, address
-//! arithmetic, network ACLs, the decoded view of the state and peer computation.
+//! arithmetic, network ACLs, the member address index, the decoded view of the state and peer computation.
 //! Pure: no IO, unit-tested, benchmarked.
 
 pub mod acl;
@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod ids;
 pub mod ipam;
 pub mod keys;
+pub mod members;
 pub mod membership;
 pub mod peers;
 pub mod view;

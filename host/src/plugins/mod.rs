@@ -7,6 +7,7 @@ pub mod duties;
 pub mod process;
 pub mod querier;
 pub mod routing;
+pub mod verdicts;
 pub mod wasm;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,8 @@ pub struct PluginHandle {
     pub target: PluginTarget,
     pub info: v1::PluginInfo,
     backend: Backend,
+    /// Positive AUTH verdicts, remembered briefly (see [`verdicts`]).
+    verdicts: verdicts::Verdicts,
 }
 
 /// One call, in both of its shapes: the gRPC client call, and the WASM export with its
@@ -193,9 +196,21 @@ impl PluginHandle {
     }
 
     pub async fn authenticate(&self, req: v1::AuthenticationRequest) -> Result<String, Status> {
+        let key = self.verdicts.enabled().then(|| verdicts::key_of(&req));
+        if let Some(id) = key
+            .as_ref()
+            .and_then(|k| self.verdicts.get(k, Instant::now()))
+        {
+            return Ok(id);
+        }
         let r: v1::AuthenticationResponse = call!(self, "Authenticate", AUTH_TIMEOUT, req,
             grpc: |ch, r| AuthPluginClient::new(ch.clone()).authenticate(r),
             wasm: |w, b| w.authenticate(b))?;
+        if let Some(k) = key
+            && !r.id.is_empty()
+        {
+            self.verdicts.put(k, r.id.clone(), Instant::now());
+        }
         Ok(r.id)
     }
 
@@ -528,12 +543,20 @@ impl Plugins {
         let mut caps = Vec::new();
         for (name, s) in settings {
             let t0 = Instant::now();
+            let mut s = s.clone();
+            let cache_ttl =
+                verdicts::ttl_from_config(&mut s.config).map_err(|reason| StartError::Rpc {
+                    plugin: name.clone(),
+                    target: s.target.to_string(),
+                    reason,
+                })?;
+            let s = &s;
             let handle = match &s.target {
                 PluginTarget::Process(path) => {
                     let dir = self.socket_dir()?;
                     let launched = process::launch(name, path, &dir, HANDSHAKE_TIMEOUT).await?;
                     let handle = self
-                        .connect(name, s, unix_channel(&launched.socket))
+                        .connect(name, s, unix_channel(&launched.socket), cache_ttl)
                         .await?;
                     let sup = Supervisor {
                         handle: handle.clone(),
@@ -546,7 +569,9 @@ impl Plugins {
                     self.supervisors.push(tokio::spawn(sup.run(launched.child)));
                     handle
                 }
-                PluginTarget::Unix(path) => self.connect(name, s, unix_channel(path)).await?,
+                PluginTarget::Unix(path) => {
+                    self.connect(name, s, unix_channel(path), cache_ttl).await?
+                }
                 PluginTarget::Grpc { addr, tls } => {
                     let mut config = s.config.clone();
                     let channel = tcp_channel(name, addr, *tls, &mut config)?;
@@ -554,7 +579,7 @@ impl Plugins {
                         target: s.target.clone(),
                         config,
                     };
-                    self.connect(name, &settings, channel).await?
+                    self.connect(name, &settings, channel, cache_ttl).await?
                 }
                 PluginTarget::Wasm(path) => {
                     let mut config = s.config.clone();
@@ -580,8 +605,8 @@ impl Plugins {
                         target: s.target.clone(),
                         config,
                     };
-                    self.handshake(name, &settings, Backend::Wasm(Arc::new(plugin)))
-                        .await?
+                    let backend = Backend::Wasm(Arc::new(plugin));
+                    self.handshake(name, &settings, backend, cache_ttl).await?
                 }
             };
             if !handle.is_wasm() {
@@ -625,8 +650,10 @@ impl Plugins {
         name: &str,
         s: &PluginSettings,
         channel: Channel,
+        cache_ttl: Duration,
     ) -> Result<Arc<PluginHandle>, StartError> {
-        self.handshake(name, s, Backend::Grpc(channel)).await
+        self.handshake(name, s, Backend::Grpc(channel), cache_ttl)
+            .await
     }
 
     async fn handshake(
@@ -634,12 +661,14 @@ impl Plugins {
         name: &str,
         s: &PluginSettings,
         backend: Backend,
+        cache_ttl: Duration,
     ) -> Result<Arc<PluginHandle>, StartError> {
         let mut handle = PluginHandle {
             name: name.to_string(),
             target: s.target.clone(),
             info: v1::PluginInfo::default(),
             backend,
+            verdicts: verdicts::Verdicts::new(cache_ttl),
         };
         let rpc_err = |what: &str, e: Status| StartError::Rpc {
             plugin: name.to_string(),

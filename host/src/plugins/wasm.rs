@@ -6,6 +6,7 @@
 //! one, configured again. Compiled code is cached in the data dir.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,10 @@ use wit::webmesh::plugin::types::Error as WitError;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const TICK: Duration = Duration::from_millis(5);
+/// A call this short costs less than the hop to the blocking pool and back.
+const INLINE_LIMIT: Duration = Duration::from_millis(1);
+/// Fast calls in a row before a plugin's calls run on the caller's thread.
+const INLINE_AFTER: u32 = 16;
 
 /// One engine for every WASM plugin of the node, with its epoch ticker.
 fn engine() -> Result<&'static wasmtime::Engine, String> {
@@ -184,6 +189,8 @@ pub struct WasmPlugin {
     /// The encoded `PluginConfiguration`, replayed into every fresh instance.
     config: Mutex<Option<Vec<u8>>>,
     live: Mutex<Option<Live>>,
+    /// Consecutive calls that finished within [`INLINE_LIMIT`]; see [`run`].
+    fast_streak: AtomicU32,
 }
 
 /// Compiles `path`, or loads its compiled code from `cache_dir`.
@@ -275,6 +282,7 @@ impl WasmPlugin {
             state,
             config: Mutex::new(None),
             live: Mutex::new(None),
+            fast_streak: AtomicU32::new(0),
         })
     }
 
@@ -352,6 +360,7 @@ impl WasmPlugin {
             Ok(Err(e)) => Err(wit_status(&self.name, what, e)),
             Err(e) => {
                 *guard = None;
+                self.fast_streak.store(0, Ordering::Relaxed);
                 let s = trap_status(&self.name, what, self.sandbox.deadline, e);
                 tracing::warn!(plugin = %self.name, error = %s.message(), "WASM plugin trapped; it gets a fresh instance");
                 Err(s)
@@ -404,12 +413,43 @@ impl WasmPlugin {
     }
 }
 
-/// Runs a blocking WASM call off the async runtime.
+impl WasmPlugin {
+    /// Whether the next call may run on the calling (async) thread: the plugin has
+    /// answered fast many times in a row and no other call holds its instance.
+    fn inline_ok(&self) -> bool {
+        self.fast_streak.load(Ordering::Relaxed) >= INLINE_AFTER && self.live.try_lock().is_ok()
+    }
+
+    /// Runs `f`, keeping the plugin's record of fast calls (a trap resets it in `call`).
+    fn timed<T>(&self, f: impl FnOnce(&WasmPlugin) -> T) -> T {
+        let t = Instant::now();
+        let r = f(self);
+        if t.elapsed() <= INLINE_LIMIT {
+            let _ = self
+                .fast_streak
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(1))
+                });
+        } else {
+            self.fast_streak.store(0, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Runs a WASM call. Most plugin calls take microseconds, and a hop to the blocking
+/// pool and back costs more than that; so a plugin that has answered fast many times
+/// in a row runs on the calling thread. One slow call or trap sends it back to the
+/// blocking pool until it has a fast record again, so a plugin that turns slow holds
+/// an async worker for at most one call (and never past its epoch deadline).
 pub async fn run<T: Send + 'static>(
     plugin: Arc<WasmPlugin>,
     f: impl FnOnce(&WasmPlugin) -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(move || f(&plugin))
+    if plugin.inline_ok() {
+        return plugin.timed(f);
+    }
+    tokio::task::spawn_blocking(move || plugin.timed(f))
         .await
         .map_err(|e| Status::internal(format!("WASM call: {e}")))?
 }

@@ -8,8 +8,8 @@
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -23,6 +23,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::types::{Member, NodeId, TypeConfig};
+use crate::mesh::keys;
+use crate::mesh::members::MemberAddrs;
 use crate::store::engine::{CF_LOG, CF_META, Engine};
 use crate::store::ops::{ApplyOutcome, Change};
 
@@ -270,11 +272,32 @@ pub enum StateEvent {
 pub struct StateMachine {
     engine: Engine,
     events: broadcast::Sender<StateEvent>,
+    /// Mesh address → node, updated in step with the applied state.
+    members: Arc<RwLock<MemberAddrs>>,
+}
+
+/// The member index of what `engine` holds now.
+fn load_members(engine: &Engine) -> MemberAddrs {
+    let mut m = MemberAddrs::default();
+    match engine.list(keys::NODES) {
+        Ok(nodes) => nodes.iter().for_each(|e| m.apply(&e.key, Some(&e.value))),
+        Err(e) => tracing::warn!(error = %e, "cannot read the node records"),
+    }
+    m
 }
 
 impl StateMachine {
     pub fn new(engine: Engine, events: broadcast::Sender<StateEvent>) -> StateMachine {
-        StateMachine { engine, events }
+        let members = Arc::new(RwLock::new(load_members(&engine)));
+        StateMachine {
+            engine,
+            events,
+            members,
+        }
+    }
+
+    pub fn members(&self) -> Arc<RwLock<MemberAddrs>> {
+        self.members.clone()
     }
 
     fn applied(&self) -> Result<Option<LogId<NodeId>>, SErr> {
@@ -329,6 +352,7 @@ impl StateMachine {
         b.put_cf(cf, SNAPSHOT_META, enc(meta)?);
         b.put_cf(cf, SNAPSHOT_DATA, data);
         self.engine.write(b, true).map_err(write_err)?;
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = load_members(&self.engine);
         let _ = self.events.send(StateEvent::Reset {
             index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
         });
@@ -393,6 +417,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .iter()
                 .flat_map(|o| o.changes.iter().cloned())
                 .collect();
+            if changes.iter().any(|c| c.key().starts_with(keys::NODES)) {
+                let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
+                for c in &changes {
+                    m.apply(c.key(), c.value());
+                }
+            }
             if !changes.is_empty() {
                 let _ = self.events.send(StateEvent::Applied {
                     index: entry.log_id.index,

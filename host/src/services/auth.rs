@@ -3,7 +3,7 @@
 //! their WireGuard-authenticated mesh addresses) are known without asking.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -11,8 +11,8 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use webmesh_api::v1::AuthenticationRequest;
 
 use super::{Caller, identify};
+use crate::mesh::members::MemberAddrs;
 use crate::plugins::PluginHandle;
-use crate::store::engine::Engine;
 
 /// The identity the AUTH plugin returned for a request, in its extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,15 +21,19 @@ pub struct Authenticated(pub String);
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Option<Arc<PluginHandle>>,
-    engine: Engine,
+    members: Arc<RwLock<MemberAddrs>>,
     local: Arc<str>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Option<Arc<PluginHandle>>, engine: Engine, local: &str) -> AuthLayer {
+    pub fn new(
+        auth: Option<Arc<PluginHandle>>,
+        members: Arc<RwLock<MemberAddrs>>,
+        local: &str,
+    ) -> AuthLayer {
         AuthLayer {
             auth,
-            engine,
+            members,
             local: local.into(),
         }
     }
@@ -99,7 +103,7 @@ where
                 .or(tls.map(|t| t.get_ref()))
                 .and_then(|i| i.remote_addr())
                 .map(|a| a.ip());
-            if let Caller::Node(_) = identify(remote, &layer.local, &layer.engine) {
+            if let Caller::Node(_) = identify(remote, &layer.local, &layer.members) {
                 return inner.call(req).await;
             }
             let request = AuthenticationRequest {

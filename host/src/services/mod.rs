@@ -55,34 +55,17 @@ fn is_mapped_loopback(ip: IpAddr) -> bool {
 pub fn identify(
     remote: Option<IpAddr>,
     local_node: &str,
-    engine: &crate::store::engine::Engine,
+    members: &std::sync::RwLock<crate::mesh::members::MemberAddrs>,
 ) -> Caller {
     let caller = caller_from_addr(remote, local_node);
-    let Some(ip) = remote.filter(|_| caller == Caller::Anonymous) else {
-        return caller;
-    };
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    let Ok(nodes) = engine.list(crate::mesh::keys::NODES) else {
-        return Caller::Anonymous;
-    };
-    for e in nodes {
-        let Ok(n) = serde_json::from_str::<webmesh_api::v1::MeshNode>(&e.value) else {
-            continue;
-        };
-        let v4 = n
-            .private_ipv4
-            .parse::<ipnet::IpNet>()
-            .ok()
-            .map(|a| a.addr());
-        let v6 = n.private_ipv6.parse::<ipnet::IpNet>().ok();
-        if v4 == Some(ip) || v6.is_some_and(|p| p.contains(&ip)) {
-            return Caller::Node(n.id);
+    match remote.filter(|_| caller == Caller::Anonymous) {
+        Some(ip) => {
+            let m = members.read().unwrap_or_else(|p| p.into_inner());
+            m.owner(ip)
+                .map_or(Caller::Anonymous, |id| Caller::Node(id.to_string()))
         }
+        None => caller,
     }
-    Caller::Anonymous
 }
 
 /// gRPC channels to other members, made once and kept (they reconnect by themselves).

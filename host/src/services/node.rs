@@ -85,7 +85,7 @@ impl NodeService {
         identify(
             req.remote_addr().map(|a| a.ip()),
             &self.raft.name,
-            &self.raft.engine,
+            &self.raft.state_machine.members(),
         )
     }
 

@@ -93,6 +93,14 @@ impl Change {
         }
     }
 
+    /// The new value; `None` for a delete.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Change::Put { value, .. } => Some(value),
+            Change::Delete { .. } => None,
+        }
+    }
+
     /// The change as a v1 log entry (for storage plugins and mirrors).
     pub fn to_entry(&self, now_ms: u64) -> RaftLogEntry {
         match self {

@@ -22,8 +22,9 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// A bootstrapped node in a namespace with `plugin` as AUTH (or none); its API URL.
-async fn node(net: &mut TestNet, plugin: Option<String>) -> Result<String> {
+/// A bootstrapped node in a namespace with `plugin` as AUTH (or none), the node's cache
+/// of auth verdicts on or off; its API URL.
+async fn node_with(net: &mut TestNet, plugin: Option<String>, cache: bool) -> Result<String> {
     let h = net.add_host("n1")?;
     h.args = h.api_only_args();
     h.args.extend(["--log-level".into(), "warn".into()]);
@@ -34,6 +35,10 @@ async fn node(net: &mut TestNet, plugin: Option<String>) -> Result<String> {
             "--plugin-config".into(),
             "auth.tokens=alice:s3cret".into(),
         ]);
+        if !cache {
+            h.args
+                .extend(["--plugin-config".into(), "auth.auth.cache-ttl-ms=0".into()]);
+        }
     }
     h.start()?;
     let url = format!("http://{}", net.grpc("n1"));
@@ -60,21 +65,6 @@ async fn call(url: &str) -> Result<()> {
     Ok(())
 }
 
-async fn latencies(url: &str, n: usize) -> Result<Vec<Duration>> {
-    let mut c = client(url).await?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 200 {
-        let mut req = tonic::Request::new(GetStatusRequest::default());
-        req.metadata_mut().insert("authorization", TOKEN.parse()?);
-        let t = Instant::now();
-        c.get_status(req).await?;
-        if i >= 200 {
-            out.push(t.elapsed());
-        }
-    }
-    Ok(out)
-}
-
 async fn auth_bench() -> Result<()> {
     // The component: the one named on the command line, else this profile's build.
     let wasm = std::env::args().nth(2).unwrap_or_else(|| {
@@ -82,27 +72,58 @@ async fn auth_bench() -> Result<()> {
             .display()
             .to_string()
     });
+    let process = bin("auth-allowlist").display().to_string();
     let runs = [
-        ("none", None),
-        ("WASM (auth_allowlist.wasm)", Some(wasm)),
+        ("none", None, false),
         (
-            "process (auth-allowlist)",
-            Some(bin("auth-allowlist").display().to_string()),
+            "WASM (auth_allowlist.wasm), every call",
+            Some(wasm.clone()),
+            false,
         ),
+        (
+            "process (auth-allowlist), every call",
+            Some(process.clone()),
+            false,
+        ),
+        ("WASM, verdict cache (default)", Some(wasm), true),
+        ("process, verdict cache (default)", Some(process), true),
     ];
-    let mut rows = Vec::new();
-    for (name, plugin) in runs {
+    // All three nodes run at once and the calls go round-robin, so that drift in the
+    // machine's load (2 vCPUs shared with the client) falls on every column alike.
+    let mut nets = Vec::new();
+    let mut clients = Vec::new();
+    for (_, plugin, cache) in &runs {
         let mut net = TestNet::new()?;
-        let url = node(&mut net, plugin).await?;
-        let mut l = latencies(&url, 3000).await?;
-        rows.push((name, pct(&mut l, 0.5), pct(&mut l, 0.99)));
+        let url = node_with(&mut net, plugin.clone(), *cache).await?;
+        clients.push(client(&url).await?);
+        nets.push(net);
     }
+    const WARMUP: usize = 200;
+    const ROUNDS: usize = 5000;
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::with_capacity(ROUNDS); runs.len()];
+    for round in 0..WARMUP + ROUNDS {
+        for (c, out) in clients.iter_mut().zip(lat.iter_mut()) {
+            let mut req = tonic::Request::new(GetStatusRequest::default());
+            req.metadata_mut().insert("authorization", TOKEN.parse()?);
+            let t = Instant::now();
+            c.get_status(req).await?;
+            if round >= WARMUP {
+                out.push(t.elapsed());
+            }
+        }
+    }
+    let rows: Vec<_> = runs
+        .iter()
+        .zip(lat.iter_mut())
+        .map(|((name, _, _), l)| (*name, pct(l, 0.5), pct(l, 0.99)))
+        .collect();
     let base = rows[0].1;
     println!("| AUTH | GetStatus p50 | p99 | auth cost at p50 |\n|---|---:|---:|---:|");
     for (name, p50, p99) in rows {
         let cost = p50.saturating_sub(base);
         println!("| {name} | {p50:.1?} | {p99:.1?} | {cost:.1?} |");
     }
+    drop(nets);
     Ok(())
 }
 
@@ -124,7 +145,9 @@ async fn restart_bench() -> Result<()> {
     let mut back = Vec::new();
     for _ in 0..5 {
         let mut net = TestNet::new()?;
-        let url = node(&mut net, Some(bin("auth-allowlist").display().to_string())).await?;
+        // Cache off: the call must reach the new plugin process.
+        let plugin = Some(bin("auth-allowlist").display().to_string());
+        let url = node_with(&mut net, plugin, false).await?;
         let node_pid = net.hosts["n1"].pid().context("pid")?;
         let pid = plugin_pid(node_pid).context("no plugin child")?;
         let t = Instant::now();
