@@ -1,8 +1,9 @@
 //! The mesh model and its rules: IDs, key layout, bootstrap objects, address
-//! arithmetic, network ACLs, the member address index, the decoded view of the state and peer computation.
+//! arithmetic, network ACLs, RBAC, Admin API objects, the member address index, the decoded view of the state and peer computation.
 //! Pure: no IO, unit-tested, benchmarked.
 
 pub mod acl;
+pub mod admin;
 pub mod bootstrap;
 pub mod ids;
 pub mod ipam;
@@ -10,4 +11,5 @@ pub mod keys;
 pub mod members;
 pub mod membership;
 pub mod peers;
+pub mod rbac;
 pub mod view;
