@@ -68,7 +68,7 @@ wait_ready() { # host-number
 }
 
 echo "== node1 bootstraps the mesh"
-start 1 --bootstrap
+start 1 --bootstrap --bootstrap-voters node2,node3
 wait_ready 1
 echo "== node2..node$HOSTS join through node1 (node2 and node3 as voters)"
 for i in $(seq 2 "$HOSTS"); do

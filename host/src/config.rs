@@ -81,6 +81,25 @@ pub struct Flags {
         value_name = "accept|deny"
     )]
     pub bootstrap_default_policy: Option<String>,
+    /// Node IDs that may join a new mesh as Raft voters (the `voters` group; repeatable).
+    #[arg(
+        long,
+        env = "WEBMESH_BOOTSTRAP_VOTERS",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub bootstrap_voters: Vec<String>,
+    /// Create a new mesh with RBAC off: every caller may do everything (labs only).
+    #[arg(long, env = "WEBMESH_BOOTSTRAP_DISABLE_RBAC", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub bootstrap_disable_rbac: Option<String>,
+    /// A CIDR this node routes into the mesh (repeatable; needs RBAC's put routes).
+    #[arg(
+        long,
+        env = "WEBMESH_ROUTE",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub route: Vec<String>,
     /// gRPC address of a mesh node to join through (repeatable; tried in order, with
     /// retries).
     #[arg(
@@ -185,6 +204,9 @@ struct FileConfig {
     ipv6_network: Option<String>,
     mesh_domain: Option<String>,
     bootstrap_default_policy: Option<String>,
+    bootstrap_voters: Option<Vec<String>>,
+    bootstrap_disable_rbac: Option<bool>,
+    route: Option<Vec<String>>,
     join: Option<Vec<String>>,
     voter: Option<bool>,
     endpoint: Option<String>,
@@ -426,6 +448,11 @@ pub struct Config {
     pub ipv6_network: Option<Ipv6Net>,
     pub mesh_domain: String,
     pub bootstrap_default_policy: DefaultPolicy,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap_voters: Vec<String>,
+    pub bootstrap_disable_rbac: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<String>,
     pub join: Vec<String>,
     pub voter: bool,
     pub endpoint: Option<IpAddr>,
@@ -456,6 +483,9 @@ impl Default for Config {
             ipv6_network: None,
             mesh_domain: "webmesh.internal".into(),
             bootstrap_default_policy: DefaultPolicy::Accept,
+            bootstrap_voters: vec![],
+            bootstrap_disable_rbac: false,
+            route: vec![],
             join: vec![],
             voter: false,
             endpoint: None,
@@ -549,6 +579,39 @@ impl Config {
                 }
             };
         }
+        let voters = if flags.bootstrap_voters.is_empty() {
+            file.bootstrap_voters.unwrap_or_default()
+        } else {
+            flags.bootstrap_voters.clone()
+        };
+        for v in &voters {
+            ids::validate_node_id(v).map_err(|e| invalid("bootstrap-voters", v, e))?;
+        }
+        cfg.bootstrap_voters = voters;
+        cfg.bootstrap_disable_rbac = bool_layer(
+            "bootstrap-disable-rbac",
+            &flags.bootstrap_disable_rbac,
+            file.bootstrap_disable_rbac,
+        )?
+        .unwrap_or(false);
+        let routes = if flags.route.is_empty() {
+            file.route.unwrap_or_default()
+        } else {
+            flags.route.clone()
+        };
+        for r in &routes {
+            let net: ipnet::IpNet = r
+                .parse()
+                .map_err(|_| invalid("route", r, "must be a CIDR like 192.168.1.0/24"))?;
+            if net.trunc() != net {
+                return Err(invalid(
+                    "route",
+                    r,
+                    format!("has host bits set; did you mean {}?", net.trunc()),
+                ));
+            }
+        }
+        cfg.route = routes;
         let join = if flags.join.is_empty() {
             file.join.unwrap_or_default()
         } else {

@@ -540,6 +540,17 @@ impl Node {
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
+        let dialer = crate::tls::Dialer::for_members(&cfg.tls).map_err(NodeError::Usage)?;
+        let proxy_layer = crate::services::proxy::LeaderProxyLayer::new(raft.clone(), dialer);
+        let admin_svc = webmesh_api::v1::admin_server::AdminServer::new(
+            crate::services::admin::AdminService::new(raft.clone()),
+        );
+        let mesh_svc = webmesh_api::v1::mesh_server::MeshServer::new(
+            crate::services::mesh::MeshService::new(raft.clone()),
+        );
+        let discovery_svc = webmesh_api::v1::peer_discovery_server::PeerDiscoveryServer::new(
+            crate::services::mesh::DiscoveryService::new(raft.clone()),
+        );
         let auth_layer = crate::services::auth::AuthLayer::new(
             plugins.auth(),
             raft.state_machine.members(),
@@ -565,7 +576,11 @@ impl Node {
                 let res = api
                     .tcp_nodelay(true)
                     .layer(auth_layer)
+                    .layer(proxy_layer)
                     .add_service(node_svc)
+                    .add_service(admin_svc)
+                    .add_service(mesh_svc)
+                    .add_service(discovery_svc)
                     .add_service(reflection)
                     .add_service(reflection_alpha)
                     .serve_with_incoming_shutdown(grpc_incoming, async move {
@@ -678,7 +693,7 @@ fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
         assign_ipv4: true,
         prefer_raft_ipv6: false,
         as_voter: cfg.voter,
-        routes: vec![],
+        routes: cfg.route.clone(),
         direct_peers: vec![],
         features: vec![Feature::Nodes as i32],
     }
@@ -792,6 +807,8 @@ async fn ensure_bootstrapped(
         ipv6_network: ipv6,
         mesh_domain: &cfg.mesh_domain,
         default_policy: cfg.bootstrap_default_policy,
+        voters: &cfg.bootstrap_voters,
+        disable_rbac: cfg.bootstrap_disable_rbac,
     });
     let req = join_request(cfg, name, key);
     let mut me = crate::mesh::membership::node_record(&req);

@@ -129,7 +129,7 @@ async fn hosts_without_an_edge_reach_each_other_through_a_relay() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_loss_among_three_voters_elects_a_new_leader() -> Result<()> {
     let mut net = TestNet::new()?;
-    bootstrap(&mut net, &[]).await?;
+    bootstrap(&mut net, &["--bootstrap-voters", "h2,h3"]).await?;
     join(&mut net, "h2", &["h1"], true, &["--voter"]).await?;
     join(&mut net, "h3", &["h1"], true, &["--voter"]).await?;
     join(&mut net, "h4", &["h1"], true, &[]).await?;

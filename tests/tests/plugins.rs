@@ -594,7 +594,13 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
     let mut net = TestNet::new()?;
     let (addr, got) = receiver((net.bridge_ip(), 0).into()).await?;
     let h1 = net.add_host("h1")?;
-    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.args = vec![
+        "--bootstrap".into(),
+        "--bootstrap-voters".into(),
+        "h2,h3".into(),
+        "--endpoint".into(),
+        h1.ip.to_string(),
+    ];
     h1.start()?;
     h1.wait_ready(Duration::from_secs(60)).await?;
     let join = net.grpc("h1");

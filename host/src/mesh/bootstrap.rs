@@ -22,6 +22,9 @@ pub struct MeshParams<'a> {
     pub ipv6_network: Ipv6Net,
     pub mesh_domain: &'a str,
     pub default_policy: DefaultPolicy,
+    /// Nodes besides this one that may join as voters.
+    pub voters: &'a [String],
+    pub disable_rbac: bool,
 }
 
 fn subject(name: &str, ty: SubjectType) -> Subject {
@@ -66,9 +69,19 @@ pub fn objects(p: &MeshParams<'_>) -> Vec<Op> {
             verbs: vec![RuleVerb::VerbPut as i32],
         }],
     };
+    let mut voter_ids = vec![p.node_id];
+    voter_ids.extend(
+        p.voters
+            .iter()
+            .map(String::as_str)
+            .filter(|v| *v != p.node_id),
+    );
     let voters_group = Group {
         name: VOTERS.into(),
-        subjects: vec![subject(p.node_id, SubjectType::SubjectNode)],
+        subjects: voter_ids
+            .into_iter()
+            .map(|v| subject(v, SubjectType::SubjectNode))
+            .collect(),
     };
     let voters_binding = RoleBinding {
         name: VOTERS.into(),
@@ -95,7 +108,7 @@ pub fn objects(p: &MeshParams<'_>) -> Vec<Op> {
         value,
         ttl_ms: 0,
     };
-    vec![
+    let mut ops = vec![
         raw(keys::MESH_IPV4, p.ipv4_network.to_string()),
         raw(keys::MESH_IPV6, p.ipv6_network.to_string()),
         raw(keys::MESH_DOMAIN, p.mesh_domain.to_string()),
@@ -108,7 +121,11 @@ pub fn objects(p: &MeshParams<'_>) -> Vec<Op> {
         put(format!("{}{VOTERS}", keys::GROUPS), &voters_group),
         put(format!("{}{VOTERS}", keys::ROLE_BINDINGS), &voters_binding),
         put(format!("{}{DEFAULT_ACL}", keys::NETWORK_ACLS), &default_acl),
-    ]
+    ];
+    if p.disable_rbac {
+        ops.push(raw(keys::RBAC_DISABLED, "true".into()));
+    }
+    ops
 }
 
 #[cfg(test)]
@@ -122,6 +139,8 @@ mod tests {
             ipv6_network: "fd00:1:2::/48".parse().unwrap(),
             mesh_domain: "mesh.test",
             default_policy: policy,
+            voters: &[],
+            disable_rbac: false,
         }
     }
 

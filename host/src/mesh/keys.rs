@@ -16,6 +16,8 @@ pub const ROUTES: &str = "/registry/routes/";
 pub const MESH_IPV4: &str = "/registry/meshstate/ipv4-prefix";
 pub const MESH_IPV6: &str = "/registry/meshstate/ipv6-prefix";
 pub const MESH_DOMAIN: &str = "/registry/meshstate/mesh-domain";
+/// `true` when the mesh was bootstrapped with RBAC off.
+pub const RBAC_DISABLED: &str = "/registry/meshstate/rbac-disabled";
 
 /// Longest key accepted from the network.
 pub const MAX_KEY_BYTES: usize = 1024;

@@ -69,6 +69,8 @@ pub struct Graph<'a> {
     /// `adj[offsets[i]..offsets[i + 1]]`. One allocation, scanned linearly.
     offsets: Vec<usize>,
     adj: Vec<(usize, u128)>,
+    /// Which pairs the network ACLs let talk (a relay must not carry the others).
+    acls: super::acl::AclIndex,
 }
 
 impl<'a> Graph<'a> {
@@ -115,7 +117,14 @@ impl<'a> Graph<'a> {
             index,
             offsets,
             adj,
+            acls,
         }
+    }
+
+    /// Whether the ACLs let `a` and `b` talk (in either direction: the packet filter
+    /// enforces direction, protocols and ports).
+    pub fn may_talk(&self, a: usize, b: usize) -> bool {
+        self.acls.edge_allowed(a, b)
     }
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
@@ -172,7 +181,16 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
     let Some(src) = graph.index_of(me) else {
         return PeerPlan::default();
     };
-    let (hop, dist) = graph.first_hops(src);
+    let (mut hop, dist) = graph.first_hops(src);
+    // A node the ACLs keep from me is not reached through a relay either; and then no
+    // neighbour may carry the whole mesh networks, which would cover its addresses.
+    let mut denied = false;
+    for (v, h) in hop.iter_mut().enumerate() {
+        if h.is_some_and(|h| h != v) && !graph.may_talk(src, v) {
+            *h = None;
+            denied = true;
+        }
+    }
     let mut neighbours: Vec<usize> = graph.neighbours(src).collect();
     neighbours.sort_unstable();
     neighbours.dedup();
@@ -192,7 +210,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         }
     }
     let summary: Option<usize> = match (view.ipv4_network, view.ipv6_network) {
-        (Some(_), Some(_)) => relayed
+        (Some(_), Some(_)) if !denied => relayed
             .iter()
             .enumerate()
             .filter(|(_, c)| **c >= 2)
@@ -259,7 +277,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         }
         let best = servers
             .into_iter()
-            .filter(|&s| dist[s].is_some())
+            .filter(|&s| dist[s].is_some() && hop[s].is_some())
             .min_by_key(|&s| (dist[s], s));
         if let Some(first) = best.and_then(|s| hop[s]).and_then(|h| slot.get(&h)) {
             for cidr in &route.destination_cidrs {
@@ -393,6 +411,53 @@ mod tests {
     }
 
     #[test]
+    fn a_denied_pair_is_not_reached_through_a_relay_either() {
+        // A star around hub with four leaves: the hub would carry the mesh networks
+        // for a leaf, but a and c may not talk.
+        let mut v = view(
+            &["a", "b", "c", "d", "hub"],
+            &[
+                ("a", "hub", 1),
+                ("b", "hub", 1),
+                ("c", "hub", 1),
+                ("d", "hub", 1),
+            ],
+        );
+        let before = compute(&v, "a");
+        assert!(
+            allowed(&before, "hub").contains(&"10.0.0.0/24".to_string()),
+            "{before:?}"
+        );
+        v.acls.insert(
+            "cut".into(),
+            NetworkAcl {
+                name: "cut".into(),
+                priority: 100,
+                action: AclAction::ActionDeny as i32,
+                source_nodes: vec!["a".into(), "c".into()],
+                destination_nodes: vec!["a".into(), "c".into()],
+                ..Default::default()
+            },
+        );
+        let pa = compute(&v, "a");
+        let hub = allowed(&pa, "hub");
+        assert!(
+            !hub.contains(&"10.0.0.0/24".to_string()),
+            "no summary: {hub:?}"
+        );
+        assert!(
+            !hub.contains(&"10.0.0.3/32".to_string()),
+            "c is cut: {hub:?}"
+        );
+        assert!(hub.contains(&"10.0.0.2/32".to_string()), "b still: {hub:?}");
+        assert!(hub.contains(&"10.0.0.4/32".to_string()), "d still: {hub:?}");
+        let pc = compute(&v, "c");
+        assert!(!allowed(&pc, "hub").contains(&"10.0.0.1/32".to_string()));
+        // The hub itself still talks to both.
+        assert_eq!(ids(&compute(&v, "hub")), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
     fn nodes_without_an_edge_are_reached_through_a_relay() {
         // a - hub - c: a reaches c through hub, and c reaches a through hub.
         let v = view(&["a", "c", "hub"], &[("a", "hub", 1), ("c", "hub", 1)]);
@@ -489,8 +554,8 @@ mod tests {
         );
         let p = compute(&v, "a");
         assert_eq!(ids(&p), ["c"]);
-        // ... but traffic still flows a -> c -> b unless the ACL also covers the relay.
-        assert!(allowed(&p, "c").contains(&"10.0.0.2/32".to_string()));
+        // ... and c does not relay between them either.
+        assert!(!allowed(&p, "c").contains(&"10.0.0.2/32".to_string()));
     }
 
     #[test]

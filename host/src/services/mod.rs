@@ -1,9 +1,12 @@
 //! The public gRPC services and what they share: who is calling, and how internal
 //! errors become `tonic::Status` values a person can act on.
 
+pub mod admin;
 pub mod auth;
 pub mod membership;
+pub mod mesh;
 pub mod node;
+pub mod proxy;
 
 use std::net::IpAddr;
 
@@ -30,6 +33,125 @@ impl std::fmt::Display for Caller {
             Caller::Anonymous => f.write_str("an anonymous caller"),
         }
     }
+}
+
+/// The caller a member forwarded a request for (leader proxy, forwarded joins):
+/// `node:<id>`, `user:<id>` or `anonymous`. Trusted only from mesh members.
+pub const CALLER_HEADER: &str = "x-webmesh-caller";
+/// Set on a request a member forwarded to the leader: a node that is not the leader
+/// any more answers it rather than forwarding it again.
+pub const FORWARDED_HEADER: &str = "x-webmesh-forwarded-by";
+/// Asks a follower to forward a read to the leader.
+pub const PREFER_LEADER_HEADER: &str = "x-webmesh-prefer-leader";
+
+impl Caller {
+    pub fn to_header(&self) -> String {
+        match self {
+            Caller::Node(id) => format!("node:{id}"),
+            Caller::User(id) => format!("user:{id}"),
+            Caller::Anonymous => "anonymous".into(),
+        }
+    }
+
+    pub fn from_header(v: &str) -> Option<Caller> {
+        match v.split_once(':') {
+            Some(("node", id)) if !id.is_empty() => Some(Caller::Node(id.into())),
+            Some(("user", id)) if !id.is_empty() => Some(Caller::User(id.into())),
+            None if v == "anonymous" => Some(Caller::Anonymous),
+            _ => None,
+        }
+    }
+
+    /// The RBAC principal; `None` for anonymous callers (only SUBJECT_ALL "*" names them).
+    pub fn principal(&self) -> crate::mesh::rbac::Principal {
+        use crate::mesh::rbac::Principal;
+        match self {
+            Caller::Node(id) => Principal::node(id),
+            Caller::User(id) => Principal::user(id),
+            Caller::Anonymous => Principal {
+                name: String::new(),
+                node: false,
+                user: false,
+            },
+        }
+    }
+}
+
+/// Who made `req`: the AUTH plugin's answer, else the address (loopback, a member's
+/// mesh address); for a request a member forwarded, the caller it names.
+pub fn request_caller<T>(
+    req: &tonic::Request<T>,
+    local_node: &str,
+    members: &std::sync::RwLock<crate::mesh::members::MemberAddrs>,
+) -> Caller {
+    let direct = match req.extensions().get::<auth::Authenticated>() {
+        Some(a) => Caller::User(a.0.clone()),
+        None => identify(req.remote_addr().map(|a| a.ip()), local_node, members),
+    };
+    if let Caller::Node(_) = direct
+        && let Some(fwd) = req
+            .metadata()
+            .get(CALLER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Caller::from_header)
+    {
+        return fwd;
+    }
+    direct
+}
+
+/// The mesh's RBAC objects, or `None` when the mesh runs with RBAC off.
+pub fn load_policy(
+    engine: &crate::store::engine::Engine,
+) -> Result<Option<crate::mesh::rbac::Policy>, Status> {
+    use crate::mesh::keys;
+    let read = |e: crate::store::engine::StoreError| internal("reading RBAC objects", e);
+    if engine
+        .get(keys::RBAC_DISABLED)
+        .map_err(read)?
+        .is_some_and(|e| e.value == "true")
+    {
+        return Ok(None);
+    }
+    fn decode<M: serde::de::DeserializeOwned>(
+        entries: Vec<crate::store::engine::Entry>,
+    ) -> std::collections::BTreeMap<String, M> {
+        entries
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.key.rsplit('/').next()?.to_string();
+                match serde_json::from_str(&e.value) {
+                    Ok(m) => Some((name, m)),
+                    Err(err) => {
+                        tracing::warn!(key = %e.key, error = %err, "skipping an undecodable RBAC object");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+    Ok(Some(crate::mesh::rbac::Policy {
+        roles: decode(engine.list(keys::ROLES).map_err(read)?),
+        bindings: decode(engine.list(keys::ROLE_BINDINGS).map_err(read)?),
+        groups: decode(engine.list(keys::GROUPS).map_err(read)?),
+    }))
+}
+
+/// PermissionDenied naming the first action `who` lacks, unless RBAC is off.
+pub fn authorize(
+    engine: &crate::store::engine::Engine,
+    who: &crate::mesh::rbac::Principal,
+    caller: &Caller,
+    actions: &[crate::mesh::rbac::Action],
+) -> Result<(), Status> {
+    let Some(policy) = load_policy(engine)? else {
+        return Ok(());
+    };
+    policy.check(who, actions).map_err(|missing| {
+        Status::permission_denied(format!(
+            "{caller} may not {missing}: no role bound to it allows that (see wmctl get rolebindings)"
+        ))
+    })
 }
 
 /// Without an auth plugin, the only identity a connection proves is where it comes
@@ -105,16 +227,64 @@ pub fn propose_status(e: ProposeError) -> Status {
     }
 }
 
-/// Until RBAC decides more (issue 5), an authenticated caller acts only for the node
-/// of its own name.
-pub fn require_self(caller: &Caller, id: &str, action: &str) -> Result<(), Status> {
+/// Who a Join / Update / Leave for node `id` runs as, and whether the caller may act
+/// for that node at all. An authenticated caller acts for the node of its own name (as
+/// that node and that user) or, if RBAC gives it every right, for any node. Without an
+/// AUTH plugin a caller is identified by the node ID it claims.
+pub fn node_principal(
+    engine: &crate::store::engine::Engine,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<crate::mesh::rbac::Principal, Status> {
+    use crate::mesh::rbac::{Action, Principal};
+    use webmesh_api::v1::{RuleResource, RuleVerb};
     match caller {
-        Caller::User(who) if who != id => Err(Status::permission_denied(format!(
-            "{caller} may not {action} node {id:?}: an authenticated caller may only {action} \
-             the node of its own name"
-        ))),
-        _ => Ok(()),
+        Caller::User(who) if who == id => Ok(Principal {
+            name: who.clone(),
+            node: true,
+            user: true,
+        }),
+        Caller::User(who) => {
+            let p = Principal::user(who);
+            let all = [Action::new(
+                RuleResource::ResourceAll,
+                id,
+                RuleVerb::VerbAll,
+            )];
+            authorize(engine, &p, caller, &all).map_err(|_| {
+                Status::permission_denied(format!(
+                    "{caller} may not {action} node {id:?}: an authenticated caller may only \
+                     {action} the node of its own name, unless a role gives it every right"
+                ))
+            })?;
+            Ok(p)
+        }
+        Caller::Node(n) => Ok(Principal::node(n)),
+        Caller::Anonymous => Ok(Principal::node(id)),
     }
+}
+
+/// What a join or update asks for beyond being a node: a vote, routes.
+pub fn node_actions(id: &str, as_voter: bool, routes: bool) -> Vec<crate::mesh::rbac::Action> {
+    use crate::mesh::rbac::Action;
+    use webmesh_api::v1::{RuleResource, RuleVerb};
+    let mut a = Vec::new();
+    if as_voter {
+        a.push(Action::new(
+            RuleResource::ResourceVotes,
+            id,
+            RuleVerb::VerbPut,
+        ));
+    }
+    if routes {
+        a.push(Action::new(
+            RuleResource::ResourceRoutes,
+            format!("{id}-auto"),
+            RuleVerb::VerbPut,
+        ));
+    }
+    a
 }
 
 pub fn internal(what: &str, e: impl std::fmt::Display) -> Status {

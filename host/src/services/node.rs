@@ -16,7 +16,10 @@ use webmesh_api::v1::{
 };
 
 use super::membership::{self as membership_svc, field_status};
-use super::{Caller, Channels, identify, internal, propose_status};
+use super::{
+    Caller, Channels, authorize, identify, internal, node_actions, node_principal, propose_status,
+    request_caller,
+};
 use crate::mesh::{ids, keys, membership};
 use crate::raft::RaftNode;
 use crate::store::ops::Op;
@@ -79,14 +82,22 @@ impl NodeService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Caller {
-        if let Some(a) = req.extensions().get::<super::auth::Authenticated>() {
-            return Caller::User(a.0.clone());
-        }
-        identify(
-            req.remote_addr().map(|a| a.ip()),
-            &self.raft.name,
-            &self.raft.state_machine.members(),
-        )
+        request_caller(req, &self.raft.name, &self.raft.state_machine.members())
+    }
+
+    /// A request to the leader on behalf of `caller`.
+    fn forward<T>(&self, msg: T, caller: &Caller) -> Result<Request<T>, Status> {
+        let mut fwd = Request::new(msg);
+        fwd.set_timeout(Duration::from_secs(30));
+        let header = |v: &str| {
+            v.parse()
+                .map_err(|_| Status::invalid_argument(format!("{v:?} cannot travel in a header")))
+        };
+        fwd.metadata_mut()
+            .insert(super::CALLER_HEADER, header(&caller.to_header())?);
+        fwd.metadata_mut()
+            .insert(super::FORWARDED_HEADER, header(&self.raft.name)?);
+        Ok(fwd)
     }
 
     /// A client of the leader, or why there is none. `None`: this node leads.
@@ -232,17 +243,29 @@ impl Node for NodeService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let caller = self.caller(&req);
         membership::validate_join(req.get_ref()).map_err(field_status)?;
-        super::require_self(&caller, &req.get_ref().id, "join as")?;
+        let who = node_principal(&self.raft.engine, &caller, &req.get_ref().id, "join as")?;
+        // Trusted only from a member (the direct caller, not the one it speaks for).
+        let from_member = matches!(
+            identify(
+                req.remote_addr().map(|a| a.ip()),
+                &self.raft.name,
+                &self.raft.state_machine.members()
+            ),
+            Caller::Node(_)
+        ) && req
+            .extensions()
+            .get::<super::auth::Authenticated>()
+            .is_none();
         let via = req
             .metadata()
             .get(JOIN_VIA_HEADER)
             .and_then(|v| v.to_str().ok())
+            .filter(|_| from_member)
             .map(str::to_string);
         let join = req.into_inner();
         match self.leader_client()? {
             Some(mut leader) => {
-                let mut fwd = Request::new(join);
-                fwd.set_timeout(Duration::from_secs(30));
+                let mut fwd = self.forward(join, &caller)?;
                 let me = self
                     .raft
                     .name
@@ -252,9 +275,11 @@ impl Node for NodeService {
                 leader.join(fwd).await
             }
             None => {
+                let actions = node_actions(&join.id, join.as_voter, !join.routes.is_empty());
+                authorize(&self.raft.engine, &who, &caller, &actions)?;
                 // The forwarding node is the joiner's first peer, if it is one of ours.
-                let handler = match (via, &caller) {
-                    (Some(v), Caller::Node(_)) if ids::validate_node_id(&v).is_ok() => v,
+                let handler = match via {
+                    Some(v) if ids::validate_node_id(&v).is_ok() => v,
                     _ => self.raft.name.clone(),
                 };
                 membership_svc::join(&self.raft, &join, &handler, self.underlay, &self.ipam)
@@ -269,11 +294,14 @@ impl Node for NodeService {
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
         membership::validate_update(req.get_ref()).map_err(field_status)?;
-        super::require_self(&self.caller(&req), &req.get_ref().id, "update")?;
+        let caller = self.caller(&req);
+        let who = node_principal(&self.raft.engine, &caller, &req.get_ref().id, "update")?;
         let update = req.into_inner();
         match self.leader_client()? {
-            Some(mut leader) => leader.update(update).await,
+            Some(mut leader) => leader.update(self.forward(update, &caller)?).await,
             None => {
+                let actions = node_actions(&update.id, update.as_voter, !update.routes.is_empty());
+                authorize(&self.raft.engine, &who, &caller, &actions)?;
                 membership_svc::update(&self.raft, &update).await?;
                 Ok(Response::new(UpdateResponse {}))
             }
@@ -282,10 +310,11 @@ impl Node for NodeService {
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<()>, Status> {
         membership::validate_id(&req.get_ref().id).map_err(field_status)?;
-        super::require_self(&self.caller(&req), &req.get_ref().id, "remove")?;
+        let caller = self.caller(&req);
+        node_principal(&self.raft.engine, &caller, &req.get_ref().id, "remove")?;
         let leave = req.into_inner();
         match self.leader_client()? {
-            Some(mut leader) => leader.leave(leave).await,
+            Some(mut leader) => leader.leave(self.forward(leave, &caller)?).await,
             None => {
                 membership_svc::leave(&self.raft, &leave.id, &self.ipam).await?;
                 Ok(Response::new(()))

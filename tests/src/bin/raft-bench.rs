@@ -204,6 +204,8 @@ async fn main() -> Result<()> {
     let mut n1 = LocalNode::new("n1", dir.path());
     n1.extra_args = vec![
         "--bootstrap".into(),
+        "--bootstrap-voters".into(),
+        "n2,n3".into(),
         "--no-wireguard".into(),
         "--endpoint".into(),
         "127.0.0.1".into(),
