@@ -234,3 +234,25 @@ impl Drop for LocalNode {
         self.kill9();
     }
 }
+
+/// An htpasswd file with `users` (name, password), hashed by the plugin itself.
+pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut text = String::new();
+    for (user, password) in users {
+        let out = std::process::Command::new(bin("auth-basic"))
+            // Cost 10 (htpasswd -B uses 5): the restart test times a first, uncached
+            // verification.
+            .args(["hash", "--cost", "10", password])
+            .output()?;
+        if !out.status.success() {
+            bail!("auth-basic hash: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        text.push_str(&format!(
+            "{user}:{}\n",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}

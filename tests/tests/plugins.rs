@@ -10,35 +10,13 @@ use anyhow::{Context, Result, bail};
 use webmesh_api::v1::GetStatusRequest;
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_e2e::netns::TestNet;
-use webmesh_e2e::{LocalNode, bin, wait_for, wasm_component};
+use webmesh_e2e::{LocalNode, bin, htpasswd, wait_for, wasm_component};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path
-}
-
-/// An htpasswd file with `users` (name, password), hashed by the plugin itself.
-fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> Result<PathBuf> {
-    let mut text = String::new();
-    for (user, password) in users {
-        let out = std::process::Command::new(bin("auth-basic"))
-            // Cost 10 (htpasswd -B uses 5): the restart test times a first, uncached
-            // verification.
-            .args(["hash", "--cost", "10", password])
-            .output()?;
-        if !out.status.success() {
-            bail!("auth-basic hash: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        text.push_str(&format!(
-            "{user}:{}\n",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ));
-    }
-    let path = dir.join("htpasswd");
-    std::fs::write(&path, text)?;
-    Ok(path)
 }
 
 /// Waits for a node that should not start to exit; returns its last log line.

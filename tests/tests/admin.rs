@@ -1,0 +1,402 @@
+//! The control plane against real binaries in network namespaces: RBAC on Admin writes
+//! and joins, the leader proxy, network ACLs shaping the WireGuard peers, and `wmctl`
+//! round trips of every resource kind. Needs root.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use tonic::Code;
+use tonic::transport::Channel;
+use webmesh_api::v1::admin_client::AdminClient;
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::{AclAction, GetStatusRequest, NetworkAcl, Role, RoleBinding};
+use webmesh_e2e::netns::{TestNet, v4, v6, wait_full_mesh};
+use webmesh_e2e::{bin, htpasswd, wait_for};
+
+const READY: Duration = Duration::from_secs(60);
+
+async fn channel(addr: &str) -> Result<Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await?,
+    )
+}
+
+/// A request carrying auth-basic credentials (none for `None`).
+fn req<T>(msg: T, who: Option<(&str, &str)>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some((u, p)) = who {
+        r.metadata_mut()
+            .insert("x-webmesh-basic-auth-username", u.parse().expect("ascii"));
+        r.metadata_mut()
+            .insert("x-webmesh-basic-auth-password", p.parse().expect("ascii"));
+    }
+    r
+}
+
+fn deny_acl(name: &str) -> NetworkAcl {
+    NetworkAcl {
+        name: name.into(),
+        priority: 50,
+        action: AclAction::ActionDeny as i32,
+        source_nodes: vec!["nobody".into()],
+        destination_nodes: vec!["nobody".into()],
+        ..Default::default()
+    }
+}
+
+const ADMIN: Option<(&str, &str)> = Some(("admin", "adm1n"));
+const ALICE: Option<(&str, &str)> = Some(("alice", "al1ce"));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rbac_guards_admin_writes_and_joins_through_the_leader_proxy() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let pw = htpasswd(
+        net.path(),
+        &[
+            ("admin", "adm1n"),
+            ("alice", "al1ce"),
+            ("h2", "h2-pass"),
+            ("h3", "h3-pass"),
+        ],
+    )?;
+    let plugin = |h: &mut webmesh_e2e::netns::Host| {
+        h.args.extend([
+            "--plugin".into(),
+            format!("auth={}", bin("auth-basic").display()),
+            "--plugin-config".into(),
+            format!("auth.htpasswd={}", pw.display()),
+        ]);
+    };
+    let h1 = net.add_host("h1")?;
+    h1.args = vec![
+        "--bootstrap".into(),
+        "--bootstrap-voters".into(),
+        "h2".into(),
+        "--endpoint".into(),
+        h1.ip.to_string(),
+    ];
+    plugin(h1);
+    h1.start()?;
+    let join = net.grpc("h1");
+    for id in ["h2", "h3"] {
+        let pass = net.path().join(format!("{id}.pass"));
+        std::fs::write(&pass, format!("{id}-pass\n"))?;
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--voter".into(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+            "--auth-basic-user".into(),
+            id.into(),
+            "--auth-basic-password-file".into(),
+            pass.display().to_string(),
+        ];
+        plugin(h);
+    }
+    // h2 is in the voters group; h3 is not and asks for a vote.
+    net.host("h2").start()?;
+    let (g1, g2) = (net.grpc("h1"), net.grpc("h2"));
+    for addr in [&g1, &g2] {
+        wait_for(&format!("{addr} to serve"), READY, || async {
+            let mut c = NodeClient::new(channel(addr).await.ok()?);
+            let s = c
+                .get_status(req(GetStatusRequest::default(), ADMIN))
+                .await
+                .ok()?;
+            (!s.get_ref().current_leader.is_empty()).then_some(())
+        })
+        .await
+        .with_context(|| net.logs())?;
+    }
+    net.host("h3").start()?;
+    wait_for("h3 to give up", READY, || {
+        let running = net.host("h3").running();
+        async move { (!running).then_some(()) }
+    })
+    .await?;
+    let last = net.hosts["h3"].log_text();
+    let last = last.lines().last().unwrap_or_default().to_string();
+    ensure!(
+        last.contains("refused the join: PermissionDenied") && last.contains("put votes"),
+        "h3: {last}"
+    );
+
+    let mut a1 = AdminClient::new(channel(&g1).await?);
+    let mut a2 = AdminClient::new(channel(&g2).await?);
+
+    // No credentials: the AUTH layer refuses; no rights: RBAC refuses, naming the action.
+    let err = a1
+        .put_network_acl(req(deny_acl("x"), None))
+        .await
+        .expect_err("anonymous");
+    ensure!(err.code() == Code::Unauthenticated, "{err:?}");
+    for a in [&mut a1, &mut a2] {
+        let err = a
+            .put_network_acl(req(deny_acl("by-alice"), ALICE))
+            .await
+            .expect_err("alice has no rights yet");
+        ensure!(err.code() == Code::PermissionDenied, "{err:?}");
+        ensure!(
+            err.message().contains("put networkacls \"by-alice\""),
+            "{err:?}"
+        );
+    }
+    // The admin user may, on the leader and through the follower's proxy.
+    a1.put_network_acl(req(deny_acl("on-leader"), ADMIN))
+        .await?;
+    a2.put_network_acl(req(deny_acl("via-follower"), ADMIN))
+        .await?;
+    let got = a1
+        .get_network_acl(req(
+            NetworkAcl {
+                name: "via-follower".into(),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await?
+        .into_inner();
+    ensure!(got == deny_acl("via-follower"), "{got:?}");
+    // Granting alice a role over ACLs named "by-alice" only.
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "name": "acl-editor",
+        "rules": [{"resources": ["RESOURCE_NETWORK_ACLS"], "resourceNames": ["by-alice"], "verbs": ["VERB_PUT"]}]
+    }))?;
+    a2.put_role(req(role, ADMIN)).await?;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "name": "alice-acls", "role": "acl-editor",
+        "subjects": [{"name": "alice", "type": "SUBJECT_USER"}]
+    }))?;
+    a2.put_role_binding(req(binding, ADMIN)).await?;
+    // The binding reaches the leader's state before alice's write does (same leader).
+    a2.put_network_acl(req(deny_acl("by-alice"), ALICE))
+        .await
+        .context("alice, after the grant, through the follower")?;
+    let err = a2
+        .put_network_acl(req(deny_acl("other"), ALICE))
+        .await
+        .expect_err("not her ACL name");
+    ensure!(err.code() == Code::PermissionDenied, "{err:?}");
+    let err = a2
+        .delete_network_acl(req(deny_acl("by-alice"), ALICE))
+        .await
+        .expect_err("no delete verb");
+    ensure!(err.code() == Code::PermissionDenied, "{err:?}");
+
+    // Bad input names the field; missing objects are NotFound; bootstrap objects stay.
+    let mut bad = deny_acl("bad");
+    bad.source_cidrs = vec!["10.0.0.1/8".into()];
+    let err = a2.put_network_acl(req(bad, ADMIN)).await.expect_err("bad");
+    ensure!(
+        err.code() == Code::InvalidArgument && err.message().starts_with("source_cidrs:"),
+        "{err:?}"
+    );
+    let err = a2
+        .get_network_acl(req(deny_acl("missing"), ADMIN))
+        .await
+        .expect_err("missing");
+    ensure!(err.code() == Code::NotFound, "{err:?}");
+    let err = a2
+        .delete_role(req(
+            Role {
+                name: "mesh-admin".into(),
+                ..Default::default()
+            },
+            ADMIN,
+        ))
+        .await
+        .expect_err("protected");
+    ensure!(err.code() == Code::FailedPrecondition, "{err:?}");
+    // A read the follower forwards to the leader on request.
+    let mut r = req((), ADMIN);
+    r.metadata_mut()
+        .insert("x-webmesh-prefer-leader", "true".parse()?);
+    let names: Vec<String> = a2
+        .list_network_ac_ls(r)
+        .await?
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    for n in ["by-alice", "on-leader", "via-follower", "default"] {
+        ensure!(names.contains(&n.to_string()), "{n} missing from {names:?}");
+    }
+    Ok(())
+}
+
+/// `wmctl` inside a host's namespace, against its own node (loopback: the node itself).
+fn wmctl(net: &TestNet, host: &str, args: &[&str]) -> Result<String> {
+    let bin = bin("wmctl");
+    let mut cmd = vec![bin.to_str().context("path")?, "-s", "127.0.0.1:8443"];
+    cmd.extend(args);
+    let out = net.hosts[host].exec(&cmd)?;
+    if !out.status.success() {
+        bail!(
+            "wmctl {args:?} on {host}: exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.start()?;
+    h1.wait_ready(READY).await?;
+    let join = net.grpc("h1");
+    for id in ["h2", "h3"] {
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+        ];
+        h.start()?;
+    }
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(READY).await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
+
+    // A node that is no admin (h2 on its own loopback) may not shape the mesh.
+    let err = wmctl(
+        &net,
+        "h2",
+        &["put", "networkacl", "--name", "x", "--action", "deny"],
+    )
+    .expect_err("h2 has no rights");
+    ensure!(err.to_string().contains("exit Some(5)"), "{err}");
+
+    // Cut h2 <-> h3 from h1 (the bootstrap node is an admin).
+    wmctl(
+        &net,
+        "h1",
+        &[
+            "put",
+            "networkacl",
+            "--name",
+            "cut",
+            "--priority",
+            "100",
+            "--action",
+            "deny",
+            "--source-node",
+            "h2,h3",
+            "--destination-node",
+            "h2,h3",
+        ],
+    )?;
+    let key = |id: &str| nodes[id].public_key.clone();
+    wait_for(
+        "h2 and h3 to drop each other",
+        Duration::from_secs(10),
+        || async {
+            let p2 = net.hosts["h2"].wg_peers().ok()?;
+            let p3 = net.hosts["h3"].wg_peers().ok()?;
+            let cut = !p2.iter().any(|p| p.public_key == key("h3"))
+            && !p3.iter().any(|p| p.public_key == key("h2"))
+            // Nor through h1 as a relay.
+            && !p2
+                .iter()
+                .any(|p| p.allowed_ips.contains(&format!("{}/32", v4(&nodes["h3"]))));
+            cut.then_some(())
+        },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    ensure!(!net.hosts["h2"].ping(&v4(&nodes["h3"])));
+    ensure!(!net.hosts["h3"].ping(&v6(&nodes["h2"])));
+    for (a, b) in [("h1", "h2"), ("h1", "h3"), ("h2", "h1"), ("h3", "h1")] {
+        let addr = v4(&nodes[b]);
+        wait_for(
+            &format!("{a} to ping {b}"),
+            Duration::from_secs(10),
+            || async { net.hosts[a].ping(&addr).then_some(()) },
+        )
+        .await?;
+    }
+    // Deleting it restores the pair.
+    wmctl(&net, "h1", &["delete", "networkacl", "cut"])?;
+    wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
+
+    // Every kind: put from a file, get back as JSON equal to what went in, delete.
+    let objects = [
+        (
+            "roles",
+            "r1",
+            serde_json::json!({"name": "r1", "rules": [{"resources": ["RESOURCE_ROUTES", "RESOURCE_EDGES"], "resourceNames": ["x"], "verbs": ["VERB_PUT"]}]}),
+        ),
+        (
+            "rolebindings",
+            "b1",
+            serde_json::json!({"name": "b1", "role": "r1", "subjects": [{"name": "h2", "type": "SUBJECT_NODE"}, {"name": "ops", "type": "SUBJECT_GROUP"}]}),
+        ),
+        (
+            "groups",
+            "ops",
+            serde_json::json!({"name": "ops", "subjects": [{"name": "h3", "type": "SUBJECT_NODE"}]}),
+        ),
+        (
+            "networkacls",
+            "web",
+            serde_json::json!({"name": "web", "priority": 10, "action": "ACTION_ACCEPT", "sourceNodes": ["group:ops"], "destinationCidrs": ["10.1.0.0/16"], "protocols": ["tcp"], "ports": [80, 443]}),
+        ),
+        (
+            "routes",
+            "lan",
+            serde_json::json!({"name": "lan", "node": "h3", "destinationCidrs": ["192.168.77.0/24"]}),
+        ),
+        (
+            "edges",
+            "h2/h3",
+            serde_json::json!({"source": "h2", "target": "h3", "weight": 5, "attributes": {"note": "test"}}),
+        ),
+    ];
+    for (kind, name, obj) in &objects {
+        let file = net.path().join(format!("{kind}.yaml"));
+        std::fs::write(&file, serde_norway::to_string(obj)?)?;
+        wmctl(
+            &net,
+            "h1",
+            &["put", kind, "-f", file.to_str().context("path")?],
+        )?;
+        let got: serde_json::Value =
+            serde_json::from_str(&wmctl(&net, "h1", &["get", kind, name, "-o", "json"])?)?;
+        ensure!(got == *obj, "{kind} {name}: put {obj}, got {got}");
+        // Readable on a follower's replica too.
+        wait_for(&format!("{kind} on h3"), Duration::from_secs(5), || async {
+            wmctl(&net, "h3", &["get", kind, name, "-o", "json"]).ok()
+        })
+        .await?;
+        let table = wmctl(&net, "h1", &["get", kind])?;
+        ensure!(
+            table.contains(name.split('/').next().unwrap_or(name)),
+            "{table}"
+        );
+    }
+    let dot = wmctl(&net, "h2", &["get", "graph"])?;
+    ensure!(dot.contains("\"h2\" -- \"h3\" [weight=5"), "{dot}");
+    let listed = wmctl(&net, "h2", &["get", "nodes"])?;
+    for id in ["h1", "h2", "h3"] {
+        ensure!(listed.contains(id), "{listed}");
+    }
+    for (kind, name, _) in objects.iter().rev() {
+        wmctl(&net, "h1", &["delete", kind, name])?;
+        let err = wmctl(&net, "h1", &["get", kind, name]).expect_err("deleted");
+        ensure!(err.to_string().contains("exit Some(4)"), "{err}");
+    }
+    Ok(())
+}
