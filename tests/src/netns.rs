@@ -156,6 +156,42 @@ impl TestNet {
         Ok(self.hosts.get_mut(id).expect("just inserted"))
     }
 
+    /// A namespace on a private link behind host `gw`: `gw_ip` on gw's side,
+    /// `lan_ip` on the other (both with `len`), its default route via gw. Returns the
+    /// namespace's name (cleaned up with the test network).
+    pub fn add_lan(&mut self, gw: &str, gw_ip: &str, lan_ip: &str, len: u8) -> Result<String> {
+        let i = self.next;
+        self.next += 1;
+        let ns = format!("{}h{i}", self.prefix);
+        let gw_ns = self
+            .hosts
+            .get(gw)
+            .context("no such gateway host")?
+            .ns
+            .clone();
+        let (a, b) = (
+            format!("{}l{i}", self.prefix),
+            format!("{}m{i}", self.prefix),
+        );
+        run("ip", &["netns", "add", &ns])?;
+        run(
+            "ip",
+            &["link", "add", &a, "type", "veth", "peer", "name", &b],
+        )?;
+        run("ip", &["link", "set", &a, "netns", &gw_ns])?;
+        run("ip", &["link", "set", &b, "netns", &ns])?;
+        for (n, dev, ip) in [(&gw_ns, &a, gw_ip), (&ns, &b, lan_ip)] {
+            run(
+                "ip",
+                &["-n", n, "addr", "add", &format!("{ip}/{len}"), "dev", dev],
+            )?;
+            run("ip", &["-n", n, "link", "set", dev, "up"])?;
+        }
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        run("ip", &["-n", &ns, "route", "add", "default", "via", gw_ip])?;
+        Ok(ns)
+    }
+
     /// The root namespace's address on the bridge: where the test itself listens.
     pub fn bridge_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, self.slot, 254)

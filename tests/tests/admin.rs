@@ -400,3 +400,94 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_through_a_gateway_reaches_the_network_behind_it() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.start()?;
+    h1.wait_ready(READY).await?;
+    let join = net.grpc("h1");
+    let gw = net.add_host("gw")?;
+    gw.args = vec![
+        "--join".into(),
+        join.clone(),
+        "--endpoint".into(),
+        gw.ip.to_string(),
+        "--route".into(),
+        "192.168.77.0/24".into(),
+    ];
+    let lan = net.add_lan("gw", "192.168.77.1", "192.168.77.2", 24)?;
+    // Without a right to routes, the join is refused, naming the action.
+    net.host("gw").start()?;
+    wait_for("gw to give up", READY, || {
+        let running = net.host("gw").running();
+        async move { (!running).then_some(()) }
+    })
+    .await?;
+    let log = net.hosts["gw"].log_text();
+    ensure!(
+        log.lines()
+            .last()
+            .is_some_and(|l| l.contains("PermissionDenied") && l.contains("put routes")),
+        "{log}"
+    );
+    // An admin lets gw advertise routes; then it joins.
+    wmctl(
+        &net,
+        "h1",
+        &[
+            "put",
+            "role",
+            "--name",
+            "routers",
+            "--resource",
+            "routes",
+            "--verb",
+            "put",
+        ],
+    )?;
+    wmctl(
+        &net,
+        "h1",
+        &[
+            "put",
+            "rolebinding",
+            "--name",
+            "routers",
+            "--role",
+            "routers",
+            "--node",
+            "gw",
+        ],
+    )?;
+    net.host("gw").start()?;
+    net.host("gw").wait_ready(READY).await?;
+    let h2 = net.add_host("h2")?;
+    h2.args = vec![
+        "--join".into(),
+        join,
+        "--endpoint".into(),
+        h2.ip.to_string(),
+    ];
+    h2.start()?;
+    h2.wait_ready(READY).await?;
+    let routes = wmctl(&net, "h1", &["get", "routes", "gw-auto", "-o", "json"])?;
+    ensure!(routes.contains("192.168.77.0/24"), "{routes}");
+    // h2 and h1 reach the host behind gw through the mesh; it answers through gw.
+    for from in ["h2", "h1"] {
+        wait_for(
+            &format!("{from} to ping 192.168.77.2 through gw"),
+            Duration::from_secs(20),
+            || async { net.hosts[from].ping("192.168.77.2").then_some(()) },
+        )
+        .await
+        .with_context(|| net.logs())?;
+    }
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lan, "addr"])
+        .output()?;
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("192.168.77.2"));
+    Ok(())
+}

@@ -31,8 +31,8 @@ pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
 pub struct PeerPlan {
     /// Sorted by peer ID.
     pub peers: Vec<WireGuardPeer>,
-    /// Some pair of my neighbours has no edge of its own: traffic between them may
-    /// cross me, so IP forwarding must be on.
+    /// Some pair of my neighbours has no edge of its own, or I serve a route: traffic
+    /// may cross me, so IP forwarding must be on.
     pub relays: bool,
 }
 
@@ -253,6 +253,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         }
     }
     // Routes: towards the nearest node serving them (their next hop, if they name one).
+    let mut serves_route = false;
     for route in view.routes.values() {
         let target = if route.next_hop_node.is_empty() {
             &route.node
@@ -273,6 +274,8 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
             None => graph.index_of(target).into_iter().collect(),
         };
         if servers.contains(&src) {
+            // I carry this route's traffic into its network: I forward.
+            serves_route = true;
             continue;
         }
         let best = servers
@@ -306,7 +309,10 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         linked.dedup();
         linked.len() < neighbours.len() - 1
     });
-    PeerPlan { peers, relays }
+    PeerPlan {
+        peers,
+        relays: relays || serves_route,
+    }
 }
 
 fn is_lan(ip: IpAddr) -> bool {
@@ -573,10 +579,12 @@ mod tests {
         let p = compute(&v, "a");
         assert_eq!(p.peers[0].allowed_routes, ["192.168.50.0/24"]);
         assert!(allowed(&p, "hub").contains(&"192.168.50.0/24".to_string()));
+        let gw = compute(&v, "gw");
         assert!(
-            compute(&v, "gw").peers[0].allowed_routes.is_empty(),
+            gw.peers[0].allowed_routes.is_empty(),
             "not to the router itself"
         );
+        assert!(gw.relays, "the router forwards into its network");
     }
 
     /// The peer WireGuard sends `addr` to: the longest allowed-IP prefix holding it,
