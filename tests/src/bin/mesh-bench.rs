@@ -5,6 +5,7 @@
 //!   target/release/mesh-bench propagation 3   # state change -> every interface, 3 nodes
 //!   target/release/mesh-bench propagation 25
 //!   target/release/mesh-bench iperf           # tunnel throughput and node RSS
+//!   target/release/mesh-bench acl             # wmctl put networkacl -> every node, 5 nodes
 //!
 //! Needs root. Prints Markdown tables.
 
@@ -214,6 +215,113 @@ async fn propagation_bench(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Microseconds since the Unix epoch, the clock the node logs use.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `wmctl put networkacl` (and `delete`) on h1 → every node of a 5-node mesh has
+/// recomputed and applied its peers (the two nodes the ACL cuts drop each other).
+async fn acl_bench() -> Result<()> {
+    let level = "info,webmesh::net=debug";
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, level).await?;
+    for i in 2..=5 {
+        add_joiner(&mut net, &format!("m{i:02}"), level)?;
+        net.host(&format!("m{i:02}")).start()?;
+    }
+    for i in 2..=5 {
+        net.host(&format!("m{i:02}"))
+            .wait_ready(Duration::from_secs(120))
+            .await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
+    let mut put = Vec::new();
+    let mut del = Vec::new();
+    for _ in 0..20 {
+        for deleting in [false, true] {
+            let args: Vec<&str> = if deleting {
+                vec!["delete", "networkacl", "cut"]
+            } else {
+                vec![
+                    "put",
+                    "networkacl",
+                    "--name",
+                    "cut",
+                    "--priority",
+                    "100",
+                    "--action",
+                    "deny",
+                    "--source-node",
+                    "m04,m05",
+                    "--destination-node",
+                    "m04,m05",
+                ]
+            };
+            let mut cmd = vec![wmctl.as_str(), "-s", "127.0.0.1:8443"];
+            cmd.extend(args);
+            let t0 = now_us();
+            let out = net.hosts["h1"].exec(&cmd)?;
+            if !out.status.success() {
+                bail!("wmctl: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let last = wait_for(
+                "every node to apply it",
+                Duration::from_secs(30),
+                || async {
+                    let mut last = 0;
+                    for h in net.hosts.values() {
+                        let t = h
+                            .log_text()
+                            .lines()
+                            .filter(|l| l.contains("peers applied"))
+                            .filter_map(log_time_us)
+                            .find(|t| *t >= t0)?;
+                        last = last.max(t);
+                    }
+                    Some(last)
+                },
+            )
+            .await?;
+            // The interfaces agree: m04 and m05 drop each other (or have each other back).
+            let key = nodes["m05"].public_key.clone();
+            wait_for(
+                "m04's interface to follow",
+                Duration::from_secs(5),
+                || async {
+                    let has = net.hosts["m04"]
+                        .wg_peers()
+                        .ok()?
+                        .iter()
+                        .any(|p| p.public_key == key);
+                    (has == deleting).then_some(())
+                },
+            )
+            .await?;
+            let ms = (last - t0) as f64 / 1e3;
+            if deleting {
+                del.push(ms);
+            } else {
+                put.push(ms);
+            }
+        }
+    }
+    println!("| change (5 nodes) | samples | p50 | p99 | max |\n|---|---:|---:|---:|---:|");
+    for (name, v) in [
+        ("wmctl put networkacl (DENY m04↔m05)", put),
+        ("wmctl delete networkacl", del),
+    ] {
+        let n = v.len();
+        let (p50, p99, max) = stats(v);
+        println!("| {name} | {n} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
+    }
+    Ok(())
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -383,6 +491,7 @@ async fn main() -> Result<()> {
             propagation_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(3)).await
         }
         Some("iperf") => iperf_bench().await,
-        _ => bail!("usage: mesh-bench join | propagation N | iperf"),
+        Some("acl") => acl_bench().await,
+        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl"),
     }
 }
