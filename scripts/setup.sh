@@ -11,6 +11,8 @@ APT_PACKAGES=(
   iperf3            # tunnel throughput benchmarks
   sqlite3           # inspecting plugin databases
   procps            # pgrep/ps in scripts
+  nftables          # nft: the packet filter for port-level network ACLs
+  python3           # TCP probes in tests
 )
 PIP_MODULES=(grpc grpc_reflection google.protobuf)   # the independent gRPC test client
 PIP_PACKAGES=(grpcio grpcio-reflection protobuf)

@@ -491,3 +491,102 @@ async fn a_route_through_a_gateway_reaches_the_network_behind_it() -> Result<()>
     ensure!(String::from_utf8_lossy(&out.stdout).contains("192.168.77.2"));
     Ok(())
 }
+
+/// Whether a TCP connection from `host` to `addr:port` opens within a second.
+fn connects(net: &TestNet, host: &str, addr: &str, port: u16) -> bool {
+    net.hosts[host]
+        .exec(&[
+            "python3",
+            "-c",
+            "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)",
+            addr,
+            &port.to_string(),
+        ])
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.start()?;
+    h1.wait_ready(READY).await?;
+    let join = net.grpc("h1");
+    let h2 = net.add_host("h2")?;
+    h2.args = vec![
+        "--join".into(),
+        join,
+        "--endpoint".into(),
+        h2.ip.to_string(),
+    ];
+    h2.start()?;
+    h2.wait_ready(READY).await?;
+    let nodes = net.hosts["h1"].nodes().await?;
+    wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
+    // Two TCP listeners on h2 (the namespace's processes die with the test network).
+    let ns = net.hosts["h2"].ns.clone();
+    let _server = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c"])
+        .arg(
+            "import socket, threading\n\
+             def serve(p):\n\
+             \x20   s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             \x20   s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind(('::', p)); s.listen()\n\
+             \x20   while True: s.accept()[0].close()\n\
+             for p in (8001, 8002): threading.Thread(target=serve, args=(p,)).start()\n",
+        )
+        .spawn()?;
+    let (a4, a6) = (v4(&nodes["h2"]), v6(&nodes["h2"]));
+    for port in [8001, 8002] {
+        wait_for(
+            &format!("port {port} open"),
+            Duration::from_secs(10),
+            || async { connects(&net, "h1", &a4, port).then_some(()) },
+        )
+        .await?;
+    }
+    wmctl(
+        &net,
+        "h1",
+        &[
+            "put",
+            "networkacl",
+            "--name",
+            "no-8002",
+            "--priority",
+            "100",
+            "--action",
+            "deny",
+            "--source-node",
+            "h1",
+            "--destination-node",
+            "h2",
+            "--protocol",
+            "tcp",
+            "--port",
+            "8002",
+        ],
+    )?;
+    wait_for("8002 blocked", Duration::from_secs(10), || async {
+        (!connects(&net, "h1", &a4, 8002)).then_some(())
+    })
+    .await
+    .with_context(|| net.logs())?;
+    ensure!(!connects(&net, "h1", &a6, 8002), "blocked over IPv6 too");
+    ensure!(connects(&net, "h1", &a4, 8001), "8001 still open");
+    ensure!(connects(&net, "h1", &a6, 8001), "8001 still open over IPv6");
+    ensure!(net.hosts["h1"].ping(&a4), "the tunnel stays up");
+    ensure!(
+        net.hosts["h2"]
+            .log_text()
+            .contains("packet filter for port-level network ACLs in force"),
+        "h2 says the filter is on"
+    );
+    wmctl(&net, "h1", &["delete", "networkacl", "no-8002"])?;
+    wait_for("8002 open again", Duration::from_secs(10), || async {
+        connects(&net, "h1", &a4, 8002).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -54,6 +54,14 @@ impl NodeMatch {
     }
 }
 
+/// The node IDs a node list names (groups expanded); `None` for every node.
+pub fn expand_nodes(list: &[String], groups: &BTreeMap<String, Group>) -> Option<HashSet<String>> {
+    match NodeMatch::new(list, groups) {
+        NodeMatch::Any => None,
+        NodeMatch::Set(s) => Some(s),
+    }
+}
+
 #[derive(Debug, Clone)]
 enum CidrMatch {
     Any,

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod admin;
 pub mod bootstrap;
+pub mod filter;
 pub mod graph;
 pub mod ids;
 pub mod ipam;

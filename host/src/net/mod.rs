@@ -106,6 +106,8 @@ impl MeshNet {
             forwarding: false,
             applied_tx: tx,
             peers_up: None,
+            filter: None,
+            filter_broken: false,
         };
         let task = tokio::spawn(worker.run(raft, events, initial).in_current_span());
         MeshNet {
@@ -130,6 +132,10 @@ struct Worker {
     forwarding: bool,
     applied_tx: watch::Sender<u64>,
     peers_up: Option<(usize, usize)>,
+    /// The nftables ruleset in force for port-level ACLs (`None`: no table).
+    filter: Option<String>,
+    /// `nft` failed: port-level ACLs cannot be enforced here (said once per change).
+    filter_broken: bool,
 }
 
 impl Worker {
@@ -157,6 +163,12 @@ impl Worker {
                 let started = Instant::now();
                 let plan = peers::compute(&view, &self.me);
                 self.reconcile(&plan).await;
+                self.apply_filter(crate::mesh::filter::ruleset(
+                    &view,
+                    &self.me,
+                    &self.iface.name,
+                ))
+                .await;
                 debug!(index, peers = plan.peers.len(), took = ?started.elapsed(), "peers applied");
                 self.applied_tx.send_replace(index);
                 dirty = false;
@@ -287,6 +299,71 @@ impl Worker {
         if fwd {
             info!("this node relays traffic between peers: IP forwarding on");
             self.forwarding = true;
+        }
+    }
+
+    /// Puts the packet filter for port-level ACLs in force (or removes it), through
+    /// `nft`. Where that fails the node says so: such ACLs are then not enforced.
+    async fn apply_filter(&mut self, want: Option<String>) {
+        if want == self.filter {
+            return;
+        }
+        let table = crate::mesh::filter::table_name(&self.iface.name);
+        let script = match &want {
+            Some(r) => r.clone(),
+            None => format!("table inet {table}\ndelete table inet {table}\n"),
+        };
+        let run = async {
+            let mut child = tokio::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run nft: {e}"))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use tokio::io::AsyncWriteExt;
+                stdin
+                    .write_all(script.as_bytes())
+                    .await
+                    .map_err(|e| format!("nft: {e}"))?;
+            }
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| format!("nft: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "nft: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        match run.await {
+            Ok(()) => {
+                match &want {
+                    Some(_) => {
+                        info!(table = %table, "packet filter for port-level network ACLs in force")
+                    }
+                    None => {
+                        info!(table = %table, "no port-level network ACLs: packet filter removed")
+                    }
+                }
+                self.filter = want;
+                self.filter_broken = false;
+            }
+            Err(e) if want.is_some() => {
+                if !self.filter_broken {
+                    warn!(error = %e, "network ACLs name protocols or ports, but this node cannot install its packet filter (nftables): those rules are NOT enforced here");
+                }
+                self.filter_broken = true;
+            }
+            Err(e) => {
+                debug!(error = %e, "removing the packet filter");
+                self.filter = None;
+            }
         }
     }
 
