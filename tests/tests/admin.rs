@@ -590,3 +590,71 @@ async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()>
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exit_node_carries_the_default_route() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.start()?;
+    h1.wait_ready(READY).await?;
+    let join = net.grpc("h1");
+    for id in ["ex", "h2"] {
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            join.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+        ];
+        h.start()?;
+        h.wait_ready(READY).await?;
+    }
+    // "The internet" behind ex; it knows no way back to the mesh (ex must masquerade).
+    let outside = net.add_lan("ex", "198.51.100.1", "198.51.100.2", 24)?;
+    std::process::Command::new("ip")
+        .args(["-n", &outside, "route", "del", "default"])
+        .status()?;
+    ensure!(!net.hosts["h2"].ping("198.51.100.2"), "no way out before");
+    wmctl(
+        &net,
+        "h1",
+        &[
+            "put",
+            "route",
+            "--name",
+            "exit",
+            "--node",
+            "ex",
+            "--cidr",
+            "0.0.0.0/0",
+        ],
+    )?;
+    wait_for(
+        "h2 to reach the outside through ex",
+        Duration::from_secs(20),
+        || async { net.hosts["h2"].ping("198.51.100.2").then_some(()) },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    // The mesh and the underlay still work as before.
+    let nodes = net.hosts["h1"].nodes().await?;
+    wait_full_mesh(&net, &nodes, Duration::from_secs(20)).await?;
+    let h1_ip = net.hosts["h1"].ip.to_string();
+    ensure!(net.hosts["h2"].ping(&h1_ip), "underlay from h2 to h1");
+    let peers = net.hosts["h2"].wg_peers()?;
+    let ex_key = &nodes["ex"].public_key;
+    ensure!(
+        peers
+            .iter()
+            .any(|p| &p.public_key == ex_key && p.allowed_ips.contains(&"0.0.0.0/0".to_string())),
+        "{peers:?}"
+    );
+    wmctl(&net, "h1", &["delete", "route", "exit"])?;
+    wait_for("the way out to close", Duration::from_secs(20), || async {
+        (!net.hosts["h2"].ping("198.51.100.2")).then_some(())
+    })
+    .await?;
+    ensure!(net.hosts["h2"].ping(&h1_ip), "underlay after");
+    Ok(())
+}

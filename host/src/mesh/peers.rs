@@ -34,6 +34,14 @@ pub struct PeerPlan {
     /// Some pair of my neighbours has no edge of its own, or I serve a route: traffic
     /// may cross me, so IP forwarding must be on.
     pub relays: bool,
+    /// I serve a default route (`0.0.0.0/0` or `::/0`): an exit node, which masquerades
+    /// mesh traffic leaving through its other interfaces.
+    pub exit: bool,
+}
+
+/// Whether `cidr` is a default route.
+pub fn is_default_route(cidr: &str) -> bool {
+    cidr.parse::<IpNet>().is_ok_and(|n| n.prefix_len() == 0)
 }
 
 fn edge_cost(a: &str, b: &str, weight: i32) -> u128 {
@@ -254,6 +262,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
     }
     // Routes: towards the nearest node serving them (their next hop, if they name one).
     let mut serves_route = false;
+    let mut exit = false;
     for route in view.routes.values() {
         let target = if route.next_hop_node.is_empty() {
             &route.node
@@ -276,6 +285,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         if servers.contains(&src) {
             // I carry this route's traffic into its network: I forward.
             serves_route = true;
+            exit |= route.destination_cidrs.iter().any(|c| is_default_route(c));
             continue;
         }
         let best = servers
@@ -312,6 +322,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
     PeerPlan {
         peers,
         relays: relays || serves_route,
+        exit,
     }
 }
 

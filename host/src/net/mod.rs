@@ -1,6 +1,7 @@
 //! The mesh on the wire: the WireGuard interface and the task that keeps its peers equal
 //! to what the replicated state says, applying each change as a diff.
 
+pub mod routing;
 pub mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,6 +104,8 @@ impl MeshNet {
             my_zone,
             applied: BTreeMap::new(),
             routes: BTreeSet::new(),
+            exit: (false, false),
+            masquerading: false,
             forwarding: false,
             applied_tx: tx,
             peers_up: None,
@@ -129,6 +132,10 @@ struct Worker {
     /// What we configured, by public key.
     applied: BTreeMap<String, PeerConfig>,
     routes: BTreeSet<String>,
+    /// Default routes through the mesh in force (IPv4, IPv6), and this node's masquerade
+    /// as an exit node.
+    exit: (bool, bool),
+    masquerading: bool,
     forwarding: bool,
     applied_tx: watch::Sender<u64>,
     peers_up: Option<(usize, usize)>,
@@ -150,7 +157,7 @@ impl Worker {
         if !view.nodes.contains_key(&self.me) && !initial.is_empty() {
             let plan = PeerPlan {
                 peers: initial,
-                relays: false,
+                ..Default::default()
             };
             self.reconcile(&plan).await;
         }
@@ -226,17 +233,41 @@ impl Worker {
     async fn reconcile(&mut self, plan: &PeerPlan) {
         let desired = desired_peers(&plan.peers, &self.my_zone);
         let (upserts, removals) = diff(&self.applied, &desired);
-        let routes: BTreeSet<String> = plan
+        let all_routes: BTreeSet<String> = plan
             .peers
             .iter()
             .flat_map(|p| p.allowed_routes.iter().cloned())
             .collect();
+        // Default routes are policy routing of their own (see `routing::exit_route`).
+        let exit = (
+            all_routes
+                .iter()
+                .any(|r| peers::is_default_route(r) && !r.contains(':')),
+            all_routes
+                .iter()
+                .any(|r| peers::is_default_route(r) && r.contains(':')),
+        );
+        let routes: BTreeSet<String> = all_routes
+            .into_iter()
+            .filter(|r| !peers::is_default_route(r))
+            .collect();
         let new_routes: Vec<String> = routes.difference(&self.routes).cloned().collect();
+        let stale_routes: Vec<String> = self.routes.difference(&routes).cloned().collect();
         let enable_forwarding = plan.relays && !self.forwarding;
-        if upserts.is_empty() && removals.is_empty() && new_routes.is_empty() && !enable_forwarding
+        let exit_change = exit != self.exit;
+        let nat_change = plan.exit != self.masquerading;
+        if upserts.is_empty()
+            && removals.is_empty()
+            && new_routes.is_empty()
+            && stale_routes.is_empty()
+            && !enable_forwarding
+            && !exit_change
+            && !nat_change
         {
             return;
         }
+        let old_exit = self.exit;
+        let want_nat = plan.exit;
         let iface = self.iface.clone();
         let existing: BTreeSet<String> = upserts
             .iter()
@@ -276,13 +307,52 @@ impl Worker {
                     false
                 }
             };
+            for r in &stale_routes {
+                if let Err(e) = routing::remove_route(&iface.name, r) {
+                    warn!(route = %r, error = %e, "cannot remove a route");
+                }
+            }
             let fwd_ok = enable_forwarding && enable_ip_forwarding();
-            (done_up, done_rm, routes_ok.then_some(new_routes), fwd_ok)
+            let mut exit_now = exit;
+            for (v6, want, had) in [(false, exit.0, old_exit.0), (true, exit.1, old_exit.1)] {
+                if want != had {
+                    match routing::exit_route(&iface.name, v6, want) {
+                        Ok(()) => info!(ipv6 = v6, on = want, "default route through the mesh"),
+                        Err(e) => {
+                            warn!(ipv6 = v6, error = %e, "cannot change the default route through the mesh");
+                            if v6 { exit_now.1 = had } else { exit_now.0 = had }
+                        }
+                    }
+                }
+            }
+            let nat_ok = nat_change
+                && match routing::masquerade(&iface.name, want_nat) {
+                    Ok(()) => {
+                        info!(on = want_nat, "exit node: masquerading mesh traffic that leaves through other interfaces");
+                        true
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "exit node: cannot masquerade; hosts outside the mesh will not find their way back");
+                        false
+                    }
+                };
+            (
+                done_up,
+                done_rm,
+                routes_ok.then_some((new_routes, stale_routes)),
+                fwd_ok,
+                exit_now,
+                nat_ok,
+            )
         })
         .await;
-        let Ok((done_up, done_rm, routes, fwd)) = result else {
+        let Ok((done_up, done_rm, routes, fwd, exit_now, nat_ok)) = result else {
             return;
         };
+        self.exit = exit_now;
+        if nat_ok {
+            self.masquerading = want_nat;
+        }
         // New peers, and (userspace) re-added ones, have no session yet: handshake now.
         poke(&done_up);
         for p in done_up {
@@ -293,8 +363,11 @@ impl Worker {
             debug!(peer = %k, "peer removed");
             self.applied.remove(&k);
         }
-        if let Some(r) = routes {
-            self.routes.extend(r);
+        if let Some((added, removed)) = routes {
+            self.routes.extend(added);
+            for r in removed {
+                self.routes.remove(&r);
+            }
         }
         if fwd {
             info!("this node relays traffic between peers: IP forwarding on");

@@ -49,6 +49,9 @@ pub struct PeerConfig {
     pub keepalive: Option<u16>,
 }
 
+/// The mark on WireGuard's UDP packets and the routing table of exit routes.
+pub const FWMARK: u32 = 51820;
+
 pub struct Interface {
     pub name: String,
     pub backend: Backend,
@@ -117,7 +120,9 @@ impl Interface {
             port: listen_port,
             peers: vec![],
             mtu: Some(mtu),
-            fwmark: None,
+            // Marks the tunnel's own UDP packets, so that a default route through the
+            // mesh (an exit node) does not capture them (policy routing, as wg-quick).
+            fwmark: Some(FWMARK),
         };
         api.configure_interface(&config)
             .map_err(|e| iface_err(name, e))?;
