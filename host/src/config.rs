@@ -109,6 +109,15 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub join: Vec<String>,
+    /// gRPC address of a member serving PeerDiscovery (repeatable): the mesh's Raft
+    /// members found there are tried as join addresses, the leader first.
+    #[arg(
+        long,
+        env = "WEBMESH_DISCOVER",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub discover: Vec<String>,
     /// Ask for a vote in Raft elections when joining.
     #[arg(long, env = "WEBMESH_VOTER", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub voter: Option<String>,
@@ -208,6 +217,7 @@ struct FileConfig {
     bootstrap_disable_rbac: Option<bool>,
     route: Option<Vec<String>>,
     join: Option<Vec<String>>,
+    discover: Option<Vec<String>>,
     voter: Option<bool>,
     endpoint: Option<String>,
     wireguard_endpoint: Option<Vec<String>>,
@@ -454,6 +464,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<String>,
     pub join: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub discover: Vec<String>,
     pub voter: bool,
     pub endpoint: Option<IpAddr>,
     pub wireguard_endpoint: Vec<SocketAddr>,
@@ -487,6 +499,7 @@ impl Default for Config {
             bootstrap_disable_rbac: false,
             route: vec![],
             join: vec![],
+            discover: vec![],
             voter: false,
             endpoint: None,
             wireguard_endpoint: vec![],
@@ -621,6 +634,15 @@ impl Config {
             validate_host_port(j).map_err(|e| invalid("join", j, e))?;
         }
         cfg.join = join;
+        let discover = if flags.discover.is_empty() {
+            file.discover.unwrap_or_default()
+        } else {
+            flags.discover.clone()
+        };
+        for d in &discover {
+            validate_host_port(d).map_err(|e| invalid("discover", d, e))?;
+        }
+        cfg.discover = discover;
         cfg.voter = bool_layer("voter", &flags.voter, file.voter)?.unwrap_or(false);
         if let Some(ep) = flags.endpoint.clone().or(file.endpoint) {
             cfg.endpoint = Some(

@@ -375,9 +375,9 @@ impl Node {
                     )));
                 }
             }
-        } else if !cfg.bootstrap && cfg.join.is_empty() {
+        } else if !cfg.bootstrap && cfg.join.is_empty() && cfg.discover.is_empty() {
             return Err(NodeError::Usage(format!(
-                "the data dir {} holds no mesh: pass --bootstrap to create one or --join ADDR to join one",
+                "the data dir {} holds no mesh: pass --bootstrap to create one, or --join ADDR or --discover ADDR to join one",
                 cfg.data_dir.display()
             )));
         } else {
@@ -600,7 +600,8 @@ impl Node {
             raft_addr,
             net,
             leave_on_shutdown: cfg.leave_on_shutdown,
-            join: cfg.join.clone(),
+            // Leaving goes through the join or discovery addresses (the underlay).
+            join: cfg.join.iter().chain(&cfg.discover).cloned().collect(),
             creds,
             plugins,
             tasks,
@@ -711,7 +712,10 @@ async fn join_mesh(
     let deadline = Instant::now() + JOIN_DEADLINE;
     let mut backoff = Duration::from_millis(250);
     loop {
-        for addr in &cfg.join {
+        let mut addrs = discover(&cfg.discover, creds).await;
+        addrs.extend(cfg.join.iter().cloned());
+        addrs.dedup();
+        for addr in &addrs {
             info!("contacting {addr}");
             match try_join(addr, &req, creds).await {
                 Ok(resp) => {
@@ -746,6 +750,38 @@ async fn join_mesh(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Join addresses from PeerDiscovery: each discovery address's Raft members (leader
+/// first, then voters), then the discovery address itself.
+async fn discover(from: &[String], creds: &Credentials) -> Vec<String> {
+    let mut out = Vec::new();
+    for addr in from {
+        let Ok(ch) = creds.dialer.channel(addr, Some(Duration::from_secs(5))) else {
+            continue;
+        };
+        match webmesh_api::v1::peer_discovery_client::PeerDiscoveryClient::new(ch)
+            .list_peers(creds.request(()))
+            .await
+        {
+            Ok(r) => {
+                let mut peers = r.into_inner().peers;
+                peers.sort_by_key(|p| (!p.leader, !p.voter));
+                let found: Vec<String> = peers
+                    .into_iter()
+                    .map(|p| p.address)
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                info!(via = %addr, peers = ?found, "discovered mesh members");
+                out.extend(found);
+            }
+            Err(e) => warn!(via = %addr, error = %e.message(), "peer discovery failed"),
+        }
+        out.push(addr.clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|a| seen.insert(a.clone()));
+    out
 }
 
 async fn try_join(

@@ -599,10 +599,11 @@ async fn an_exit_node_carries_the_default_route() -> Result<()> {
     h1.start()?;
     h1.wait_ready(READY).await?;
     let join = net.grpc("h1");
-    for id in ["ex", "h2"] {
+    // h2 finds the mesh's members through PeerDiscovery instead of a join address.
+    for (id, how) in [("ex", "--join"), ("h2", "--discover")] {
         let h = net.add_host(id)?;
         h.args = vec![
-            "--join".into(),
+            how.into(),
             join.clone(),
             "--endpoint".into(),
             h.ip.to_string(),
@@ -610,6 +611,12 @@ async fn an_exit_node_carries_the_default_route() -> Result<()> {
         h.start()?;
         h.wait_ready(READY).await?;
     }
+    ensure!(
+        net.hosts["h2"]
+            .log_text()
+            .contains("discovered mesh members"),
+        "h2 used discovery"
+    );
     // "The internet" behind ex; it knows no way back to the mesh (ex must masquerade).
     let outside = net.add_lan("ex", "198.51.100.1", "198.51.100.2", 24)?;
     std::process::Command::new("ip")
