@@ -13,6 +13,7 @@ APT_PACKAGES=(
   procps            # pgrep/ps in scripts
   nftables          # nft: the packet filter for port-level network ACLs
   python3           # TCP probes in tests
+  graphviz          # dot: wmctl get graph --svg
 )
 PIP_MODULES=(grpc grpc_reflection google.protobuf)   # the independent gRPC test client
 PIP_PACKAGES=(grpcio grpcio-reflection protobuf)

@@ -389,6 +389,54 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
     }
     let dot = wmctl(&net, "h2", &["get", "graph"])?;
     ensure!(dot.contains("\"h2\" -- \"h3\" [weight=5"), "{dot}");
+    // graphviz draws it.
+    let svg = net.path().join("mesh.svg");
+    wmctl(
+        &net,
+        "h2",
+        &["get", "graph", "--svg", svg.to_str().context("path")?],
+    )?;
+    let drawn = std::fs::read_to_string(&svg)?;
+    ensure!(drawn.contains("<svg") && drawn.contains(">h3<"), "{drawn}");
+    // A context from a config file picks the server (and would carry TLS and creds).
+    let cfg = net.path().join("wmctl.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "current-context: other\ncontexts:\n  lab:\n    server: {}\n    prefer-leader: true\n  other:\n    server: 192.0.2.1:1\n",
+            net.grpc("h3")
+        ),
+    )?;
+    let bin = bin("wmctl");
+    let out = net.hosts["h2"].exec(&[
+        bin.to_str().context("path")?,
+        "--config",
+        cfg.to_str().context("path")?,
+        "--context",
+        "lab",
+        "get",
+        "nodes",
+        "-o",
+        "json",
+    ])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"h3\""),
+        "{out:?}"
+    );
+    let out = net.hosts["h2"].exec(&[
+        bin.to_str().context("path")?,
+        "--config",
+        cfg.to_str().context("path")?,
+        "--context",
+        "nope",
+        "get",
+        "nodes",
+    ])?;
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("no context \"nope\""),
+        "{out:?}"
+    );
     let listed = wmctl(&net, "h2", &["get", "nodes"])?;
     for id in ["h1", "h2", "h3"] {
         ensure!(listed.contains(id), "{listed}");
