@@ -147,6 +147,17 @@ async fn rbac_guards_admin_writes_and_joins_through_the_leader_proxy() -> Result
             "{err:?}"
         );
     }
+    // A caller outside the mesh cannot claim someone else's identity by header: only a
+    // member's forwarded call is believed.
+    let mut forged = req(deny_acl("forged"), ALICE);
+    forged
+        .metadata_mut()
+        .insert("x-webmesh-caller", "user:admin".parse()?);
+    forged
+        .metadata_mut()
+        .insert("x-webmesh-forwarded-by", "h2".parse()?);
+    let err = a1.put_network_acl(forged).await.expect_err("forged");
+    ensure!(err.code() == Code::PermissionDenied, "{err:?}");
     // The admin user may, on the leader and through the follower's proxy.
     a1.put_network_acl(req(deny_acl("on-leader"), ADMIN))
         .await?;
@@ -446,6 +457,35 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
         let err = wmctl(&net, "h1", &["get", kind, name]).expect_err("deleted");
         ensure!(err.to_string().contains("exit Some(4)"), "{err}");
     }
+    // With the h2-h3 edge gone, h2 reaches h3 through h1 instead of directly.
+    wait_for(
+        "h2 to drop its direct peer h3",
+        Duration::from_secs(10),
+        || async {
+            let peers = net.hosts["h2"].wg_peers().ok()?;
+            (!peers.iter().any(|p| p.public_key == key("h3"))).then_some(())
+        },
+    )
+    .await?;
+    let h3 = v4(&nodes["h3"]);
+    wait_for(
+        "h2 to ping h3 through h1",
+        Duration::from_secs(10),
+        || async { net.hosts["h2"].ping(&h3).then_some(()) },
+    )
+    .await?;
+    let snap = net.path().join("state.bin");
+    wmctl(
+        &net,
+        "h1",
+        &["snapshot", "--out", snap.to_str().context("path")?],
+    )?;
+    ensure!(
+        std::fs::metadata(&snap)?.len() > 100,
+        "a snapshot was written"
+    );
+    let completions = wmctl(&net, "h1", &["completions", "bash"])?;
+    ensure!(completions.contains("networkacls"), "bash completions");
     Ok(())
 }
 
@@ -557,7 +597,13 @@ fn connects(net: &TestNet, host: &str, addr: &str, port: u16) -> bool {
 async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()> {
     let mut net = TestNet::new()?;
     let h1 = net.add_host("h1")?;
-    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    // RBAC off: any node may shape this lab mesh (h2 puts the ACL below).
+    h1.args = vec![
+        "--bootstrap".into(),
+        "--bootstrap-disable-rbac".into(),
+        "--endpoint".into(),
+        h1.ip.to_string(),
+    ];
     h1.start()?;
     h1.wait_ready(READY).await?;
     let join = net.grpc("h1");
@@ -596,7 +642,7 @@ async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()>
     }
     wmctl(
         &net,
-        "h1",
+        "h2",
         &[
             "put",
             "networkacl",
