@@ -519,7 +519,13 @@ impl Node {
         let info = Arc::new(NodeInfo {
             started_at: SystemTime::now(),
             started: Instant::now(),
-            features: vec![Feature::Nodes],
+            features: vec![
+                Feature::Nodes,
+                Feature::LeaderProxy,
+                Feature::MeshApi,
+                Feature::AdminApi,
+                Feature::PeerDiscovery,
+            ],
         });
         let metrics_iface = net.as_ref().map(|n| n.iface.clone());
         let node_svc = webmesh_api::v1::node_server::NodeServer::new(
@@ -696,7 +702,15 @@ fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
         as_voter: cfg.voter,
         routes: cfg.route.clone(),
         direct_peers: vec![],
-        features: vec![Feature::Nodes as i32],
+        features: [
+            Feature::Nodes,
+            Feature::LeaderProxy,
+            Feature::MeshApi,
+            Feature::AdminApi,
+            Feature::PeerDiscovery,
+        ]
+        .map(|f| f as i32)
+        .to_vec(),
     }
 }
 

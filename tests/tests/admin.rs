@@ -484,6 +484,10 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
         std::fs::metadata(&snap)?.len() > 100,
         "a snapshot was written"
     );
+    let status = wmctl(&net, "h2", &["status", "-o", "json"])?;
+    for f in ["ADMIN_API", "MESH_API", "LEADER_PROXY", "PEER_DISCOVERY"] {
+        ensure!(status.contains(f), "{f} in {status}");
+    }
     let completions = wmctl(&net, "h1", &["completions", "bash"])?;
     ensure!(completions.contains("networkacls"), "bash completions");
     Ok(())
@@ -757,5 +761,41 @@ async fn an_exit_node_carries_the_default_route() -> Result<()> {
     })
     .await?;
     ensure!(net.hosts["h2"].ping(&h1_ip), "underlay after");
+    // Put it back, then stop the nodes: they take their routing rules and NAT along.
+    wmctl(
+        &net,
+        "h1",
+        &[
+            "put",
+            "route",
+            "--name",
+            "exit",
+            "--node",
+            "ex",
+            "--cidr",
+            "0.0.0.0/0",
+        ],
+    )?;
+    wait_for("the way out again", Duration::from_secs(20), || async {
+        net.hosts["h2"].ping("198.51.100.2").then_some(())
+    })
+    .await?;
+    let (ns_h2, ns_ex) = (net.hosts["h2"].ns.clone(), net.hosts["ex"].ns.clone());
+    let in_ns = |ns: &str, cmd: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let rules = || in_ns(&ns_h2, &["ip", "rule"]);
+    let nft = || in_ns(&ns_ex, &["nft", "list", "ruleset"]);
+    ensure!(rules()?.contains("51820"), "h2 routes by policy");
+    ensure!(nft()?.contains("masquerade"), "ex masquerades");
+    for id in ["h2", "ex"] {
+        net.host(id).stop(Duration::from_secs(10));
+    }
+    ensure!(!rules()?.contains("51820"), "h2's rules left: {}", rules()?);
+    ensure!(!nft()?.contains("masquerade"), "ex's NAT left: {}", nft()?);
     Ok(())
 }

@@ -85,6 +85,16 @@ pub struct MeshNet {
     /// The highest Raft index whose effect is on the interface.
     pub applied: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
+    host_state: Arc<std::sync::Mutex<HostState>>,
+}
+
+/// What this node changed on the host beyond its interface, to undo on shutdown.
+#[derive(Debug, Default, Clone, Copy)]
+struct HostState {
+    exit_v4: bool,
+    exit_v6: bool,
+    masquerade: bool,
+    filter: bool,
 }
 
 impl MeshNet {
@@ -111,17 +121,42 @@ impl MeshNet {
             peers_up: None,
             filter: None,
             filter_broken: false,
+            host_state: Default::default(),
         };
+        let host_state = worker.host_state.clone();
         let task = tokio::spawn(worker.run(raft, events, initial).in_current_span());
         MeshNet {
             iface,
             applied: rx,
             task,
+            host_state,
         }
     }
 
+    /// Stops following the state, and undoes what the node set up on the host besides
+    /// its interface (exit routing, masquerade, packet filter). Blocking, best-effort.
     pub fn stop(&self) {
         self.task.abort();
+        let st = *self.host_state.lock().unwrap_or_else(|p| p.into_inner());
+        let name = &self.iface.name;
+        for (v6, on) in [(false, st.exit_v4), (true, st.exit_v6)] {
+            if on && let Err(e) = routing::exit_route(name, v6, false) {
+                warn!(error = %e, "cannot remove the default route through the mesh");
+            }
+        }
+        if st.masquerade
+            && let Err(e) = routing::masquerade(name, false)
+        {
+            warn!(error = %e, "cannot remove the exit node's masquerade");
+        }
+        if st.filter
+            && let Err(e) = routing::nft(&format!(
+                "table inet {t}\ndelete table inet {t}\n",
+                t = crate::mesh::filter::table_name(name)
+            ))
+        {
+            warn!(error = %e, "cannot remove the packet filter");
+        }
     }
 }
 
@@ -143,6 +178,7 @@ struct Worker {
     filter: Option<String>,
     /// `nft` failed: port-level ACLs cannot be enforced here (said once per change).
     filter_broken: bool,
+    host_state: Arc<std::sync::Mutex<HostState>>,
 }
 
 impl Worker {
@@ -353,6 +389,7 @@ impl Worker {
         if nat_ok {
             self.masquerading = want_nat;
         }
+        self.record_host_state();
         // New peers, and (userspace) re-added ones, have no session yet: handshake now.
         poke(&done_up);
         for p in done_up {
@@ -375,6 +412,15 @@ impl Worker {
         }
     }
 
+    fn record_host_state(&self) {
+        *self.host_state.lock().unwrap_or_else(|p| p.into_inner()) = HostState {
+            exit_v4: self.exit.0,
+            exit_v6: self.exit.1,
+            masquerade: self.masquerading,
+            filter: self.filter.is_some(),
+        };
+    }
+
     /// Puts the packet filter for port-level ACLs in force (or removes it), through
     /// `nft`. Where that fails the node says so: such ACLs are then not enforced.
     async fn apply_filter(&mut self, want: Option<String>) {
@@ -386,35 +432,8 @@ impl Worker {
             Some(r) => r.clone(),
             None => format!("table inet {table}\ndelete table inet {table}\n"),
         };
-        let run = async {
-            let mut child = tokio::process::Command::new("nft")
-                .args(["-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot run nft: {e}"))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                use tokio::io::AsyncWriteExt;
-                stdin
-                    .write_all(script.as_bytes())
-                    .await
-                    .map_err(|e| format!("nft: {e}"))?;
-            }
-            let out = child
-                .wait_with_output()
-                .await
-                .map_err(|e| format!("nft: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "nft: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        };
-        match run.await {
+        let run = tokio::task::spawn_blocking(move || routing::nft(&script));
+        match run.await.unwrap_or_else(|e| Err(format!("nft: {e}"))) {
             Ok(()) => {
                 match &want {
                     Some(_) => {
@@ -426,6 +445,7 @@ impl Worker {
                 }
                 self.filter = want;
                 self.filter_broken = false;
+                self.record_host_state();
             }
             Err(e) if want.is_some() => {
                 if !self.filter_broken {

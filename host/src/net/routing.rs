@@ -88,6 +88,11 @@ pub fn masquerade(iface: &str, on: bool) -> Result<(), String> {
             "table inet {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    iifname \"{iface}\" oifname != \"{iface}\" masquerade\n  }}\n}}\n"
         ));
     }
+    nft(&script)
+}
+
+/// Runs an `nft -f -` script.
+pub fn nft(script: &str) -> Result<(), String> {
     use std::io::Write;
     let mut child = Command::new("nft")
         .args(["-f", "-"])
