@@ -4,6 +4,7 @@
 //!   cargo build --release --target wasm32-wasip2 --lib -p auth-allowlist
 //!   target/release/plugin-bench auth       # auth cost per RPC: none / WASM / process
 //!   target/release/plugin-bench restart    # SIGKILL a process plugin: back in ...
+//!   target/release/plugin-bench direct     # the process plugin alone, no node
 //!
 //! Needs root. Prints Markdown tables.
 
@@ -175,11 +176,65 @@ async fn restart_bench() -> Result<()> {
     Ok(())
 }
 
+/// The process plugin alone: `Authenticate` round trips from a tonic client to
+/// `auth-allowlist` serving on loopback TCP (no node), the floor of the process path.
+async fn direct_bench() -> Result<()> {
+    use webmesh_api::v1::auth_plugin_client::AuthPluginClient;
+    use webmesh_api::v1::plugin_client::PluginClient;
+    use webmesh_api::v1::{AuthenticationRequest, PluginConfiguration};
+    let port = webmesh_e2e::free_port();
+    let mut child = std::process::Command::new(bin("auth-allowlist"))
+        .args(["--listen", &format!("tcp://127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let ch = wait_for("the plugin", Duration::from_secs(10), || async {
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .ok()?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .ok()
+    })
+    .await?;
+    let config: webmesh_api::wkt::Struct =
+        serde_json::from_value(serde_json::json!({"tokens": "alice:s3cret"}))?;
+    PluginClient::new(ch.clone())
+        .configure(PluginConfiguration {
+            config: Some(config),
+        })
+        .await?;
+    let mut c = AuthPluginClient::new(ch);
+    let req = AuthenticationRequest {
+        headers: [("authorization".to_string(), TOKEN.to_string())].into(),
+        certificates: vec![],
+    };
+    let mut l = Vec::new();
+    for i in 0..5200 {
+        let t = Instant::now();
+        let id = c.authenticate(req.clone()).await?.into_inner().id;
+        if i >= 200 {
+            l.push(t.elapsed());
+        }
+        anyhow::ensure!(id == "alice", "verdict {id:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("| process plugin alone (loopback TCP) | p50 | p99 |\n|---|---:|---:|");
+    println!(
+        "| Authenticate round trip | {:.1?} | {:.1?} |",
+        pct(&mut l, 0.5),
+        pct(&mut l, 0.99)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("auth") => auth_bench().await,
         Some("restart") => restart_bench().await,
-        _ => bail!("usage: plugin-bench auth | restart"),
+        Some("direct") => direct_bench().await,
+        _ => bail!("usage: plugin-bench auth | restart | direct"),
     }
 }
