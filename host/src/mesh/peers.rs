@@ -702,6 +702,121 @@ mod tests {
     }
 
     #[test]
+    fn denied_pairs_and_routes_on_random_graphs() {
+        // Properties, with random DENY ACLs between pairs and random routes:
+        // - no plan lets a node send to a node it may not talk to (its addresses are in no
+        //   peer's allowed IPs, and no peer carries the summarised mesh networks);
+        // - every route a node can reach is on exactly one of its peers: the first hop
+        //   towards the nearest node serving it; a server never routes its own CIDRs.
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..150 {
+            let names: Vec<String> = (0..10).map(|i| format!("n{i:02}")).collect();
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            let mut edges = Vec::new();
+            for i in 0..10 {
+                for j in i + 1..10 {
+                    if rnd() % 3 == 0 {
+                        edges.push((refs[i], refs[j], (rnd() % 3 + 1) as i32));
+                    }
+                }
+            }
+            let mut v = view(&refs, &edges);
+            let mut denied = Vec::new();
+            for k in 0..(rnd() % 3) {
+                let (a, b) = (refs[(rnd() % 10) as usize], refs[(rnd() % 10) as usize]);
+                if a == b {
+                    continue;
+                }
+                denied.push((a, b));
+                v.acls.insert(
+                    format!("deny-{k}"),
+                    NetworkAcl {
+                        name: format!("deny-{k}"),
+                        priority: 100,
+                        action: AclAction::ActionDeny as i32,
+                        source_nodes: vec![a.into(), b.into()],
+                        destination_nodes: vec![a.into(), b.into()],
+                        ..Default::default()
+                    },
+                );
+            }
+            for r in 0..(rnd() % 3) {
+                v.routes.insert(
+                    format!("r{r}"),
+                    Route {
+                        name: format!("r{r}"),
+                        node: refs[(rnd() % 10) as usize].into(),
+                        destination_cidrs: vec![format!("192.168.{r}.0/24")],
+                        next_hop_node: String::new(),
+                    },
+                );
+            }
+            let graph = Graph::build(&v);
+            for &a in &refs {
+                let plan = compute(&v, a);
+                let all: Vec<&String> = plan.peers.iter().flat_map(|p| &p.allowed_ips).collect();
+                let me = graph.index_of(a).unwrap();
+                let (hops, dist) = graph.first_hops(me);
+                for &(x, y) in &denied {
+                    let other = if a == x {
+                        y
+                    } else if a == y {
+                        x
+                    } else {
+                        continue;
+                    };
+                    let addr = &v.nodes[other].private_ipv4;
+                    assert!(
+                        !all.contains(&addr),
+                        "round {round}: {a} reaches denied {other}"
+                    );
+                    // A summary would carry packets to it, if any path leads there.
+                    if hops[graph.index_of(other).unwrap()].is_some() {
+                        assert!(
+                            !all.contains(&&"10.0.0.0/24".to_string()),
+                            "round {round}: {a} has a summary covering denied {other}"
+                        );
+                    }
+                }
+                for route in v.routes.values() {
+                    let cidr = &route.destination_cidrs[0];
+                    let holders: Vec<&str> = plan
+                        .peers
+                        .iter()
+                        .filter(|p| p.allowed_routes.contains(cidr))
+                        .map(|p| p.id.as_str())
+                        .collect();
+                    let server = graph.index_of(&route.node).unwrap();
+                    if server == me {
+                        assert!(
+                            holders.is_empty(),
+                            "round {round}: {a} routes its own {cidr}"
+                        );
+                        continue;
+                    }
+                    // Reachable and allowed: through the first hop; else nowhere.
+                    match (dist[server], hops[server]) {
+                        (Some(_), Some(h)) if graph.may_talk(me, server) => {
+                            assert_eq!(
+                                holders,
+                                [graph.nodes[h].id.as_str()],
+                                "round {round}: {a} {cidr}"
+                            )
+                        }
+                        _ => assert!(holders.is_empty(), "round {round}: {a} {cidr} {holders:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn endpoints() {
         let mut p = WireGuardPeer {
             primary_endpoint: "203.0.113.5".into(),
