@@ -123,6 +123,17 @@ impl MeshNet {
             filter_broken: false,
             host_state: Default::default(),
         };
+        // Said at start-up, not only when an ACL needs it: an operator should know
+        // before writing one.
+        if std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            warn!(
+                "nft (nftables) is not available: network ACLs that name protocols or ports will NOT be enforced on this node"
+            );
+        }
         let host_state = worker.host_state.clone();
         let task = tokio::spawn(worker.run(raft, events, initial).in_current_span());
         MeshNet {
