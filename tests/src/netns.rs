@@ -87,6 +87,19 @@ impl TestNet {
         cleanup_prefix(&prefix);
         let bridge = format!("{prefix}br");
         run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        // A fixed address: a bridge that picks its own takes the lowest of its ports',
+        // so it would change as hosts are added, and hosts that cached the old one
+        // would lose their packets to the root namespace until their ARP entry expires.
+        run(
+            "ip",
+            &[
+                "link",
+                "set",
+                &bridge,
+                "address",
+                &format!("02:77:00:00:{slot:02x}:fe"),
+            ],
+        )?;
         run(
             "ip",
             &[

@@ -176,6 +176,11 @@ pub fn spawn_watch(
     known.leader = raft.leader().map(|l| l.name).unwrap_or_default();
     tasks.push(tokio::spawn(async move {
         let send = |ev: v1::Event| {
+            debug!(
+                event = ?WatchEvent::try_from(ev.r#type).unwrap_or(WatchEvent::Unknown),
+                node = %ev.node.as_ref().map(|n| n.id.as_str()).unwrap_or(""),
+                "watch event"
+            );
             for (name, tx, stats) in &queues {
                 if tx.try_send(ev.clone()).is_err() {
                     let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -258,6 +263,7 @@ async fn emit_loop(
         for attempt in 1..=4 {
             match plugin.emit(ev.clone()).await {
                 Ok(()) => {
+                    debug!(plugin = %plugin.name, attempt, "event emitted");
                     delivered = true;
                     break;
                 }

@@ -53,6 +53,7 @@ fn deliver(rx: Receiver<String>, s: Settings, counters: Arc<Counters>) {
                 }
                 Err(e) => {
                     last = e.to_string();
+                    eprintln!("POST {} failed: {last}; retrying in {delay:?}", s.url);
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
