@@ -528,6 +528,10 @@ impl Node {
             ],
         });
         let metrics_iface = net.as_ref().map(|n| n.iface.clone());
+        // Calls to other members (the leader, above all): one channel per member.
+        let channels = Arc::new(crate::services::Channels::new(
+            crate::tls::Dialer::for_members(&cfg.tls).map_err(NodeError::Usage)?,
+        ));
         let node_svc = webmesh_api::v1::node_server::NodeServer::new(
             NodeService::new(
                 raft.clone(),
@@ -536,7 +540,7 @@ impl Node {
             )
             .underlay(cfg.no_wireguard)
             .ipam(plugins.ipam())
-            .dialer(crate::tls::Dialer::for_members(&cfg.tls).map_err(NodeError::Usage)?),
+            .channels(channels.clone()),
         );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
@@ -546,8 +550,7 @@ impl Node {
             .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
-        let dialer = crate::tls::Dialer::for_members(&cfg.tls).map_err(NodeError::Usage)?;
-        let proxy_layer = crate::services::proxy::LeaderProxyLayer::new(raft.clone(), dialer);
+        let proxy_layer = crate::services::proxy::LeaderProxyLayer::new(raft.clone(), channels);
         let admin_svc = webmesh_api::v1::admin_server::AdminServer::new(
             crate::services::admin::AdminService::new(raft.clone()),
         );
@@ -624,10 +627,13 @@ impl Node {
             }
         }
         let _ = self.stop.send(true);
-        if let Some(net) = &self.net {
-            net.stop();
-            let iface = net.iface.clone();
-            let _ = tokio::task::spawn_blocking(move || iface.remove()).await;
+        if let Some(net) = self.net.take() {
+            // Undoing host changes and removing the interface both block.
+            let _ = tokio::task::spawn_blocking(move || {
+                net.stop();
+                net.iface.remove();
+            })
+            .await;
         }
         self.raft.shutdown().await;
         self.plugins.shutdown().await;

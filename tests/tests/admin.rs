@@ -48,6 +48,26 @@ fn deny_acl(name: &str) -> NetworkAcl {
     }
 }
 
+/// Starts `h1` as the bootstrap node of a new mesh (with `extra` flags) and waits for it.
+async fn bootstrap(net: &mut TestNet, extra: &[&str]) -> Result<()> {
+    let h1 = net.add_host("h1")?;
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
+    h1.args.extend(extra.iter().map(|s| s.to_string()));
+    h1.start()?;
+    h1.wait_ready(READY).await?;
+    Ok(())
+}
+
+/// Adds host `id` that reaches the mesh through h1 (`how`: `--join` or `--discover`),
+/// public, with `extra` flags; not started.
+fn add_member(net: &mut TestNet, id: &str, how: &str, extra: &[&str]) -> Result<()> {
+    let h1 = net.grpc("h1");
+    let h = net.add_host(id)?;
+    h.args = vec![how.into(), h1, "--endpoint".into(), h.ip.to_string()];
+    h.args.extend(extra.iter().map(|s| s.to_string()));
+    Ok(())
+}
+
 const ADMIN: Option<(&str, &str)> = Some(("admin", "adm1n"));
 const ALICE: Option<(&str, &str)> = Some(("alice", "al1ce"));
 
@@ -261,20 +281,10 @@ fn wmctl(net: &TestNet, host: &str, args: &[&str]) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind() -> Result<()> {
     let mut net = TestNet::new()?;
-    let h1 = net.add_host("h1")?;
-    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
-    h1.start()?;
-    h1.wait_ready(READY).await?;
-    let join = net.grpc("h1");
+    bootstrap(&mut net, &[]).await?;
     for id in ["h2", "h3"] {
-        let h = net.add_host(id)?;
-        h.args = vec![
-            "--join".into(),
-            join.clone(),
-            "--endpoint".into(),
-            h.ip.to_string(),
-        ];
-        h.start()?;
+        add_member(&mut net, id, "--join", &[])?;
+        net.host(id).start()?;
     }
     for id in ["h2", "h3"] {
         net.host(id).wait_ready(READY).await?;
@@ -496,20 +506,8 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_route_through_a_gateway_reaches_the_network_behind_it() -> Result<()> {
     let mut net = TestNet::new()?;
-    let h1 = net.add_host("h1")?;
-    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
-    h1.start()?;
-    h1.wait_ready(READY).await?;
-    let join = net.grpc("h1");
-    let gw = net.add_host("gw")?;
-    gw.args = vec![
-        "--join".into(),
-        join.clone(),
-        "--endpoint".into(),
-        gw.ip.to_string(),
-        "--route".into(),
-        "192.168.77.0/24".into(),
-    ];
+    bootstrap(&mut net, &[]).await?;
+    add_member(&mut net, "gw", "--join", &["--route", "192.168.77.0/24"])?;
     let lan = net.add_lan("gw", "192.168.77.1", "192.168.77.2", 24)?;
     // Without a right to routes, the join is refused, naming the action.
     net.host("gw").start()?;
@@ -556,15 +554,9 @@ async fn a_route_through_a_gateway_reaches_the_network_behind_it() -> Result<()>
     )?;
     net.host("gw").start()?;
     net.host("gw").wait_ready(READY).await?;
-    let h2 = net.add_host("h2")?;
-    h2.args = vec![
-        "--join".into(),
-        join,
-        "--endpoint".into(),
-        h2.ip.to_string(),
-    ];
-    h2.start()?;
-    h2.wait_ready(READY).await?;
+    add_member(&mut net, "h2", "--join", &[])?;
+    net.host("h2").start()?;
+    net.host("h2").wait_ready(READY).await?;
     let routes = wmctl(&net, "h1", &["get", "routes", "gw-auto", "-o", "json"])?;
     ensure!(routes.contains("192.168.77.0/24"), "{routes}");
     // h2 and h1 reach the host behind gw through the mesh; it answers through gw.
@@ -600,26 +592,11 @@ fn connects(net: &TestNet, host: &str, addr: &str, port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()> {
     let mut net = TestNet::new()?;
-    let h1 = net.add_host("h1")?;
     // RBAC off: any node may shape this lab mesh (h2 puts the ACL below).
-    h1.args = vec![
-        "--bootstrap".into(),
-        "--bootstrap-disable-rbac".into(),
-        "--endpoint".into(),
-        h1.ip.to_string(),
-    ];
-    h1.start()?;
-    h1.wait_ready(READY).await?;
-    let join = net.grpc("h1");
-    let h2 = net.add_host("h2")?;
-    h2.args = vec![
-        "--join".into(),
-        join,
-        "--endpoint".into(),
-        h2.ip.to_string(),
-    ];
-    h2.start()?;
-    h2.wait_ready(READY).await?;
+    bootstrap(&mut net, &["--bootstrap-disable-rbac"]).await?;
+    add_member(&mut net, "h2", "--join", &[])?;
+    net.host("h2").start()?;
+    net.host("h2").wait_ready(READY).await?;
     let nodes = net.hosts["h1"].nodes().await?;
     wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
     // Two TCP listeners on h2 (the namespace's processes die with the test network).
@@ -691,23 +668,23 @@ async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_exit_node_carries_the_default_route() -> Result<()> {
+    const PUT_EXIT: &[&str] = &[
+        "put",
+        "route",
+        "--name",
+        "exit",
+        "--node",
+        "ex",
+        "--cidr",
+        "0.0.0.0/0",
+    ];
     let mut net = TestNet::new()?;
-    let h1 = net.add_host("h1")?;
-    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
-    h1.start()?;
-    h1.wait_ready(READY).await?;
-    let join = net.grpc("h1");
+    bootstrap(&mut net, &[]).await?;
     // h2 finds the mesh's members through PeerDiscovery instead of a join address.
     for (id, how) in [("ex", "--join"), ("h2", "--discover")] {
-        let h = net.add_host(id)?;
-        h.args = vec![
-            how.into(),
-            join.clone(),
-            "--endpoint".into(),
-            h.ip.to_string(),
-        ];
-        h.start()?;
-        h.wait_ready(READY).await?;
+        add_member(&mut net, id, how, &[])?;
+        net.host(id).start()?;
+        net.host(id).wait_ready(READY).await?;
     }
     ensure!(
         net.hosts["h2"]
@@ -721,20 +698,7 @@ async fn an_exit_node_carries_the_default_route() -> Result<()> {
         .args(["-n", &outside, "route", "del", "default"])
         .status()?;
     ensure!(!net.hosts["h2"].ping("198.51.100.2"), "no way out before");
-    wmctl(
-        &net,
-        "h1",
-        &[
-            "put",
-            "route",
-            "--name",
-            "exit",
-            "--node",
-            "ex",
-            "--cidr",
-            "0.0.0.0/0",
-        ],
-    )?;
+    wmctl(&net, "h1", PUT_EXIT)?;
     wait_for(
         "h2 to reach the outside through ex",
         Duration::from_secs(20),
@@ -762,20 +726,7 @@ async fn an_exit_node_carries_the_default_route() -> Result<()> {
     .await?;
     ensure!(net.hosts["h2"].ping(&h1_ip), "underlay after");
     // Put it back, then stop the nodes: they take their routing rules and NAT along.
-    wmctl(
-        &net,
-        "h1",
-        &[
-            "put",
-            "route",
-            "--name",
-            "exit",
-            "--node",
-            "ex",
-            "--cidr",
-            "0.0.0.0/0",
-        ],
-    )?;
+    wmctl(&net, "h1", PUT_EXIT)?;
     wait_for("the way out again", Duration::from_secs(20), || async {
         net.hosts["h2"].ping("198.51.100.2").then_some(())
     })

@@ -1096,48 +1096,22 @@ async fn put(conn: &Conn, kind: Kind, a: &PutArgs) -> Result<(), Fail> {
 
 async fn delete(conn: &Conn, kind: Kind, name: &str) -> Result<(), Fail> {
     let mut admin = conn.admin();
-    let n = name.to_string();
+    macro_rules! by_name {
+        ($rpc:ident, $t:ident) => {
+            admin
+                .$rpc(conn.req($t {
+                    name: name.to_string(),
+                    ..Default::default()
+                }))
+                .await
+        };
+    }
     match kind {
-        Kind::Roles => {
-            admin
-                .delete_role(conn.req(Role {
-                    name: n,
-                    ..Default::default()
-                }))
-                .await
-        }
-        Kind::Rolebindings => {
-            admin
-                .delete_role_binding(conn.req(RoleBinding {
-                    name: n,
-                    ..Default::default()
-                }))
-                .await
-        }
-        Kind::Groups => {
-            admin
-                .delete_group(conn.req(Group {
-                    name: n,
-                    ..Default::default()
-                }))
-                .await
-        }
-        Kind::Networkacls => {
-            admin
-                .delete_network_acl(conn.req(NetworkAcl {
-                    name: n,
-                    ..Default::default()
-                }))
-                .await
-        }
-        Kind::Routes => {
-            admin
-                .delete_route(conn.req(Route {
-                    name: n,
-                    ..Default::default()
-                }))
-                .await
-        }
+        Kind::Roles => by_name!(delete_role, Role),
+        Kind::Rolebindings => by_name!(delete_role_binding, RoleBinding),
+        Kind::Groups => by_name!(delete_group, Group),
+        Kind::Networkacls => by_name!(delete_network_acl, NetworkAcl),
+        Kind::Routes => by_name!(delete_route, Route),
         Kind::Edges => {
             let (source, target) = edge_name(name)?;
             admin

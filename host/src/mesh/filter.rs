@@ -129,28 +129,21 @@ pub fn ruleset(view: &MeshView, me: &str, iface: &str) -> Option<String> {
         for family in ["ip", "ip6"] {
             let fam =
                 |n: &IpNet| matches!((family, n), ("ip", IpNet::V4(_)) | ("ip6", IpNet::V6(_)));
+            // Each source list that applies must hold; one with nothing of this
+            // family means the rule cannot match in it.
             let mut addr = Vec::new();
-            if let Some(srcs) = &node_srcs {
+            let mut matchable = true;
+            for srcs in [&node_srcs, &cidr_srcs].into_iter().flatten() {
                 let s: BTreeSet<String> = srcs
                     .iter()
                     .filter(|n| fam(n))
                     .map(|n| n.to_string())
                     .collect();
-                if s.is_empty() {
-                    continue; // no source of this family: the rule cannot match
-                }
+                matchable &= !s.is_empty();
                 addr.push(format!("{family} saddr {}", set(&s)));
             }
-            if let Some(srcs) = &cidr_srcs {
-                let s: BTreeSet<String> = srcs
-                    .iter()
-                    .filter(|n| fam(n))
-                    .map(|n| n.to_string())
-                    .collect();
-                if s.is_empty() {
-                    continue;
-                }
-                addr.push(format!("{family} saddr {}", set(&s)));
+            if !matchable {
+                continue;
             }
             if addr.is_empty() {
                 addr.push(format!(

@@ -638,25 +638,29 @@ mod tests {
         assert_eq!(route(&leaf, "10.0.0.30"), Some("n00"));
     }
 
+    /// A small deterministic generator for the property tests.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     #[test]
     fn peering_is_symmetric_on_random_graphs() {
         // Property: b is a's peer iff a is b's peer; every reachable address routes to
         // exactly one peer; and a's packets to z arrive at z from the peer z routes a
         // through (WireGuard drops them otherwise).
-        let mut seed = 0x2545f4914f6cdd1du64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x2545f4914f6cdd1du64);
         for _ in 0..200 {
             let names: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
             let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
             let mut edges = Vec::new();
             for i in 0..12 {
                 for j in i + 1..12 {
-                    if rnd() % 4 == 0 {
+                    if rnd().is_multiple_of(4) {
                         edges.push((refs[i], refs[j], (rnd() % 3 + 1) as i32));
                     }
                 }
@@ -708,20 +712,14 @@ mod tests {
         //   peer's allowed IPs, and no peer carries the summarised mesh networks);
         // - every route a node can reach is on exactly one of its peers: the first hop
         //   towards the nearest node serving it; a server never routes its own CIDRs.
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = xorshift(0x9e3779b97f4a7c15u64);
         for round in 0..150 {
             let names: Vec<String> = (0..10).map(|i| format!("n{i:02}")).collect();
             let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
             let mut edges = Vec::new();
             for i in 0..10 {
                 for j in i + 1..10 {
-                    if rnd() % 3 == 0 {
+                    if rnd().is_multiple_of(3) {
                         edges.push((refs[i], refs[j], (rnd() % 3 + 1) as i32));
                     }
                 }

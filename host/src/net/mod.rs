@@ -123,17 +123,6 @@ impl MeshNet {
             filter_broken: false,
             host_state: Default::default(),
         };
-        // Said at start-up, not only when an ACL needs it: an operator should know
-        // before writing one.
-        if std::process::Command::new("nft")
-            .arg("--version")
-            .output()
-            .map_or(true, |o| !o.status.success())
-        {
-            warn!(
-                "nft (nftables) is not available: network ACLs that name protocols or ports will NOT be enforced on this node"
-            );
-        }
         let host_state = worker.host_state.clone();
         let task = tokio::spawn(worker.run(raft, events, initial).in_current_span());
         MeshNet {
@@ -199,6 +188,16 @@ impl Worker {
         mut events: broadcast::Receiver<StateEvent>,
         initial: Vec<WireGuardPeer>,
     ) {
+        // Said at start-up, not only when an ACL needs it: an operator should know
+        // before writing one.
+        if !tokio::task::spawn_blocking(routing::nft_available)
+            .await
+            .unwrap_or(false)
+        {
+            warn!(
+                "nft (nftables) is not available: network ACLs that name protocols or ports will NOT be enforced on this node"
+            );
+        }
         let mut view = load_view(&raft.engine);
         let mut index = raft.metrics().last_applied.map(|l| l.index).unwrap_or(0);
         if !view.nodes.contains_key(&self.me) && !initial.is_empty() {

@@ -91,6 +91,14 @@ pub fn masquerade(iface: &str, on: bool) -> Result<(), String> {
     nft(&script)
 }
 
+/// Whether `nft` runs here.
+pub fn nft_available() -> bool {
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Runs an `nft -f -` script.
 pub fn nft(script: &str) -> Result<(), String> {
     use std::io::Write;

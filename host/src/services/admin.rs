@@ -12,7 +12,7 @@ use webmesh_api::v1::{
     Roles, Route, Routes, RuleVerb,
 };
 
-use super::{Caller, authorize, internal, propose_status, request_caller};
+use super::{Caller, authorize, internal, propose_status, read_all, request_caller};
 use crate::mesh::admin::{self, Invalid, Kind};
 use crate::mesh::rbac::Action;
 use crate::mesh::{ids, keys};
@@ -202,20 +202,9 @@ impl AdminService {
     }
 
     fn list<O: Object>(&self) -> Result<Vec<O>, Status> {
-        let entries = self
-            .raft
-            .engine
-            .list(O::KIND.prefix())
-            .map_err(|e| internal("reading the state", e))?;
-        Ok(entries
+        Ok(read_all(&self.raft.engine, O::KIND.prefix())?
             .into_iter()
-            .filter_map(|e| match serde_json::from_str(&e.value) {
-                Ok(o) => Some(o),
-                Err(err) => {
-                    tracing::warn!(key = %e.key, error = %err, "skipping an undecodable object");
-                    None
-                }
-            })
+            .map(|(_, o)| o)
             .collect())
     }
 }

@@ -55,6 +55,16 @@ pub struct AuthService<S> {
     layer: AuthLayer,
 }
 
+/// The peer address of an HTTP request, over plain TCP or TLS.
+pub fn remote_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+    req.extensions()
+        .get::<TcpConnectInfo>()
+        .or(tls.map(|t| t.get_ref()))
+        .and_then(|i| i.remote_addr())
+        .map(|a| a.ip())
+}
+
 /// The request's metadata as the plugin sees it: text headers, names in lower case,
 /// HTTP/2 and gRPC transport headers left out.
 pub fn auth_headers(headers: &http::HeaderMap) -> HashMap<String, String> {
@@ -97,12 +107,7 @@ where
                 return inner.call(req).await;
             };
             let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-            let remote = req
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .or(tls.map(|t| t.get_ref()))
-                .and_then(|i| i.remote_addr())
-                .map(|a| a.ip());
+            let remote = remote_ip(&req);
             if let Caller::Node(_) = identify(remote, &layer.local, &layer.members) {
                 return inner.call(req).await;
             }

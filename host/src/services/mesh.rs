@@ -12,7 +12,7 @@ use webmesh_api::v1::{
     RaftPeer,
 };
 
-use super::internal;
+use super::{internal, read_all};
 use crate::mesh::{graph, ids, keys};
 use crate::raft::RaftNode;
 
@@ -26,14 +26,9 @@ impl MeshService {
     }
 
     fn nodes(&self) -> Result<Vec<MeshNode>, Status> {
-        let entries = self
-            .raft
-            .engine
-            .list(keys::NODES)
-            .map_err(|e| internal("reading the state", e))?;
-        let mut nodes: Vec<MeshNode> = entries
-            .iter()
-            .filter_map(|e| serde_json::from_str(&e.value).ok())
+        let mut nodes: Vec<MeshNode> = read_all(&self.raft.engine, keys::NODES)?
+            .into_iter()
+            .map(|(_, n)| n)
             .collect();
         for n in &mut nodes {
             n.cluster_status = cluster_status(&self.raft, &n.id) as i32;
@@ -42,14 +37,9 @@ impl MeshService {
     }
 
     fn edges(&self) -> Result<Vec<MeshEdge>, Status> {
-        let entries = self
-            .raft
-            .engine
-            .list(keys::EDGES)
-            .map_err(|e| internal("reading the state", e))?;
-        Ok(entries
-            .iter()
-            .filter_map(|e| serde_json::from_str(&e.value).ok())
+        Ok(read_all(&self.raft.engine, keys::EDGES)?
+            .into_iter()
+            .map(|(_, e)| e)
             .collect())
     }
 }

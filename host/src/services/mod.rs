@@ -100,6 +100,27 @@ pub fn request_caller<T>(
     direct
 }
 
+/// Every record under `prefix`, decoded from proto3 JSON, with its key. A record that
+/// does not decode is skipped (and logged): one bad record must not hide the others.
+pub fn read_all<M: serde::de::DeserializeOwned>(
+    engine: &crate::store::engine::Engine,
+    prefix: &str,
+) -> Result<Vec<(String, M)>, Status> {
+    let entries = engine
+        .list(prefix)
+        .map_err(|e| internal("reading the state", e))?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| match serde_json::from_str(&e.value) {
+            Ok(m) => Some((e.key, m)),
+            Err(err) => {
+                tracing::warn!(key = %e.key, error = %err, "skipping an undecodable record");
+                None
+            }
+        })
+        .collect())
+}
+
 /// The mesh's RBAC objects, or `None` when the mesh runs with RBAC off.
 pub fn load_policy(
     engine: &crate::store::engine::Engine,
@@ -113,27 +134,20 @@ pub fn load_policy(
     {
         return Ok(None);
     }
-    fn decode<M: serde::de::DeserializeOwned>(
-        entries: Vec<crate::store::engine::Entry>,
-    ) -> std::collections::BTreeMap<String, M> {
-        entries
+    // Keyed by the object's name: the last segment of its key.
+    fn by_name<M: serde::de::DeserializeOwned>(
+        engine: &crate::store::engine::Engine,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, M>, Status> {
+        Ok(read_all(engine, prefix)?
             .into_iter()
-            .filter_map(|e| {
-                let name = e.key.rsplit('/').next()?.to_string();
-                match serde_json::from_str(&e.value) {
-                    Ok(m) => Some((name, m)),
-                    Err(err) => {
-                        tracing::warn!(key = %e.key, error = %err, "skipping an undecodable RBAC object");
-                        None
-                    }
-                }
-            })
-            .collect()
+            .map(|(k, m)| (k[prefix.len()..].to_string(), m))
+            .collect())
     }
     Ok(Some(crate::mesh::rbac::Policy {
-        roles: decode(engine.list(keys::ROLES).map_err(read)?),
-        bindings: decode(engine.list(keys::ROLE_BINDINGS).map_err(read)?),
-        groups: decode(engine.list(keys::GROUPS).map_err(read)?),
+        roles: by_name(engine, keys::ROLES)?,
+        bindings: by_name(engine, keys::ROLE_BINDINGS)?,
+        groups: by_name(engine, keys::GROUPS)?,
     }))
 }
 

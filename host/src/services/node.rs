@@ -37,7 +37,7 @@ pub struct NodeService {
     info: Arc<NodeInfo>,
     /// WireGuard metrics, once the interface is up (a blocking call).
     metrics: Arc<dyn Fn() -> Option<InterfaceMetrics> + Send + Sync>,
-    channels: Channels,
+    channels: Arc<Channels>,
     /// The mesh runs without WireGuard: members are reached on their primary endpoints.
     underlay: bool,
     ipam: crate::plugins::Ipam,
@@ -57,15 +57,15 @@ impl NodeService {
             raft,
             info,
             metrics,
-            channels: Channels::default(),
+            channels: Default::default(),
             underlay: false,
             ipam: Default::default(),
         }
     }
 
-    /// How to reach other members (TLS when the API speaks it).
-    pub fn dialer(mut self, dialer: crate::tls::Dialer) -> Self {
-        self.channels = Channels::new(dialer);
+    /// How to reach other members (shared with the leader proxy: one connection each).
+    pub fn channels(mut self, channels: Arc<Channels>) -> Self {
+        self.channels = channels;
         self
     }
 

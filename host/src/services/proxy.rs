@@ -9,10 +9,9 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tonic::Status;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::ServiceExt;
 
-use super::auth::Authenticated;
+use super::auth::{Authenticated, remote_ip};
 use super::{CALLER_HEADER, Caller, Channels, FORWARDED_HEADER, PREFER_LEADER_HEADER, identify};
 use crate::raft::RaftNode;
 
@@ -46,18 +45,15 @@ pub fn route(path: &str, prefer_leader: bool) -> Route {
 
 struct Ctx {
     raft: RaftNode,
-    channels: Channels,
+    channels: Arc<Channels>,
 }
 
 #[derive(Clone)]
 pub struct LeaderProxyLayer(Arc<Ctx>);
 
 impl LeaderProxyLayer {
-    pub fn new(raft: RaftNode, dialer: crate::tls::Dialer) -> LeaderProxyLayer {
-        LeaderProxyLayer(Arc::new(Ctx {
-            raft,
-            channels: Channels::new(dialer),
-        }))
+    pub fn new(raft: RaftNode, channels: Arc<Channels>) -> LeaderProxyLayer {
+        LeaderProxyLayer(Arc::new(Ctx { raft, channels }))
     }
 }
 
@@ -124,16 +120,11 @@ where
             };
             let caller = match req.extensions().get::<Authenticated>() {
                 Some(a) => Caller::User(a.0.clone()),
-                None => {
-                    let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-                    let remote = req
-                        .extensions()
-                        .get::<TcpConnectInfo>()
-                        .or(tls.map(|t| t.get_ref()))
-                        .and_then(|i| i.remote_addr())
-                        .map(|a| a.ip());
-                    identify(remote, &ctx.raft.name, &ctx.raft.state_machine.members())
-                }
+                None => identify(
+                    remote_ip(&req),
+                    &ctx.raft.name,
+                    &ctx.raft.state_machine.members(),
+                ),
             };
             let headers = req.headers_mut();
             for (k, v) in [
