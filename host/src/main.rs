@@ -2,16 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use webmesh::config::{Config, Flags};
+use webmesh::config::{self, Config};
 use webmesh::node::Node;
 
 const QUIET: &str =
     "openraft=error,openraft::replication=off,defguard_wireguard_rs=warn,defguard_boringtun=error";
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
-        Ok(f) => f,
+    let matches = match config::command().try_get_matches() {
+        Ok(m) => m,
         Err(e) => {
             use clap::error::ErrorKind::*;
             if matches!(
@@ -27,14 +26,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match Config::load(&flags) {
+    let cfg = match Config::from_matches(&matches) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("webmesh: {e}");
             return ExitCode::from(2);
         }
     };
-    if flags.print_config {
+    if matches.get_flag("print-config") {
         print!("{}", cfg.to_yaml());
         return ExitCode::SUCCESS;
     }

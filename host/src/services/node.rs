@@ -17,8 +17,8 @@ use webmesh_api::v1::{
 
 use super::membership::{self as membership_svc, field_status};
 use super::{
-    Caller, Channels, authorize, identify, internal, node_actions, node_principal, propose_status,
-    request_caller,
+    Caller, Channels, authorize, identity::identify, internal, node_actions, node_principal,
+    propose_status, request_caller,
 };
 use crate::mesh::{ids, keys, membership};
 use crate::raft::RaftNode;
@@ -254,7 +254,7 @@ impl Node for NodeService {
             Caller::Node(_)
         ) && req
             .extensions()
-            .get::<super::auth::Authenticated>()
+            .get::<super::identity::Authenticated>()
             .is_none();
         let via = req
             .metadata()

@@ -1,4 +1,4 @@
-//! The leader proxy: a tower layer (inside the auth layer) that sends leader-only RPCs
+//! Where a call runs. The leader proxy: a tower layer (inside the auth layer) that sends leader-only RPCs
 //! arriving at a follower — Admin writes — to the leader, and reads too when the caller
 //! asks with `x-webmesh-prefer-leader: true`. The request travels unchanged (HTTP/2
 //! frames, deadline, credentials), plus the caller's identity in `x-webmesh-caller`,
@@ -11,9 +11,40 @@ use futures::future::BoxFuture;
 use tonic::Status;
 use tower::ServiceExt;
 
-use super::auth::{Authenticated, remote_ip};
-use super::{CALLER_HEADER, Caller, Channels, FORWARDED_HEADER, PREFER_LEADER_HEADER, identify};
+use super::identity::{
+    Authenticated, CALLER_HEADER, Caller, FORWARDED_HEADER, PREFER_LEADER_HEADER, identify,
+    remote_ip,
+};
 use crate::raft::RaftNode;
+
+/// gRPC channels to other members, made once and kept (they reconnect by themselves).
+#[derive(Default)]
+pub struct Channels {
+    cache: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    dialer: crate::tls::Dialer,
+}
+
+impl Channels {
+    pub fn new(dialer: crate::tls::Dialer) -> Channels {
+        Channels {
+            cache: Default::default(),
+            dialer,
+        }
+    }
+
+    pub fn get(&self, addr: &str) -> Result<tonic::transport::Channel, Status> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = cache.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = self
+            .dialer
+            .channel(addr, None)
+            .map_err(|e| Status::unavailable(format!("bad member address {addr}: {e}")))?;
+        cache.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
 
 /// What the proxy does with a request, by its gRPC path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

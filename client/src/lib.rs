@@ -1,0 +1,6 @@
+//! What the node and `wmctl` share as clients of a mesh. No RocksDB, no wasmtime, no
+//! openraft: building the CLI must stay cheap.
+//!
+//! - [`proof`]: proving possession of a node's WireGuard key in an API or Raft call.
+
+pub mod proof;

@@ -1,0 +1,162 @@
+//! The table: every node setting, once. A row is
+//!
+//! ```text
+//! /// Help text (also the documentation of the field).
+//! field: Type = default => "key" "VALUE-NAME" kind(parser) [omit_empty];
+//! ```
+//!
+//! `kind` is `one` (a value), `opt` (an optional value), `switch` (a boolean) or
+//! `many` (a list); `parser` turns one text into the value (`values.rs`);
+//! `omit_empty` leaves an unset value out of `--print-config`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::values::{self as v, DefaultPolicy};
+use super::{ConfigError, Kind, PluginSettings, Row, Sources, put_yaml};
+
+macro_rules! kind {
+    (one) => {
+        Kind::One
+    };
+    (opt) => {
+        Kind::One
+    };
+    (switch) => {
+        Kind::Switch
+    };
+    (many) => {
+        Kind::Many
+    };
+}
+
+macro_rules! omit {
+    () => {
+        false
+    };
+    (omit_empty) => {
+        true
+    };
+}
+
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident: $ty:ty = $default:expr =>
+            $key:literal $value_name:literal $kind:ident($parse:expr) $($omit:ident)?;
+    )*) => {
+        /// The effective, validated settings of a node.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $field: $ty, )*
+            /// Plugins by name (`--plugin`, `--plugin-config`, the file's `plugins:`).
+            pub plugins: BTreeMap<String, PluginSettings>,
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    $( $field: $default, )*
+                    plugins: BTreeMap::new(),
+                }
+            }
+        }
+
+        pub(crate) const ROWS: &[Row] = &[
+            $( Row { key: $key, value_name: $value_name, help: &[$($doc),+], kind: kind!($kind) }, )*
+        ];
+
+        impl Config {
+            pub(super) fn set_rows(&mut self, src: &Sources) -> Result<(), ConfigError> {
+                $(
+                    if let Some(raw) = src.raw($key, kind!($kind))? {
+                        self.$field = src.$kind($key, raw, $parse)?;
+                    }
+                )*
+                Ok(())
+            }
+
+            pub(super) fn rows_yaml(&self, out: &mut serde_norway::Mapping) {
+                $( put_yaml(out, $key, &self.$field, omit!($($omit)?)); )*
+            }
+        }
+    };
+}
+
+settings! {
+    /// This node's ID [default: the stored ID, else the hostname].
+    node_id: Option<String> = None => "node-id" "ID" opt(v::node_id);
+    /// Where the node keeps its Raft log, state, keys and identity [default: /var/lib/webmesh].
+    data_dir: PathBuf = PathBuf::from("/var/lib/webmesh") => "data-dir" "DIR" one(v::path);
+    /// Address of the public gRPC API [default: [::]:8443].
+    grpc_listen: SocketAddr = SocketAddr::from(([0u16; 8], 8443)) => "grpc-listen" "ADDR" one(v::listen);
+    /// TCP port of the internal Raft transport [default: 9443].
+    raft_port: u16 = 9443 => "raft-port" "N" one(v::port);
+    /// Create a new mesh in the data dir (resumes it if it exists).
+    bootstrap: bool = false => "bootstrap" "BOOL" switch(v::boolean);
+    /// IPv4 network of a new mesh [default: 172.16.0.0/12].
+    ipv4_network: Ipv4Net = Ipv4Net::new(std::net::Ipv4Addr::new(172, 16, 0, 0), 12).expect("valid default")
+        => "ipv4-network" "CIDR" one(v::ipv4_network);
+    /// IPv6 /48 of a new mesh [default: a random ULA /48].
+    ipv6_network: Option<Ipv6Net> = None => "ipv6-network" "CIDR" opt(v::ipv6_network);
+    /// DNS domain of a new mesh [default: webmesh.internal].
+    mesh_domain: String = "webmesh.internal".into() => "mesh-domain" "DOMAIN" one(v::domain);
+    /// Network ACL policy of a new mesh: accept or deny [default: accept].
+    bootstrap_default_policy: DefaultPolicy = DefaultPolicy::Accept
+        => "bootstrap-default-policy" "accept|deny" one(v::default_policy);
+    /// Node IDs that may join a new mesh as Raft voters (the `voters` group; repeatable).
+    bootstrap_voters: Vec<String> = vec![] => "bootstrap-voters" "ID" many(v::node_id) omit_empty;
+    /// Create a new mesh with RBAC off: every caller may do everything (labs only).
+    bootstrap_disable_rbac: bool = false => "bootstrap-disable-rbac" "BOOL" switch(v::boolean);
+    /// A CIDR this node routes into the mesh (repeatable; needs RBAC's put routes).
+    route: Vec<String> = vec![] => "route" "CIDR" many(v::route) omit_empty;
+    /// gRPC address of a mesh node to join through (repeatable; tried in order, with
+    /// retries).
+    join: Vec<String> = vec![] => "join" "HOST:PORT" many(v::host_port);
+    /// gRPC address of a member serving PeerDiscovery (repeatable): the mesh's Raft
+    /// members found there are tried as join addresses, the leader first.
+    discover: Vec<String> = vec![] => "discover" "HOST:PORT" many(v::host_port) omit_empty;
+    /// Ask for a vote in Raft elections when joining.
+    voter: bool = false => "voter" "BOOL" switch(v::boolean);
+    /// This node's routable IP; unset means behind NAT.
+    endpoint: Option<IpAddr> = None => "endpoint" "IP" opt(v::ip);
+    /// A WireGuard endpoint of this node (repeatable) [default: ENDPOINT:WIREGUARD-PORT].
+    wireguard_endpoint: Vec<SocketAddr> = vec![] => "wireguard-endpoint" "IP:PORT" many(v::socket_addr);
+    /// Zone (e.g. a LAN or datacenter): same-zone nodes peer over LAN endpoints.
+    zone: Option<String> = None => "zone" "ID" opt(v::name);
+    /// WireGuard interface name [default: webmesh0].
+    interface: String = "webmesh0".into() => "interface" "NAME" one(v::ifname);
+    /// WireGuard UDP port [default: 51820].
+    wireguard_port: u16 = 51820 => "wireguard-port" "N" one(v::port);
+    /// MTU of the WireGuard interface [default: 1420].
+    mtu: u32 = 1420 => "mtu" "N" one(v::mtu);
+    /// Leave the mesh (release addresses, drop Raft membership) on SIGTERM/SIGINT.
+    leave_on_shutdown: bool = false => "leave-on-shutdown" "BOOL" switch(v::boolean);
+    /// Run without a WireGuard interface: Raft and the API use the listen addresses
+    /// (labs and benchmarks; the mesh carries no traffic).
+    no_wireguard: bool = false => "no-wireguard" "BOOL" switch(v::boolean);
+    /// Log filter (tracing EnvFilter syntax) [default: info].
+    log_level: String = "info".into() => "log-level" "FILTER" one(v::log_filter);
+    /// Username this node presents to the mesh it joins (the auth-basic plugin).
+    auth_basic_user: Option<String> = None => "auth-basic-user" "NAME" opt(v::text);
+    /// File holding the password for --auth-basic-user (first line).
+    auth_basic_password_file: Option<PathBuf> = None => "auth-basic-password-file" "FILE" opt(v::path);
+    /// PEM certificate (chain) of the API's TLS listener; with --tls-key turns TLS on.
+    tls_cert: Option<PathBuf> = None => "tls-cert" "FILE" opt(v::path) omit_empty;
+    /// PEM private key for --tls-cert.
+    tls_key: Option<PathBuf> = None => "tls-key" "FILE" opt(v::path) omit_empty;
+    /// PEM CA bundle: ask API clients for certificates and verify those they present
+    /// (an AUTH plugin such as auth-mtls decides what a certificate is worth).
+    tls_client_ca: Option<PathBuf> = None => "tls-client-ca" "FILE" opt(v::path) omit_empty;
+    /// PEM CA bundle that signs the API certificates of the mesh this node joins.
+    tls_ca: Option<PathBuf> = None => "tls-ca" "FILE" opt(v::path) omit_empty;
+    /// PEM client certificate this node presents when it joins.
+    tls_client_cert: Option<PathBuf> = None => "tls-client-cert" "FILE" opt(v::path) omit_empty;
+    /// PEM private key for --tls-client-cert.
+    tls_client_key: Option<PathBuf> = None => "tls-client-key" "FILE" opt(v::path) omit_empty;
+    /// Talk TLS to the join addresses without verifying their certificates (labs only).
+    tls_skip_verify: bool = false => "tls-skip-verify" "BOOL" switch(v::boolean);
+}

@@ -1,0 +1,192 @@
+//! Parsers of single setting values: each takes the text a flag, an environment
+//! variable or the config file gave, and returns the typed value or why it is wrong.
+//! The caller adds the key and the value to the message.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::ids;
+
+/// What a new mesh does with traffic no network ACL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    #[default]
+    Accept,
+    Deny,
+}
+
+pub fn default_policy(s: &str) -> Result<DefaultPolicy, String> {
+    match s {
+        "accept" => Ok(DefaultPolicy::Accept),
+        "deny" => Ok(DefaultPolicy::Deny),
+        _ => Err("must be accept or deny".into()),
+    }
+}
+
+pub fn node_id(s: &str) -> Result<String, String> {
+    ids::validate_node_id(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+pub fn name(s: &str) -> Result<String, String> {
+    ids::validate_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+pub fn path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Free text without control characters (user names and the like).
+pub fn text(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(char::is_control) {
+        return Err("must be a non-empty name".into());
+    }
+    Ok(s.to_string())
+}
+
+pub fn boolean(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+pub fn port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err("must be a port number 1-65535".into()),
+        Ok(p) => Ok(p),
+    }
+}
+
+pub fn mtu(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(m) if (1280..=9000).contains(&m) => Ok(m),
+        _ => Err("must be 1280-9000 (IPv6 needs at least 1280)".into()),
+    }
+}
+
+pub fn ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| "must be an IP address".into())
+}
+
+/// `IP:PORT` with a non-zero port.
+pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| "must be IP:PORT or [IPv6]:PORT".to_string())?;
+    if addr.port() == 0 {
+        return Err("port must be 1-65535".into());
+    }
+    Ok(addr)
+}
+
+/// Accepts `HOST:PORT` with an IP host, or a bare `:PORT` meaning every address.
+pub fn listen(s: &str) -> Result<SocketAddr, String> {
+    if let Some(p) = s.strip_prefix(':') {
+        return Ok(SocketAddr::from(([0u16; 8], port(p)?)));
+    }
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| "must be IP:PORT, [IPv6]:PORT or :PORT".to_string())?;
+    if addr.port() == 0 {
+        return Err("port must be 1-65535".into());
+    }
+    Ok(addr)
+}
+
+/// `host:port` with a port; the host may be a name.
+pub fn host_port(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    let (host, p) = s.rsplit_once(':').ok_or("must be HOST:PORT")?;
+    port(p)?;
+    if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
+        return Err("must be HOST:PORT".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A network CIDR without host bits (`192.168.1.0/24`).
+pub fn route(s: &str) -> Result<String, String> {
+    let net: ipnet::IpNet = s
+        .parse()
+        .map_err(|_| "must be a CIDR like 192.168.1.0/24")?;
+    if net.trunc() != net {
+        return Err(format!("has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(s.to_string())
+}
+
+pub fn ipv4_network(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|_| "must be an IPv4 CIDR such as 172.16.0.0/12")?;
+    if net.prefix_len() > 30 {
+        return Err("prefix must be /30 or shorter to hold nodes".into());
+    }
+    if net != net.trunc() {
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+pub fn ipv6_network(s: &str) -> Result<Ipv6Net, String> {
+    let net: Ipv6Net = s
+        .parse()
+        .map_err(|_| "must be an IPv6 CIDR such as fd00:1:2::/48")?;
+    if net.prefix_len() != 48 {
+        return Err("must be a /48 (each node gets a /64 inside it)".into());
+    }
+    if net != net.trunc() {
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// A DNS domain, returned lower case without the trailing dot.
+pub fn domain(s: &str) -> Result<String, String> {
+    let d = s.trim_end_matches('.');
+    if d.is_empty() || d.len() > 253 {
+        return Err("must be a DNS name of 1-253 characters".into());
+    }
+    for label in d.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err("each label must be 1-63 letters, digits or inner hyphens".into());
+        }
+    }
+    Ok(d.to_ascii_lowercase())
+}
+
+/// Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
+pub fn ifname(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("must be 1-15 characters".into());
+    }
+    if s.chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || !c.is_ascii())
+    {
+        return Err("must not contain '/', ':' or spaces".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A tracing `EnvFilter` directive list.
+pub fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}

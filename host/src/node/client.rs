@@ -1,0 +1,243 @@
+//! This node as a client of a mesh: the join request, joining through join or
+//! discovery addresses with retries, and leaving.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use defguard_wireguard_rs::key::Key;
+use tracing::{info, warn};
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::{Feature, JoinRequest, JoinResponse, LeaveRequest};
+
+use super::NodeError;
+use crate::config::Config;
+use crate::raft::RaftNode;
+
+/// What this node presents when it calls another mesh's API (join, leave).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    headers: Vec<(
+        &'static str,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )>,
+    dialer: crate::tls::Dialer,
+}
+
+impl Credentials {
+    pub(super) fn load(cfg: &Config) -> Result<Credentials, NodeError> {
+        let mut c = Credentials {
+            dialer: crate::tls::Dialer::for_joining(&cfg.tls()).map_err(NodeError::Usage)?,
+            ..Default::default()
+        };
+        if let (Some(user), Some(file)) = (&cfg.auth_basic_user, &cfg.auth_basic_password_file) {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                NodeError::Usage(format!(
+                    "invalid auth-basic-password-file {:?}: {e}",
+                    file.display()
+                ))
+            })?;
+            let password = text.lines().next().unwrap_or_default();
+            let value = |key: &str, v: &str| {
+                v.parse().map_err(|_| {
+                    NodeError::Usage(format!("invalid {key}: it must be printable ASCII"))
+                })
+            };
+            c.headers.push((
+                "x-webmesh-basic-auth-username",
+                value("auth-basic-user", user)?,
+            ));
+            c.headers.push((
+                "x-webmesh-basic-auth-password",
+                value("auth-basic-password-file", password)?,
+            ));
+        }
+        Ok(c)
+    }
+
+    pub(super) fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        for (k, v) in &self.headers {
+            r.metadata_mut().insert(*k, v.clone());
+        }
+        r
+    }
+}
+
+/// How long a joiner keeps trying its join addresses before giving up.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Asks the leader to remove this node: through the join addresses first (the
+/// underlay), because the reply of a leader reached through the mesh cannot come back
+/// once the leave has removed our tunnel.
+pub(super) async fn leave_mesh(
+    raft: &RaftNode,
+    join: &[String],
+    creds: &Credentials,
+    ipam: &crate::plugins::Ipam,
+) -> Result<(), String> {
+    let req = LeaveRequest {
+        id: raft.name.clone(),
+    };
+    if raft.is_leader() {
+        return crate::services::membership::leave(raft, &req.id, ipam)
+            .await
+            .map_err(|s| s.message().to_string());
+    }
+    let mut targets: Vec<String> = join.to_vec();
+    if let Some(leader) = raft.leader() {
+        targets.push(leader.grpc_addr);
+    }
+    let mut last = "no leader known and no join address".to_string();
+    for t in targets {
+        let attempt = async {
+            let ch = creds.dialer.channel(&t, Some(Duration::from_secs(5)))?;
+            NodeClient::new(ch)
+                .leave(creds.request(req.clone()))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.message().to_string())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{t}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// The request this node joins with.
+pub(super) fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
+    let mut wg_endpoints: Vec<String> = cfg
+        .wireguard_endpoint
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    if wg_endpoints.is_empty()
+        && let Some(ep) = cfg.endpoint
+    {
+        wg_endpoints.push(SocketAddr::new(ep, cfg.wireguard_port).to_string());
+    }
+    JoinRequest {
+        id: name.to_string(),
+        public_key: key.public_key().to_string(),
+        raft_port: i32::from(cfg.raft_port),
+        grpc_port: i32::from(cfg.grpc_listen.port()),
+        meshdns_port: 0,
+        primary_endpoint: cfg.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+        wireguard_endpoints: wg_endpoints,
+        zone_awareness_id: cfg.zone.clone().unwrap_or_default(),
+        assign_ipv4: true,
+        prefer_raft_ipv6: false,
+        as_voter: cfg.voter,
+        routes: cfg.route.clone(),
+        direct_peers: vec![],
+        features: [
+            Feature::Nodes,
+            Feature::LeaderProxy,
+            Feature::MeshApi,
+            Feature::AdminApi,
+            Feature::PeerDiscovery,
+        ]
+        .map(|f| f as i32)
+        .to_vec(),
+    }
+}
+
+/// Tries each join address in order, with backoff between rounds, until one accepts.
+/// Errors a retry cannot fix (bad input, refused credentials) stop at once.
+pub(super) async fn join_mesh(
+    cfg: &Config,
+    name: &str,
+    key: &Key,
+    creds: &Credentials,
+) -> Result<JoinResponse, NodeError> {
+    let req = join_request(cfg, name, key);
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut addrs = discover(&cfg.discover, creds).await;
+        addrs.extend(cfg.join.iter().cloned());
+        addrs.dedup();
+        for addr in &addrs {
+            info!("contacting {addr}");
+            match try_join(addr, &req, creds).await {
+                Ok(resp) => {
+                    let role = if cfg.voter { "voter" } else { "non-voter" };
+                    info!("joined as {role} via {addr}");
+                    info!("address {} {}", resp.address_ipv4, resp.address_ipv6);
+                    return Ok(resp);
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::Unimplemented
+                    ) =>
+                {
+                    return Err(NodeError::Join(format!(
+                        "{addr} refused the join: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    )));
+                }
+                Err(s) => warn!("join via {addr} failed: {:?}: {}", s.code(), s.message()),
+            }
+        }
+        if Instant::now() + backoff > deadline {
+            return Err(NodeError::Join(format!(
+                "no join address accepted within {JOIN_DEADLINE:?}"
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Join addresses from PeerDiscovery: each discovery address's Raft members (leader
+/// first, then voters), then the discovery address itself.
+async fn discover(from: &[String], creds: &Credentials) -> Vec<String> {
+    let mut out = Vec::new();
+    for addr in from {
+        let Ok(ch) = creds.dialer.channel(addr, Some(Duration::from_secs(5))) else {
+            continue;
+        };
+        match webmesh_api::v1::peer_discovery_client::PeerDiscoveryClient::new(ch)
+            .list_peers(creds.request(()))
+            .await
+        {
+            Ok(r) => {
+                let mut peers = r.into_inner().peers;
+                peers.sort_by_key(|p| (!p.leader, !p.voter));
+                let found: Vec<String> = peers
+                    .into_iter()
+                    .map(|p| p.address)
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                info!(via = %addr, peers = ?found, "discovered mesh members");
+                out.extend(found);
+            }
+            Err(e) => warn!(via = %addr, error = %e.message(), "peer discovery failed"),
+        }
+        out.push(addr.clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|a| seen.insert(a.clone()));
+    out
+}
+
+async fn try_join(
+    addr: &str,
+    req: &JoinRequest,
+    creds: &Credentials,
+) -> Result<JoinResponse, tonic::Status> {
+    let ch = creds
+        .dialer
+        .channel(addr, Some(Duration::from_secs(30)))
+        .map_err(|e| tonic::Status::invalid_argument(format!("join address: {e}")))?;
+    NodeClient::new(ch)
+        .join(creds.request(req.clone()))
+        .await
+        .map(|r| r.into_inner())
+}

@@ -1,0 +1,438 @@
+//! A running node: its data dir, identity and keys, Raft, WireGuard and the gRPC
+//! servers, brought up in named steps ([`Node::start`]) and taken down in one place.
+//!
+//! - `datadir`: identity, key, where Raft lives
+//! - `start`: the pure decision resume / bootstrap / join / refuse
+//! - `client`: this node as a client of a mesh (join, discover, leave)
+//! - `bootstrap`: the first node's addresses and the mesh's objects
+//! - `servers`: listeners, the Raft transport and the public API
+
+mod bootstrap;
+mod client;
+mod datadir;
+mod servers;
+pub mod start;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use defguard_wireguard_rs::key::Key;
+use ipnet::{Ipv4Net, Ipv6Net};
+use tracing::{Instrument, info, info_span, warn};
+use webmesh_api::v1::{MeshNode, WireGuardPeer};
+
+pub use client::Credentials;
+pub use datadir::DataDir;
+
+use crate::config::Config;
+use crate::mesh::ipam;
+use crate::net::MeshNet;
+use crate::net::wireguard::Interface;
+use crate::plugins::Plugins;
+use crate::raft::{Member, RaftNode};
+use crate::store::engine::Engine;
+use start::{Facts, Mode, Refusal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Identity(String),
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::engine::StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] crate::raft::ProposeError),
+    #[error("cannot listen on {addr} ({what}): {reason}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+    #[error("join: {0}")]
+    Join(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::StartError),
+}
+
+/// This node's mesh addresses and the networks they sit in.
+#[derive(Debug, Clone)]
+struct Addresses {
+    v4: Option<(Ipv4Addr, Ipv4Net)>,
+    v6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl Addresses {
+    fn from_record(node: &MeshNode, v4net: Option<Ipv4Net>, v6net: Option<Ipv6Net>) -> Addresses {
+        let v4 = node
+            .private_ipv4
+            .parse::<Ipv4Net>()
+            .ok()
+            .zip(v4net)
+            .map(|(a, n)| (a.addr(), n));
+        let v6 = node.private_ipv6.parse::<Ipv6Net>().ok().zip(v6net);
+        Addresses { v4, v6 }
+    }
+
+    /// Interface addresses, with the mesh networks' prefix lengths so that the whole
+    /// mesh routes through the interface.
+    fn interface(&self) -> Vec<(IpAddr, u8)> {
+        let mut out = Vec::new();
+        if let Some((a, n)) = self.v4 {
+            out.push((IpAddr::V4(a), n.prefix_len()));
+        }
+        if let Some((p, n)) = self.v6 {
+            out.push((IpAddr::V6(ipam::ipv6_host(p)), n.prefix_len()));
+        }
+        out
+    }
+
+    fn listen_ips(&self) -> Vec<IpAddr> {
+        self.interface().into_iter().map(|(ip, _)| ip).collect()
+    }
+}
+
+/// What a start has brought up so far. On failure and on shutdown it is taken down
+/// here, in the reverse order of bringing it up.
+#[derive(Default)]
+struct Parts {
+    raft: Option<RaftNode>,
+    plugins: Option<Plugins>,
+    net: Option<MeshNet>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Parts {
+    async fn teardown(mut self) {
+        if let Some(stop) = &self.stop {
+            let _ = stop.send(true);
+        }
+        if let Some(net) = self.net.take() {
+            // Undoing host changes and removing the interface both block.
+            let _ = tokio::task::spawn_blocking(move || {
+                net.stop();
+                net.iface.remove();
+            })
+            .await;
+        }
+        if let Some(raft) = &self.raft {
+            raft.shutdown().await;
+        }
+        if let Some(mut plugins) = self.plugins.take() {
+            plugins.shutdown().await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Where this node stands in the mesh once it has resumed, bootstrapped or joined.
+struct Place {
+    addrs: Addresses,
+    /// The peers a join answered with (the peer manager starts from them).
+    initial_peers: Vec<WireGuardPeer>,
+    zone: String,
+    /// A new mesh's IPv6 /48.
+    bootstrap_v6: Option<Ipv6Net>,
+}
+
+/// A started node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    pub raft: RaftNode,
+    pub grpc_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    leave_on_shutdown: bool,
+    join: Vec<String>,
+    creds: Credentials,
+    parts: Parts,
+}
+
+impl Node {
+    /// Opens the data dir, starts Raft and the servers, and bootstraps, joins or resumes.
+    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        let dir = DataDir::open(&cfg.data_dir)?;
+        let name = dir.node_id(cfg.node_id.as_deref())?;
+        let span = info_span!("node", id = %name);
+        async move {
+            let mut parts = Parts::default();
+            match Self::bring_up(&cfg, &dir, &name, &mut parts).await {
+                Ok(node) => Ok(node),
+                Err(e) => {
+                    parts.teardown().await;
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The steps of a start, in order. Whatever they bring up goes into `parts`.
+    async fn bring_up(
+        cfg: &Config,
+        dir: &DataDir,
+        name: &str,
+        parts: &mut Parts,
+    ) -> Result<Node, NodeError> {
+        let key = dir.wireguard_key()?;
+        let creds = Credentials::load(cfg)?;
+        let raft = parts
+            .raft
+            .insert(RaftNode::start(Engine::open(&dir.raft_path())?, name).await?)
+            .clone();
+        // Plugins before the mesh: one that cannot start stops us before we join.
+        let plugins = parts.plugins.insert(
+            Plugins::start(
+                &cfg.plugins,
+                raft.engine.clone(),
+                Some(cfg.data_dir.join("wasm-cache")),
+            )
+            .await?,
+        );
+        if plugins.auth().is_none() {
+            warn!(
+                "no AUTH plugin: the API trusts callers by address only (loopback acts as this \
+                 node, a mesh address as that node); anyone who reaches the API port can join"
+            );
+        }
+        let mode = Self::decide(cfg, &raft, name).await?;
+        let place = Self::find_place(cfg, &raft, name, &key, &creds, plugins, mode).await?;
+        let iface = Self::bring_up_wireguard(cfg, &key, &place).await?;
+        // Peers before Raft: a joiner's leader reaches it through them.
+        parts.net = iface.clone().map(|iface| {
+            MeshNet::spawn(
+                iface,
+                raft.clone(),
+                place.zone.clone(),
+                place.initial_peers.clone(),
+            )
+        });
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        parts.stop = Some(stop);
+        let raft_listen: Vec<SocketAddr> = if cfg.no_wireguard {
+            vec![SocketAddr::new(cfg.grpc_listen.ip(), cfg.raft_port)]
+        } else {
+            place
+                .addrs
+                .listen_ips()
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, cfg.raft_port))
+                .collect()
+        };
+        let raft_addr =
+            servers::serve_raft(&raft_listen, &raft, stop_rx.clone(), &mut parts.tasks).await?;
+        let (grpc_bound, grpc_incoming) = servers::bind_all(&[cfg.grpc_listen], "gRPC API").await?;
+        let grpc_addr = grpc_bound[0];
+        Self::join_raft(cfg, &raft, name, mode, &place, raft_addr, grpc_addr).await?;
+        parts.tasks.push(raft.spawn_ttl_sweeper());
+        if let Mode::Bootstrap { .. } = mode {
+            bootstrap::ensure_bootstrapped(
+                &raft,
+                cfg,
+                name,
+                &key,
+                &place.addrs,
+                place.bootstrap_v6,
+            )
+            .await?;
+        }
+        let plugins = parts.plugins.as_mut().expect("started above");
+        plugins.start_duties(&raft);
+        let api = servers::Api {
+            cfg,
+            name,
+            raft: &raft,
+            plugins,
+            iface,
+        };
+        parts
+            .tasks
+            .push(servers::serve_api(api, grpc_incoming, stop_rx)?);
+        info!(grpc = %grpc_addr, raft = %raft_addr, "node ready");
+        Ok(Node {
+            raft,
+            grpc_addr,
+            raft_addr,
+            leave_on_shutdown: cfg.leave_on_shutdown,
+            // Leaving goes through the join or discovery addresses (the underlay).
+            join: cfg.join.iter().chain(&cfg.discover).cloned().collect(),
+            creds,
+            parts: std::mem::take(parts),
+        })
+    }
+
+    /// Resume, bootstrap, join or refuse: [`start::decide`] over the data dir's facts.
+    async fn decide(cfg: &Config, raft: &RaftNode, name: &str) -> Result<Mode, NodeError> {
+        let initialized = raft.is_initialized().await;
+        let has_record =
+            initialized && crate::net::load_view(&raft.engine).nodes.contains_key(name);
+        let facts = Facts {
+            initialized,
+            has_record,
+            bootstrap: cfg.bootstrap,
+            can_join: !cfg.join.is_empty() || !cfg.discover.is_empty(),
+        };
+        start::decide(facts).map_err(|r| {
+            let dir = cfg.data_dir.display();
+            NodeError::Usage(match r {
+                Refusal::LeftTheMesh => format!(
+                    "the data dir {dir} holds Raft state but no record of node {name}; it may have left the mesh: remove the data dir to join again"
+                ),
+                Refusal::NothingToDo => format!(
+                    "the data dir {dir} holds no mesh: pass --bootstrap to create one, or --join ADDR or --discover ADDR to join one"
+                ),
+            })
+        })
+    }
+
+    /// This node's addresses and first peers: from its record (resume), from the new
+    /// mesh (bootstrap) or from the join's answer.
+    async fn find_place(
+        cfg: &Config,
+        raft: &RaftNode,
+        name: &str,
+        key: &Key,
+        creds: &Credentials,
+        plugins: &Plugins,
+        mode: Mode,
+    ) -> Result<Place, NodeError> {
+        let zone = cfg.zone.clone().unwrap_or_default();
+        let view = crate::net::load_view(&raft.engine);
+        if let Some(me) = view.nodes.get(name).filter(|_| mode == Mode::Resume) {
+            info!("resuming");
+            return Ok(Place {
+                addrs: Addresses::from_record(me, view.ipv4_network, view.ipv6_network),
+                initial_peers: vec![],
+                zone: if zone.is_empty() {
+                    me.zone_awareness_id.clone()
+                } else {
+                    zone
+                },
+                bootstrap_v6: None,
+            });
+        }
+        if let Mode::Bootstrap { .. } = mode {
+            let (addrs, v6net) = bootstrap::first_addresses(cfg, name, &plugins.ipam()).await?;
+            return Ok(Place {
+                addrs,
+                initial_peers: vec![],
+                zone,
+                bootstrap_v6: Some(v6net),
+            });
+        }
+        let resp = client::join_mesh(cfg, name, key, creds).await?;
+        let me = MeshNode {
+            private_ipv4: resp
+                .address_ipv4
+                .parse::<Ipv4Net>()
+                .map(|n| format!("{}/32", n.addr()))
+                .unwrap_or_default(),
+            private_ipv6: resp.address_ipv6.clone(),
+            ..Default::default()
+        };
+        Ok(Place {
+            addrs: Addresses::from_record(
+                &me,
+                resp.network_ipv4.parse().ok(),
+                resp.network_ipv6.parse().ok(),
+            ),
+            initial_peers: resp.peers,
+            zone,
+            bootstrap_v6: None,
+        })
+    }
+
+    /// The WireGuard interface with this node's addresses (none with `--no-wireguard`).
+    async fn bring_up_wireguard(
+        cfg: &Config,
+        key: &Key,
+        place: &Place,
+    ) -> Result<Option<Arc<Interface>>, NodeError> {
+        if cfg.no_wireguard {
+            return Ok(None);
+        }
+        let (ifname, port, mtu, k, list) = (
+            cfg.interface.clone(),
+            cfg.wireguard_port,
+            cfg.mtu,
+            key.clone(),
+            place.addrs.interface(),
+        );
+        let iface =
+            tokio::task::spawn_blocking(move || Interface::create(&ifname, &k, port, mtu, &list))
+                .await
+                .map_err(|e| NodeError::Network(e.to_string()))?
+                .map_err(|e| NodeError::Network(e.to_string()))?;
+        info!(interface = %iface.name, backend = iface.backend.as_str(), port = iface.listen_port, addresses = ?place.addrs.interface(), "WireGuard interface up");
+        Ok(Some(Arc::new(iface)))
+    }
+
+    /// A new mesh initializes Raft with this node as its only voter; then every node
+    /// waits for a leader (a joiner: for the leader to reach it through the mesh).
+    async fn join_raft(
+        cfg: &Config,
+        raft: &RaftNode,
+        name: &str,
+        mode: Mode,
+        place: &Place,
+        raft_addr: SocketAddr,
+        grpc_addr: SocketAddr,
+    ) -> Result<(), NodeError> {
+        match mode {
+            Mode::Bootstrap { fresh: true } => {
+                let advertise_ip = |bound: SocketAddr| match (cfg.no_wireguard, place.addrs.v4) {
+                    (false, Some((v4, _))) => SocketAddr::new(IpAddr::V4(v4), bound.port()),
+                    _ => servers::advertise(bound),
+                };
+                let me = Member {
+                    name: name.to_string(),
+                    raft_addr: advertise_ip(raft_addr).to_string(),
+                    grpc_addr: advertise_ip(grpc_addr).to_string(),
+                };
+                info!(raft = %me.raft_addr, "bootstrapping a new mesh");
+                raft.initialize(me).await?;
+            }
+            Mode::Bootstrap { fresh: false } => {
+                info!("the data dir holds a mesh already: resuming it")
+            }
+            Mode::Resume if cfg.bootstrap => {
+                info!("the data dir holds a mesh already: resuming it")
+            }
+            Mode::Resume => {}
+            Mode::Join => {
+                info!("waiting for the Raft leader to reach this node through the mesh");
+                raft.wait_for_leader(client::JOIN_DEADLINE).await?;
+                return Ok(());
+            }
+        }
+        raft.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    /// Leaves the mesh if asked to, then stops the servers, WireGuard and Raft.
+    pub async fn shutdown(self) {
+        if self.leave_on_shutdown {
+            let ipam = self
+                .parts
+                .plugins
+                .as_ref()
+                .map(|p| p.ipam())
+                .unwrap_or_default();
+            match client::leave_mesh(&self.raft, &self.join, &self.creds, &ipam).await {
+                Ok(()) => info!("left the mesh"),
+                Err(e) => warn!(error = %e, "could not leave the mesh"),
+            }
+        }
+        self.parts.teardown().await;
+    }
+}

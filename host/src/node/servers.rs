@@ -1,0 +1,219 @@
+//! Listeners and servers: the Raft transport on the mesh addresses, the public gRPC
+//! API (layers, services, reflection) on the listen address.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::NodeError;
+
+pub(super) fn listen_err(
+    addr: SocketAddr,
+    what: &'static str,
+) -> impl Fn(std::io::Error) -> NodeError {
+    move |e| NodeError::Listen {
+        addr,
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Binds every address and merges the connections.
+pub(super) async fn bind_all(
+    addrs: &[SocketAddr],
+    what: &'static str,
+) -> Result<(Vec<SocketAddr>, Incoming), NodeError> {
+    let mut bound = Vec::new();
+    let mut streams: Vec<TcpListenerStream> = Vec::new();
+    for a in addrs {
+        // A fresh IPv6 address may still be tentative for a moment.
+        let mut tries = 0;
+        let l = loop {
+            match TcpListener::bind(a).await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other.map_err(listen_err(*a, what))?,
+            }
+        };
+        bound.push(l.local_addr().map_err(listen_err(*a, what))?);
+        streams.push(TcpListenerStream::new(l));
+    }
+    // tonic's `tcp_nodelay` applies only to sockets it binds itself: without it, small
+    // gRPC replies wait on Nagle's algorithm for the peer's delayed ACK (~40 ms).
+    let incoming = futures::stream::StreamExt::map(futures::stream::select_all(streams), |conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    });
+    Ok((bound, Box::pin(incoming)))
+}
+
+pub(super) type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>>;
+
+/// An address peers can dial: a wildcard listen address becomes loopback.
+pub(super) fn advertise(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = if addr.is_ipv4() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Spawns `fut` until `stop` turns true, logging how it ended.
+fn spawn_server<F>(what: &'static str, fut: F) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(
+        async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(error = %e, "{what} stopped");
+            }
+        }
+        .in_current_span(),
+    )
+}
+
+/// The Raft transport on `listen`; returns the first bound address.
+pub(super) async fn serve_raft(
+    listen: &[SocketAddr],
+    raft: &crate::raft::RaftNode,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<SocketAddr, NodeError> {
+    let (bound, incoming) = bind_all(listen, "raft").await?;
+    let svc = webmesh_api::internal::raft_transport_server::RaftTransportServer::new(
+        crate::raft::server::RaftServer::new(raft.raft.clone()),
+    )
+    .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES);
+    // The leader cancels appends that outlive their deadline (a busy follower); each is
+    // a stream reset on the shared HTTP/2 connection, and hyper's default of 20 pending
+    // resets would drop the whole connection.
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_max_pending_accept_reset_streams(Some(10_000))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    tasks.push(spawn_server("raft transport", server));
+    Ok(bound[0])
+}
+
+/// What the public API serves with.
+pub(super) struct Api<'a> {
+    pub cfg: &'a crate::config::Config,
+    pub name: &'a str,
+    pub raft: &'a crate::raft::RaftNode,
+    pub plugins: &'a crate::plugins::Plugins,
+    pub iface: Option<std::sync::Arc<crate::net::wireguard::Interface>>,
+}
+
+/// The public gRPC API: layers (auth, then the leader proxy) around the Node, Admin,
+/// Mesh and PeerDiscovery services and server reflection.
+pub(super) fn serve_api(
+    api: Api<'_>,
+    incoming: Incoming,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    use std::sync::Arc;
+    use std::time::{Instant, SystemTime};
+
+    use tracing::{info, warn};
+    use webmesh_api::v1::Feature;
+
+    use crate::services;
+
+    let Api {
+        cfg,
+        name,
+        raft,
+        plugins,
+        iface,
+    } = api;
+    let info = Arc::new(services::node::NodeInfo {
+        started_at: SystemTime::now(),
+        started: Instant::now(),
+        features: vec![
+            Feature::Nodes,
+            Feature::LeaderProxy,
+            Feature::MeshApi,
+            Feature::AdminApi,
+            Feature::PeerDiscovery,
+        ],
+    });
+    // Calls to other members (the leader, above all): one channel per member.
+    let channels = Arc::new(services::Channels::new(
+        crate::tls::Dialer::for_members(&cfg.tls()).map_err(NodeError::Usage)?,
+    ));
+    let node_svc = webmesh_api::v1::node_server::NodeServer::new(
+        services::node::NodeService::new(
+            raft.clone(),
+            info,
+            Arc::new(move || iface.as_ref().and_then(|i| i.metrics().ok())),
+        )
+        .underlay(cfg.no_wireguard)
+        .ipam(plugins.ipam())
+        .channels(channels.clone()),
+    );
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
+    let proxy_layer = services::forwarding::LeaderProxyLayer::new(raft.clone(), channels);
+    let admin_svc = webmesh_api::v1::admin_server::AdminServer::new(
+        services::admin::AdminService::new(raft.clone()),
+    );
+    let mesh_svc = webmesh_api::v1::mesh_server::MeshServer::new(services::mesh::MeshService::new(
+        raft.clone(),
+    ));
+    let discovery_svc = webmesh_api::v1::peer_discovery_server::PeerDiscoveryServer::new(
+        services::mesh::DiscoveryService::new(raft.clone()),
+    );
+    let auth_layer =
+        services::identity::AuthLayer::new(plugins.auth(), raft.state_machine.members(), name);
+    let mut server = tonic::transport::Server::builder();
+    match crate::tls::server_config(&cfg.tls()).map_err(NodeError::Usage)? {
+        Some(tls) => {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| NodeError::Usage(format!("invalid tls-cert: {e}")))?;
+            info!(client_ca = cfg.tls_client_ca.is_some(), "API speaks TLS");
+        }
+        None if plugins.auth().is_some() => warn!(
+            "the API is plaintext: credentials sent to the AUTH plugin travel in clear; \
+             set --tls-cert and --tls-key"
+        ),
+        None => {}
+    }
+    let server = server
+        .tcp_nodelay(true)
+        .layer(auth_layer)
+        .layer(proxy_layer)
+        .add_service(node_svc)
+        .add_service(admin_svc)
+        .add_service(mesh_svc)
+        .add_service(discovery_svc)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    Ok(spawn_server("gRPC API", server))
+}
