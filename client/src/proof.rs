@@ -2,9 +2,12 @@
 //! WireGuard key by signing the request with that X25519 key through XEdDSA (the scheme
 //! Signal uses to sign with X25519 keys; signatures verify as Ed25519).
 //!
-//! A proof travels in one header, `v1;<node>;<unix ms>;<nonce>;<signature>`, and signs
-//! the purpose, the node ID, the time, a random nonce, the gRPC path, the SHA-256 of the
-//! exact request body and, for a forwarder, what it vouches for. Anyone holding the
+//! A proof travels in one header, `v1;<node>;<unix ms>;<nonce>;<public key>;<signature>`,
+//! and signs
+//! the purpose, the node ID, the key, the time, a random nonce, the gRPC path, the
+//! SHA-256 of the exact request body and, for a forwarder, what it vouches for. The key
+//! rides along so that a node's first join can be checked before the key is registered;
+//! for a registered node the verifier compares it with the registered one. Anyone holding the
 //! public key can check it, so a proof survives forwarding from a follower to the
 //! leader; the time bounds how long a captured proof is good for, and a verifier that
 //! remembers nonces ([`ReplayGuard`]) takes each one once.
@@ -22,7 +25,7 @@ pub const PROOF_HEADER: &str = "x-webmesh-proof";
 pub const FORWARDER_HEADER: &str = "x-webmesh-forwarder-proof";
 
 /// Longest header value we parse: a 63-byte ID plus the fixed fields, with room.
-pub const MAX_HEADER_LEN: usize = 256;
+pub const MAX_HEADER_LEN: usize = 320;
 
 /// What a proof is for: a proof made for one purpose never verifies for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,7 @@ pub enum ProofError {
 pub struct Signer {
     node: String,
     private: [u8; 32],
+    public: String,
 }
 
 impl std::fmt::Debug for Signer {
@@ -77,13 +81,20 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// From the base64 private key as WireGuard writes it.
-    pub fn new(node: &str, private_b64: &str) -> Result<Signer, ProofError> {
+    /// From the base64 key pair as WireGuard writes it.
+    pub fn new(node: &str, private_b64: &str, public_b64: &str) -> Result<Signer, ProofError> {
         let private = decode_key(private_b64)?;
+        decode_key(public_b64)?;
         Ok(Signer {
             node: node.to_string(),
             private,
+            public: public_b64.trim().to_string(),
         })
+    }
+
+    /// The public key proofs name.
+    pub fn public_key(&self) -> &str {
+        &self.public
     }
 
     pub fn node(&self) -> &str {
@@ -108,13 +119,23 @@ impl Signer {
             use rand_xeddsa::RngExt as _;
             rand_xeddsa::rng().random()
         };
-        let msg = message(purpose, &self.node, at_ms, &nonce, path, digest, extra);
+        let msg = message(
+            purpose,
+            &self.node,
+            &self.public,
+            at_ms,
+            &nonce,
+            path,
+            digest,
+            extra,
+        );
         let sig: [u8; 64] =
             xeddsa::xed25519::PrivateKey(self.private).sign(&msg, rand_xeddsa::rng());
         format!(
-            "v1;{};{at_ms};{};{}",
+            "v1;{};{at_ms};{};{};{}",
             self.node,
             URL_SAFE_NO_PAD.encode(nonce),
+            self.public,
             URL_SAFE_NO_PAD.encode(sig)
         )
     }
@@ -126,6 +147,8 @@ pub struct Proof {
     pub node: String,
     pub at_ms: u64,
     pub nonce: [u8; 16],
+    /// The public key that signed (base64, as WireGuard writes it).
+    pub key: String,
     sig: [u8; 64],
 }
 
@@ -135,7 +158,8 @@ impl Proof {
             return Err(ProofError::Malformed("too long"));
         }
         let mut parts = header.split(';');
-        let (Some("v1"), Some(node), Some(at), Some(nonce), Some(sig), None) = (
+        let (Some("v1"), Some(node), Some(at), Some(nonce), Some(key), Some(sig), None) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -144,9 +168,10 @@ impl Proof {
             parts.next(),
         ) else {
             return Err(ProofError::Malformed(
-                "expected v1;NODE;MILLIS;NONCE;SIGNATURE",
+                "expected v1;NODE;MILLIS;NONCE;KEY;SIGNATURE",
             ));
         };
+        decode_key(key).map_err(|_| ProofError::Malformed("the key is not a WireGuard key"))?;
         if node.is_empty() || node.len() > 63 {
             return Err(ProofError::Malformed("the node ID must be 1-63 bytes"));
         }
@@ -168,16 +193,15 @@ impl Proof {
             node: node.to_string(),
             at_ms,
             nonce,
+            key: key.to_string(),
             sig,
         })
     }
 
     /// Checks the time against `now_ms` (± `max_skew_ms`) and the signature against
-    /// `public_b64`, the key registered for [`Proof::node`].
-    #[allow(clippy::too_many_arguments)]
+    /// the key the proof names. Whether that key is the node's is the caller's question.
     pub fn verify(
         &self,
-        public_b64: &str,
         purpose: Purpose,
         path: &str,
         digest: &[u8; 32],
@@ -192,10 +216,11 @@ impl Proof {
                 max_s: max_skew_ms / 1000,
             });
         }
-        let public = decode_key(public_b64)?;
+        let public = decode_key(&self.key)?;
         let msg = message(
             purpose,
             &self.node,
+            &self.key,
             self.at_ms,
             &self.nonce,
             path,
@@ -212,9 +237,11 @@ impl Proof {
 
 /// The bytes a proof signs. Fields are length-prefixed so no two requests sign the same
 /// bytes.
+#[allow(clippy::too_many_arguments)]
 fn message(
     purpose: Purpose,
     node: &str,
+    key: &str,
     at_ms: u64,
     nonce: &[u8; 16],
     path: &str,
@@ -223,9 +250,14 @@ fn message(
 ) -> Vec<u8> {
     let mut m = Vec::with_capacity(160);
     m.extend_from_slice(b"webmesh-proof-v1\0");
-    for field in [purpose.tag().as_bytes(), node.as_bytes(), path.as_bytes()]
-        .into_iter()
-        .chain(extra.iter().map(|e| e.as_bytes()))
+    for field in [
+        purpose.tag().as_bytes(),
+        node.as_bytes(),
+        key.as_bytes(),
+        path.as_bytes(),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|e| e.as_bytes()))
     {
         m.extend_from_slice(&(field.len() as u32).to_be_bytes());
         m.extend_from_slice(field);
@@ -316,7 +348,7 @@ mod tests {
     const SKEW: u64 = 300_000;
 
     fn signed(purpose: Purpose, path: &str, body: &[u8], at: u64) -> Proof {
-        let s = Signer::new("n1", PRIV_A).unwrap();
+        let s = Signer::new("n1", PRIV_A, PUB_A).unwrap();
         Proof::parse(&s.sign_at(purpose, path, &body_digest(body), &["x"], at)).unwrap()
     }
 
@@ -326,7 +358,6 @@ mod tests {
         let p = signed(Purpose::Call, "/v1.Node/Join", b"body", now);
         assert_eq!(p.node, "n1");
         p.verify(
-            PUB_A,
             Purpose::Call,
             "/v1.Node/Join",
             &body_digest(b"body"),
@@ -344,9 +375,10 @@ mod tests {
         let d = body_digest(b"body");
         let bad = |r: Result<(), ProofError>| assert!(r.is_err(), "{r:?}");
         // Another key, body, path, purpose, extra field.
-        bad(p.verify(PUB_B, Purpose::Call, "/v1.Node/Join", &d, &["x"], now, SKEW));
+        let mut rekeyed = p.clone();
+        rekeyed.key = PUB_B.into();
+        bad(rekeyed.verify(Purpose::Call, "/v1.Node/Join", &d, &["x"], now, SKEW));
         bad(p.verify(
-            PUB_A,
             Purpose::Call,
             "/v1.Node/Join",
             &body_digest(b"other"),
@@ -354,22 +386,14 @@ mod tests {
             now,
             SKEW,
         ));
-        bad(p.verify(
-            PUB_A,
-            Purpose::Call,
-            "/v1.Node/Leave",
-            &d,
-            &["x"],
-            now,
-            SKEW,
-        ));
-        bad(p.verify(PUB_A, Purpose::Raft, "/v1.Node/Join", &d, &["x"], now, SKEW));
-        bad(p.verify(PUB_A, Purpose::Call, "/v1.Node/Join", &d, &["y"], now, SKEW));
-        bad(p.verify(PUB_A, Purpose::Call, "/v1.Node/Join", &d, &[], now, SKEW));
+        bad(p.verify(Purpose::Call, "/v1.Node/Leave", &d, &["x"], now, SKEW));
+        bad(p.verify(Purpose::Raft, "/v1.Node/Join", &d, &["x"], now, SKEW));
+        bad(p.verify(Purpose::Call, "/v1.Node/Join", &d, &["y"], now, SKEW));
+        bad(p.verify(Purpose::Call, "/v1.Node/Join", &d, &[], now, SKEW));
         // Another claimed node: the name is signed too.
         let mut other = p.clone();
         other.node = "n2".into();
-        bad(other.verify(PUB_A, Purpose::Call, "/v1.Node/Join", &d, &["x"], now, SKEW));
+        bad(other.verify(Purpose::Call, "/v1.Node/Join", &d, &["x"], now, SKEW));
     }
 
     #[test]
@@ -379,12 +403,12 @@ mod tests {
         for at in [now - SKEW - 1, now + SKEW + 1] {
             let p = signed(Purpose::Call, "/p", b"", at);
             let e = p
-                .verify(PUB_A, Purpose::Call, "/p", &d, &["x"], now, SKEW)
+                .verify(Purpose::Call, "/p", &d, &["x"], now, SKEW)
                 .unwrap_err();
             assert!(matches!(e, ProofError::Stale { .. }), "{e}");
         }
         let p = signed(Purpose::Call, "/p", b"", now - SKEW);
-        p.verify(PUB_A, Purpose::Call, "/p", &d, &["x"], now, SKEW)
+        p.verify(Purpose::Call, "/p", &d, &["x"], now, SKEW)
             .unwrap();
     }
 
@@ -393,11 +417,12 @@ mod tests {
         for h in [
             "",
             "v1",
-            "v2;n1;1;AAAAAAAAAAAAAAAAAAAAAA;AA",
-            "v1;;1;AAAAAAAAAAAAAAAAAAAAAA;AA",
-            "v1;n1;x;AAAAAAAAAAAAAAAAAAAAAA;AA",
-            "v1;n1;1;AAAA;AA",
-            "v1;n1;1;AAAAAAAAAAAAAAAAAAAAAA;AA;extra",
+            "v2;n1;1;AAAAAAAAAAAAAAAAAAAAAA;vUHodc9Go9tbq5yLKZrbfrU+nMNZPogD16qOWv5TFxU=;AA",
+            "v1;;1;AAAAAAAAAAAAAAAAAAAAAA;vUHodc9Go9tbq5yLKZrbfrU+nMNZPogD16qOWv5TFxU=;AA",
+            "v1;n1;x;AAAAAAAAAAAAAAAAAAAAAA;vUHodc9Go9tbq5yLKZrbfrU+nMNZPogD16qOWv5TFxU=;AA",
+            "v1;n1;1;AAAA;vUHodc9Go9tbq5yLKZrbfrU+nMNZPogD16qOWv5TFxU=;AA",
+            "v1;n1;1;AAAAAAAAAAAAAAAAAAAAAA;notakey;AA",
+            "v1;n1;1;AAAAAAAAAAAAAAAAAAAAAA;vUHodc9Go9tbq5yLKZrbfrU+nMNZPogD16qOWv5TFxU=;AA;extra",
             &"v1;n1;1;".repeat(100),
         ] {
             assert!(Proof::parse(h).is_err(), "{h}");

@@ -13,4 +13,5 @@ pub mod raft;
 pub mod services;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod version;

@@ -166,6 +166,9 @@ impl Dialer {
 
     /// A lazily connected channel to `addr` (`host:port`).
     pub fn channel(&self, addr: &str, timeout: Option<Duration>) -> Result<Channel, String> {
+        if let Some(path) = addr.strip_prefix("unix://") {
+            return unix_channel(path, timeout);
+        }
         let addr = addr
             .trim_start_matches("http://")
             .trim_start_matches("https://")
@@ -211,4 +214,28 @@ impl Dialer {
             }
         }
     }
+}
+
+/// A channel over a unix socket (`unix:///run/webmesh/webmesh.sock`): the node's admin
+/// socket, plaintext (the file's permissions and the peer's credentials guard it).
+pub fn unix_channel(path: &str, timeout: Option<Duration>) -> Result<Channel, String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "unix://{path}: needs an absolute path (unix:///run/webmesh/webmesh.sock)"
+        ));
+    }
+    let mut ep = Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(3));
+    if let Some(t) = timeout {
+        ep = ep.timeout(t);
+    }
+    let path = path.to_string();
+    Ok(
+        ep.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(&path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(s))
+            }
+        })),
+    )
 }

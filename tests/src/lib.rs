@@ -55,6 +55,22 @@ pub fn wasm_component(name: &str) -> PathBuf {
     path
 }
 
+/// A channel to a node's admin socket: the caller acts as that node (the test runs as
+/// root, which the socket lets in).
+pub fn admin_channel(socket: &Path) -> Result<Channel> {
+    let path = socket.to_path_buf();
+    Ok(tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(&path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        })))
+}
+
 /// A free TCP port on loopback (the OS picks; the test binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -85,6 +101,8 @@ where
 pub struct LocalNode {
     pub id: String,
     pub data_dir: PathBuf,
+    /// The node's admin socket.
+    pub socket: PathBuf,
     pub grpc: SocketAddr,
     pub raft_port: u16,
     pub log: PathBuf,
@@ -98,6 +116,7 @@ impl LocalNode {
         LocalNode {
             id: id.to_string(),
             data_dir: dir.join(id),
+            socket: dir.join(format!("{id}.sock")),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             raft_port: free_port(),
             log: dir.join(format!("{id}.log")),
@@ -116,6 +135,8 @@ impl LocalNode {
             self.grpc.to_string(),
             "--raft-port".into(),
             self.raft_port.to_string(),
+            "--admin-socket".into(),
+            self.socket.display().to_string(),
         ];
         a.extend(self.extra_args.iter().cloned());
         a
@@ -186,7 +207,18 @@ impl LocalNode {
         format!("http://{}", self.grpc)
     }
 
+    /// wmctl's `--server` for this node's admin socket.
+    pub fn admin_server(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A client on the admin socket: it acts as this node.
     pub async fn client(&self) -> Result<NodeClient<Channel>> {
+        Ok(NodeClient::new(admin_channel(&self.socket)?))
+    }
+
+    /// A client over TCP that proves nothing: an anonymous caller.
+    pub async fn anon_client(&self) -> Result<NodeClient<Channel>> {
         let ch = tonic::transport::Endpoint::from_shared(self.endpoint())?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))

@@ -66,6 +66,8 @@ pub struct Host {
     pub ifname: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The node's admin socket (filesystem sockets cross namespaces).
+    pub socket: PathBuf,
     pub args: Vec<String>,
     child: Option<Child>,
 }
@@ -162,6 +164,7 @@ impl TestNet {
             ifname: format!("{}w{i}", self.prefix),
             data_dir: self.dir.path().join(id),
             log: self.dir.path().join(format!("{id}.log")),
+            socket: self.dir.path().join(format!("{id}.sock")),
             args: vec![],
             child: None,
         };
@@ -336,6 +339,8 @@ impl Host {
             self.data_dir.display().to_string(),
             "--interface".into(),
             self.ifname.clone(),
+            "--admin-socket".into(),
+            self.socket.display().to_string(),
         ];
         a.extend(self.args.iter().cloned());
         a
@@ -464,7 +469,18 @@ impl Host {
             .collect())
     }
 
+    /// A client on the admin socket: it acts as this host's node.
     pub async fn client(&self) -> Result<NodeClient<Channel>> {
+        Ok(NodeClient::new(crate::admin_channel(&self.socket)?))
+    }
+
+    /// wmctl's `--server` for this host's admin socket.
+    pub fn admin_server(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A client over the network that proves nothing: an anonymous caller.
+    pub async fn anon_client(&self) -> Result<NodeClient<Channel>> {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:8443", self.ip))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))
@@ -473,9 +489,10 @@ impl Host {
         Ok(NodeClient::new(ch))
     }
 
+    /// This node's own status, as anyone may read it (over the network).
     pub async fn status(&self) -> Result<Status> {
         Ok(self
-            .client()
+            .anon_client()
             .await?
             .get_status(GetStatusRequest::default())
             .await?

@@ -41,10 +41,15 @@ Flags override the context.
 Exit codes: 0 ok, 1 local error, 2 usage, 3 unreachable/unavailable, 4 not found,
 5 unauthenticated/permission denied, 6 invalid argument/failed precondition, 7 other.";
 
+/// Where a node serves its admin socket unless told otherwise (`--admin-socket`).
+const DEFAULT_SOCKET: &str = "/run/webmesh/webmesh.sock";
+
 #[derive(Parser)]
 #[command(name = "wmctl", version = webmesh::version::LONG, about = "Command-line client of a Webmesh mesh.", after_help = AFTER_HELP)]
 struct Cli {
-    /// gRPC address of a mesh node [default: the context's, else 127.0.0.1:8443].
+    /// gRPC address of a mesh node, or `unix:///PATH` of a node's admin socket
+    /// [default: the context's, else the local node's admin socket
+    /// unix:///run/webmesh/webmesh.sock if there is one, else 127.0.0.1:8443].
     #[arg(long, short = 's', env = "WMCTL_SERVER", global = true)]
     server: Option<String>,
     /// Context of the config file to use [default: its current-context].
@@ -159,6 +164,18 @@ enum Cmd {
         /// Where to write it.
         #[arg(long = "out", short = 'f', value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Make nodes Raft voters (Node.Update with as_voter; takes every right on them,
+    /// e.g. the bootstrap node's admin socket).
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the mesh (Node.Leave on their behalf; takes every right on
+    /// them).
+    Remove {
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
@@ -378,10 +395,14 @@ impl Conn {
 }
 
 async fn connect(cli: &Cli, ctx: &Context) -> Result<Conn, Fail> {
-    let server = ctx
-        .server
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1:8443".into());
+    let server = ctx.server.clone().unwrap_or_else(|| {
+        // On a node's host, its admin socket; else the API on loopback.
+        if std::path::Path::new(DEFAULT_SOCKET).exists() {
+            format!("unix://{DEFAULT_SOCKET}")
+        } else {
+            "127.0.0.1:8443".into()
+        }
+    });
     let tls = TlsSettings {
         ca: ctx.tls_ca.as_deref().map(expand),
         client_cert: ctx.tls_client_cert.as_deref().map(expand),
@@ -551,6 +572,30 @@ async fn run(cli: &Cli) -> Result<(), Fail> {
             std::fs::write(out, &snap.snapshot)
                 .map_err(|e| local(format!("{}: {e}", out.display())))?;
             eprintln!("wrote {} ({} bytes)", out.display(), snap.snapshot.len());
+            Ok(())
+        }
+        Cmd::Promote { nodes } => {
+            for id in nodes {
+                NodeClient::new(conn.channel.clone())
+                    .update(conn.req(webmesh_api::v1::UpdateRequest {
+                        id: id.clone(),
+                        as_voter: true,
+                        ..Default::default()
+                    }))
+                    .await
+                    .map_err(rpc)?;
+                eprintln!("{id} is a voter");
+            }
+            Ok(())
+        }
+        Cmd::Remove { nodes } => {
+            for id in nodes {
+                NodeClient::new(conn.channel.clone())
+                    .leave(conn.req(webmesh_api::v1::LeaveRequest { id: id.clone() }))
+                    .await
+                    .map_err(rpc)?;
+                eprintln!("{id} removed");
+            }
             Ok(())
         }
     }

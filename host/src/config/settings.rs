@@ -159,4 +159,15 @@ settings! {
     tls_client_key: Option<PathBuf> = None => "tls-client-key" "FILE" opt(v::path) omit_empty;
     /// Talk TLS to the join addresses without verifying their certificates (labs only).
     tls_skip_verify: bool = false => "tls-skip-verify" "BOOL" switch(v::boolean);
+    /// Unix socket of local administration (`wmctl` on this host): callers act as this
+    /// node. Only root, this node's user and the admin group get in; `off` disables it.
+    admin_socket: Option<PathBuf> = Some(PathBuf::from("/run/webmesh/webmesh.sock"))
+        => "admin-socket" "PATH|off" one(v::optional_path);
+    /// Group whose members may use the admin socket, besides root [default: webmesh].
+    admin_group: String = "webmesh".into() => "admin-group" "NAME" one(v::text);
+    /// How far a proof of key's time may be from this node's clock, in seconds
+    /// [default: 300]. Proofs older than this are refused; nonces are remembered as long.
+    max_clock_skew: u64 = 300 => "max-clock-skew" "SECONDS" one(v::clock_skew);
+    /// Largest request the API reads, in bytes [default: 4194304].
+    max_request_bytes: usize = 4 << 20 => "max-request-bytes" "N" one(v::request_bytes);
 }

@@ -190,3 +190,31 @@ pub fn log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
+
+/// A path, or `off` (or empty) for none.
+pub fn optional_path(s: &str) -> Result<Option<PathBuf>, String> {
+    match s {
+        "" | "off" | "none" => Ok(None),
+        p if p.starts_with('/') => Ok(Some(PathBuf::from(p))),
+        _ => Err("must be an absolute path, or off".into()),
+    }
+}
+
+pub fn clock_skew(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (5..=86_400).contains(&n) => Ok(n),
+        _ => Err("must be 5-86400 seconds".into()),
+    }
+}
+
+pub fn request_bytes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        // Room for the largest value (1 MiB) with its key and framing; at most 64 MiB.
+        Ok(n) if ((1 << 20) + 64 * 1024..=64 << 20).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be {}-{} bytes",
+            (1 << 20) + 64 * 1024,
+            64 << 20
+        )),
+    }
+}

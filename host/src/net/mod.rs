@@ -13,9 +13,9 @@ use tracing::{Instrument, debug, info, warn};
 use webmesh_api::v1::WireGuardPeer;
 
 use crate::mesh::peers::{self, PeerPlan};
-use crate::mesh::view::{MeshView, Section};
+use crate::mesh::view::Section;
 use crate::raft::{RaftNode, StateEvent};
-use crate::store::engine::Engine;
+use crate::store::views::load_view;
 use wireguard::{Interface, PeerConfig};
 
 /// Every peer gets a keepalive: it holds NAT mappings open and lets a node see which
@@ -60,23 +60,6 @@ pub fn diff(
         .cloned()
         .collect();
     (upserts, removals)
-}
-
-/// Loads every mesh object of the local replica into a view.
-pub fn load_view(engine: &Engine) -> MeshView {
-    let entries = match engine.list("/registry/") {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(error = %e, "cannot read the state");
-            return MeshView::default();
-        }
-    };
-    let (view, errors) =
-        MeshView::from_entries(entries.iter().map(|e| (e.key.as_str(), e.value.as_str())));
-    for e in errors {
-        warn!(error = %e, "skipping an undecodable record");
-    }
-    view
 }
 
 /// A handle on the running peer manager.

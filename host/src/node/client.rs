@@ -2,32 +2,39 @@
 //! discovery addresses with retries, and leaving.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use defguard_wireguard_rs::key::Key;
+use tonic::transport::Channel;
 use tracing::{info, warn};
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_api::v1::{Feature, JoinRequest, JoinResponse, LeaveRequest};
+use webmesh_client::proof::Signer;
+use webmesh_client::signing::Signed;
 
 use super::NodeError;
 use crate::config::Config;
 use crate::raft::RaftNode;
 
-/// What this node presents when it calls another mesh's API (join, leave).
-#[derive(Clone, Default)]
+/// What this node presents when it calls another mesh's API (join, discover, leave):
+/// a proof of its key on every request, and the AUTH plugin's credentials if set.
+#[derive(Clone)]
 pub struct Credentials {
     headers: Vec<(
         &'static str,
         tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     )>,
     dialer: crate::tls::Dialer,
+    signer: Arc<Signer>,
 }
 
 impl Credentials {
-    pub(super) fn load(cfg: &Config) -> Result<Credentials, NodeError> {
+    pub(super) fn load(cfg: &Config, signer: Arc<Signer>) -> Result<Credentials, NodeError> {
         let mut c = Credentials {
             dialer: crate::tls::Dialer::for_joining(&cfg.tls()).map_err(NodeError::Usage)?,
-            ..Default::default()
+            headers: Vec::new(),
+            signer,
         };
         if let (Some(user), Some(file)) = (&cfg.auth_basic_user, &cfg.auth_basic_password_file) {
             let text = std::fs::read_to_string(file).map_err(|e| {
@@ -61,6 +68,14 @@ impl Credentials {
         }
         r
     }
+
+    /// A channel to `addr` whose every request carries this node's proof of key.
+    fn signed(&self, addr: &str, timeout: Duration) -> Result<Signed<Channel>, String> {
+        Ok(Signed::new(
+            self.dialer.channel(addr, Some(timeout))?,
+            self.signer.clone(),
+        ))
+    }
 }
 
 /// How long a joiner keeps trying its join addresses before giving up.
@@ -90,7 +105,7 @@ pub(super) async fn leave_mesh(
     let mut last = "no leader known and no join address".to_string();
     for t in targets {
         let attempt = async {
-            let ch = creds.dialer.channel(&t, Some(Duration::from_secs(5)))?;
+            let ch = creds.signed(&t, Duration::from_secs(5))?;
             NodeClient::new(ch)
                 .leave(creds.request(req.clone()))
                 .await
@@ -143,6 +158,13 @@ pub(super) fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
     }
 }
 
+/// What a join answered: the response, and the voters with their keys (response
+/// metadata), by which the joiner checks its first Raft messages.
+pub(super) struct Joined {
+    pub resp: JoinResponse,
+    pub voters: Vec<(String, String)>,
+}
+
 /// Tries each join address in order, with backoff between rounds, until one accepts.
 /// Errors a retry cannot fix (bad input, refused credentials) stop at once.
 pub(super) async fn join_mesh(
@@ -150,7 +172,7 @@ pub(super) async fn join_mesh(
     name: &str,
     key: &Key,
     creds: &Credentials,
-) -> Result<JoinResponse, NodeError> {
+) -> Result<Joined, NodeError> {
     let req = join_request(cfg, name, key);
     let deadline = Instant::now() + JOIN_DEADLINE;
     let mut backoff = Duration::from_millis(250);
@@ -161,11 +183,14 @@ pub(super) async fn join_mesh(
         for addr in &addrs {
             info!("contacting {addr}");
             match try_join(addr, &req, creds).await {
-                Ok(resp) => {
+                Ok(joined) => {
                     let role = if cfg.voter { "voter" } else { "non-voter" };
                     info!("joined as {role} via {addr}");
-                    info!("address {} {}", resp.address_ipv4, resp.address_ipv6);
-                    return Ok(resp);
+                    info!(
+                        "address {} {}",
+                        joined.resp.address_ipv4, joined.resp.address_ipv6
+                    );
+                    return Ok(joined);
                 }
                 Err(s)
                     if matches!(
@@ -200,7 +225,7 @@ pub(super) async fn join_mesh(
 async fn discover(from: &[String], creds: &Credentials) -> Vec<String> {
     let mut out = Vec::new();
     for addr in from {
-        let Ok(ch) = creds.dialer.channel(addr, Some(Duration::from_secs(5))) else {
+        let Ok(ch) = creds.signed(addr, Duration::from_secs(5)) else {
             continue;
         };
         match webmesh_api::v1::peer_discovery_client::PeerDiscoveryClient::new(ch)
@@ -231,13 +256,28 @@ async fn try_join(
     addr: &str,
     req: &JoinRequest,
     creds: &Credentials,
-) -> Result<JoinResponse, tonic::Status> {
+) -> Result<Joined, tonic::Status> {
     let ch = creds
-        .dialer
-        .channel(addr, Some(Duration::from_secs(30)))
+        .signed(addr, Duration::from_secs(30))
         .map_err(|e| tonic::Status::invalid_argument(format!("join address: {e}")))?;
-    NodeClient::new(ch)
-        .join(creds.request(req.clone()))
-        .await
-        .map(|r| r.into_inner())
+    let resp = NodeClient::new(ch).join(creds.request(req.clone())).await?;
+    let voters = resp
+        .metadata()
+        .get(crate::services::node::VOTERS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(parse_voters)
+        .unwrap_or_default();
+    Ok(Joined {
+        resp: resp.into_inner(),
+        voters,
+    })
+}
+
+/// `id=key,id=key` (keys are base64, so they hold '=' too: split at the first one).
+fn parse_voters(v: &str) -> Vec<(String, String)> {
+    v.split(',')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(id, key)| !id.is_empty() && !key.is_empty())
+        .map(|(id, key)| (id.to_string(), key.to_string()))
+        .collect()
 }

@@ -7,6 +7,7 @@
 //! - `bootstrap`: the first node's addresses and the mesh's objects
 //! - `servers`: listeners, the Raft transport and the public API
 
+mod admin_socket;
 mod bootstrap;
 mod client;
 mod datadir;
@@ -33,7 +34,9 @@ use crate::net::wireguard::Interface;
 use crate::plugins::Plugins;
 use crate::raft::{Member, RaftNode};
 use crate::store::engine::Engine;
+use crate::trust::Trust;
 use start::{Facts, Mode, Refusal};
+use webmesh_client::proof::Signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -144,6 +147,8 @@ struct Place {
     zone: String,
     /// A new mesh's IPv6 /48.
     bootstrap_v6: Option<Ipv6Net>,
+    /// The voters and their keys a join answer named.
+    voters: Vec<(String, String)>,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -185,11 +190,20 @@ impl Node {
         parts: &mut Parts,
     ) -> Result<Node, NodeError> {
         let key = dir.wireguard_key()?;
-        let creds = Credentials::load(cfg)?;
+        let signer = Arc::new(
+            Signer::new(name, &key.to_string(), &key.public_key().to_string())
+                .map_err(|e| NodeError::Identity(format!("the WireGuard key cannot sign: {e}")))?,
+        );
+        let creds = Credentials::load(cfg, signer.clone())?;
         let raft = parts
             .raft
-            .insert(RaftNode::start(Engine::open(&dir.raft_path())?, name).await?)
+            .insert(RaftNode::start(Engine::open(&dir.raft_path())?, signer.clone()).await?)
             .clone();
+        let trust = Arc::new(Trust::new(
+            signer,
+            raft.state_machine.members(),
+            Duration::from_secs(cfg.max_clock_skew),
+        ));
         // Plugins before the mesh: one that cannot start stops us before we join.
         let plugins = parts.plugins.insert(
             Plugins::start(
@@ -201,12 +215,15 @@ impl Node {
         );
         if plugins.auth().is_none() {
             warn!(
-                "no AUTH plugin: the API trusts callers by address only (loopback acts as this \
-                 node, a mesh address as that node); anyone who reaches the API port can join"
+                "no AUTH plugin (open mode): anyone who reaches the API port may join under a \
+                 new node ID that no role binding names, as a non-voter without routes, \
+                 proving the key it registers; nothing more. Members act by proof of key, \
+                 local administration through the admin socket"
             );
         }
         let mode = Self::decide(cfg, &raft, name).await?;
         let place = Self::find_place(cfg, &raft, name, &key, &creds, plugins, mode).await?;
+        trust.pin(place.voters.iter().cloned());
         let iface = Self::bring_up_wireguard(cfg, &key, &place).await?;
         // Peers before Raft: a joiner's leader reaches it through them.
         parts.net = iface.clone().map(|iface| {
@@ -229,8 +246,14 @@ impl Node {
                 .map(|ip| SocketAddr::new(ip, cfg.raft_port))
                 .collect()
         };
-        let raft_addr =
-            servers::serve_raft(&raft_listen, &raft, stop_rx.clone(), &mut parts.tasks).await?;
+        let raft_addr = servers::serve_raft(
+            &raft_listen,
+            &raft,
+            trust.clone(),
+            stop_rx.clone(),
+            &mut parts.tasks,
+        )
+        .await?;
         let (grpc_bound, grpc_incoming) = servers::bind_all(&[cfg.grpc_listen], "gRPC API").await?;
         let grpc_addr = grpc_bound[0];
         Self::join_raft(cfg, &raft, name, mode, &place, raft_addr, grpc_addr).await?;
@@ -250,14 +273,14 @@ impl Node {
         plugins.start_duties(&raft);
         let api = servers::Api {
             cfg,
-            name,
             raft: &raft,
             plugins,
             iface,
+            trust,
         };
         parts
             .tasks
-            .push(servers::serve_api(api, grpc_incoming, stop_rx)?);
+            .extend(servers::serve_api(api, grpc_incoming, stop_rx).await?);
         info!(grpc = %grpc_addr, raft = %raft_addr, "node ready");
         Ok(Node {
             raft,
@@ -274,8 +297,10 @@ impl Node {
     /// Resume, bootstrap, join or refuse: [`start::decide`] over the data dir's facts.
     async fn decide(cfg: &Config, raft: &RaftNode, name: &str) -> Result<Mode, NodeError> {
         let initialized = raft.is_initialized().await;
-        let has_record =
-            initialized && crate::net::load_view(&raft.engine).nodes.contains_key(name);
+        let has_record = initialized
+            && crate::store::views::load_view(&raft.engine)
+                .nodes
+                .contains_key(name);
         let facts = Facts {
             initialized,
             has_record,
@@ -307,7 +332,7 @@ impl Node {
         mode: Mode,
     ) -> Result<Place, NodeError> {
         let zone = cfg.zone.clone().unwrap_or_default();
-        let view = crate::net::load_view(&raft.engine);
+        let view = crate::store::views::load_view(&raft.engine);
         if let Some(me) = view.nodes.get(name).filter(|_| mode == Mode::Resume) {
             info!("resuming");
             return Ok(Place {
@@ -319,6 +344,7 @@ impl Node {
                     zone
                 },
                 bootstrap_v6: None,
+                voters: vec![],
             });
         }
         if let Mode::Bootstrap { .. } = mode {
@@ -328,9 +354,10 @@ impl Node {
                 initial_peers: vec![],
                 zone,
                 bootstrap_v6: Some(v6net),
+                voters: vec![],
             });
         }
-        let resp = client::join_mesh(cfg, name, key, creds).await?;
+        let client::Joined { resp, voters } = client::join_mesh(cfg, name, key, creds).await?;
         let me = MeshNode {
             private_ipv4: resp
                 .address_ipv4
@@ -349,6 +376,7 @@ impl Node {
             initial_peers: resp.peers,
             zone,
             bootstrap_v6: None,
+            voters,
         })
     }
 

@@ -89,21 +89,26 @@ where
 pub(super) async fn serve_raft(
     listen: &[SocketAddr],
     raft: &crate::raft::RaftNode,
+    trust: std::sync::Arc<crate::trust::Trust>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<SocketAddr, NodeError> {
     let (bound, incoming) = bind_all(listen, "raft").await?;
     let svc = webmesh_api::internal::raft_transport_server::RaftTransportServer::new(
-        crate::raft::server::RaftServer::new(raft.raft.clone()),
+        crate::raft::server::RaftServer::new(raft.raft.clone(), trust),
     )
     .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES);
     // The leader cancels appends that outlive their deadline (a busy follower); each is
     // a stream reset on the shared HTTP/2 connection, and hyper's default of 20 pending
-    // resets would drop the whole connection.
+    // resets would drop the whole connection. Bounded all the same (rapid reset): the
+    // port faces only the mesh, and every message must carry a voter's proof.
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_max_pending_accept_reset_streams(Some(10_000))
+        .http2_max_pending_accept_reset_streams(Some(1_000))
+        .http2_max_local_error_reset_streams(Some(1_000))
+        .max_concurrent_streams(Some(256))
+        .http2_max_header_list_size(Some(16 * 1024))
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -115,19 +120,27 @@ pub(super) async fn serve_raft(
 /// What the public API serves with.
 pub(super) struct Api<'a> {
     pub cfg: &'a crate::config::Config,
-    pub name: &'a str,
     pub raft: &'a crate::raft::RaftNode,
     pub plugins: &'a crate::plugins::Plugins,
     pub iface: Option<std::sync::Arc<crate::net::wireguard::Interface>>,
+    pub trust: std::sync::Arc<crate::trust::Trust>,
 }
 
-/// The public gRPC API: layers (auth, then the leader proxy) around the Node, Admin,
-/// Mesh and PeerDiscovery services and server reflection.
-pub(super) fn serve_api(
+/// Requests in flight on one connection at most.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Largest header block a caller may send (credentials and proofs fit easily).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Longest any unary call may take on the server (joins wait for Raft at most this).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The public gRPC API on the listen address (with TLS if configured) and on the admin
+/// socket: layers (identity, then the leader proxy) around the Node, Admin, Mesh and
+/// PeerDiscovery services and server reflection.
+pub(super) async fn serve_api(
     api: Api<'_>,
     incoming: Incoming,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, NodeError> {
     use std::sync::Arc;
     use std::time::{Instant, SystemTime};
 
@@ -138,10 +151,10 @@ pub(super) fn serve_api(
 
     let Api {
         cfg,
-        name,
         raft,
         plugins,
         iface,
+        trust,
     } = api;
     let info = Arc::new(services::node::NodeInfo {
         started_at: SystemTime::now(),
@@ -158,36 +171,61 @@ pub(super) fn serve_api(
     let channels = Arc::new(services::Channels::new(
         crate::tls::Dialer::for_members(&cfg.tls()).map_err(NodeError::Usage)?,
     ));
-    let node_svc = webmesh_api::v1::node_server::NodeServer::new(
-        services::node::NodeService::new(
-            raft.clone(),
-            info,
-            Arc::new(move || iface.as_ref().and_then(|i| i.metrics().ok())),
-        )
-        .underlay(cfg.no_wireguard)
-        .ipam(plugins.ipam())
-        .channels(channels.clone()),
-    );
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
-    let proxy_layer = services::forwarding::LeaderProxyLayer::new(raft.clone(), channels);
-    let admin_svc = webmesh_api::v1::admin_server::AdminServer::new(
-        services::admin::AdminService::new(raft.clone()),
-    );
-    let mesh_svc = webmesh_api::v1::mesh_server::MeshServer::new(services::mesh::MeshService::new(
+    let max = cfg.max_request_bytes;
+    let node_svc = services::node::NodeService::new(
         raft.clone(),
-    ));
-    let discovery_svc = webmesh_api::v1::peer_discovery_server::PeerDiscoveryServer::new(
-        services::mesh::DiscoveryService::new(raft.clone()),
-    );
-    let auth_layer =
-        services::identity::AuthLayer::new(plugins.auth(), raft.state_machine.members(), name);
+        info,
+        Arc::new(move || iface.as_ref().and_then(|i| i.metrics().ok())),
+    )
+    .underlay(cfg.no_wireguard)
+    .ipam(plugins.ipam())
+    .channels(channels.clone());
+    let admin_svc = services::admin::AdminService::new(raft.clone());
+    let mesh_svc = services::mesh::MeshService::new(raft.clone());
+    let discovery_svc = services::mesh::DiscoveryService::new(raft.clone());
+    let identity =
+        services::identity::IdentityLayer::new(plugins.auth(), trust.clone(), raft.clone(), max);
+    let proxy = services::forwarding::LeaderProxyLayer::new(raft.clone(), channels, trust, max);
+    // One router per listener, over the same services.
+    let router = |server: tonic::transport::Server| -> Result<_, NodeError> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
+        Ok(server
+            .tcp_nodelay(true)
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+            .http2_max_pending_accept_reset_streams(Some(20))
+            .http2_max_local_error_reset_streams(Some(1024))
+            .timeout(REQUEST_TIMEOUT)
+            .layer(identity.clone())
+            .layer(proxy.clone())
+            .add_service(
+                webmesh_api::v1::node_server::NodeServer::new(node_svc.clone())
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                webmesh_api::v1::admin_server::AdminServer::new(admin_svc.clone())
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                webmesh_api::v1::mesh_server::MeshServer::new(mesh_svc.clone())
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                webmesh_api::v1::peer_discovery_server::PeerDiscoveryServer::new(
+                    discovery_svc.clone(),
+                )
+                .max_decoding_message_size(max),
+            )
+            .add_service(reflection)
+            .add_service(reflection_alpha))
+    };
     let mut server = tonic::transport::Server::builder();
     match crate::tls::server_config(&cfg.tls()).map_err(NodeError::Usage)? {
         Some(tls) => {
@@ -202,18 +240,23 @@ pub(super) fn serve_api(
         ),
         None => {}
     }
-    let server = server
-        .tcp_nodelay(true)
-        .layer(auth_layer)
-        .layer(proxy_layer)
-        .add_service(node_svc)
-        .add_service(admin_svc)
-        .add_service(mesh_svc)
-        .add_service(discovery_svc)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-    Ok(spawn_server("gRPC API", server))
+    let mut tasks = Vec::new();
+    let mut rx = stop.clone();
+    let tcp = router(server)?.serve_with_incoming_shutdown(incoming, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    });
+    tasks.push(spawn_server("gRPC API", tcp));
+    if let Some(path) = &cfg.admin_socket {
+        let sock = super::admin_socket::bind(path, &cfg.admin_group)?;
+        info!(socket = %path.display(), group = %cfg.admin_group, "admin socket");
+        let mut rx = stop;
+        let unix = router(tonic::transport::Server::builder())?.serve_with_incoming_shutdown(
+            sock.incoming(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        );
+        tasks.push(spawn_server("admin socket", unix));
+    }
+    Ok(tasks)
 }

@@ -147,6 +147,7 @@ pub struct RaftNode {
     events: broadcast::Sender<StateEvent>,
     /// Raft takes one membership change at a time.
     membership_lock: Arc<tokio::sync::Mutex<()>>,
+    policy: Arc<crate::store::views::PolicyCache>,
     proposals: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
 
@@ -170,17 +171,24 @@ fn raft_config() -> openraft::Config {
 impl RaftNode {
     /// Starts Raft over `engine`. The node is a member only once it is initialized
     /// ([`RaftNode::initialize`]) or added by a leader.
-    pub async fn start(engine: Engine, name: &str) -> Result<RaftNode, ProposeError> {
+    pub async fn start(
+        engine: Engine,
+        signer: Arc<webmesh_client::proof::Signer>,
+    ) -> Result<RaftNode, ProposeError> {
+        let name = signer.node().to_string();
         let config = raft_config()
             .validate()
             .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
         let (events, _) = broadcast::channel(4096);
         let state_machine = StateMachine::new(engine.clone(), events.clone());
-        let id = ids::raft_id(name);
+        let id = ids::raft_id(&name);
+        let policy = Arc::new(crate::store::views::PolicyCache::new(
+            state_machine.rbac_version(),
+        ));
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network,
+            network::Network::new(signer),
             LogStore::new(engine.clone(), id),
             state_machine.clone(),
         )
@@ -193,11 +201,19 @@ impl RaftNode {
             engine,
             state_machine,
             id,
-            name: name.to_string(),
+            name,
             events,
             membership_lock: Arc::new(tokio::sync::Mutex::new(())),
+            policy,
             proposals,
         })
+    }
+
+    /// The mesh's RBAC policy, compiled once per change (`None`: RBAC is off).
+    pub fn policy(
+        &self,
+    ) -> Result<Option<Arc<crate::mesh::rbac::Compiled>>, crate::store::engine::StoreError> {
+        self.policy.get(&self.engine)
     }
 
     pub async fn is_initialized(&self) -> bool {

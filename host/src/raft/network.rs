@@ -1,6 +1,7 @@
 //! Raft transport, client side: openraft messages, postcard-encoded, over the internal
 //! gRPC service of each member's raft port.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -16,15 +17,25 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use webmesh_api::internal::RaftMessage;
 use webmesh_api::internal::raft_transport_client::RaftTransportClient;
+use webmesh_client::proof::{PROOF_HEADER, Purpose, Signer};
 
 use super::types::{Member, NodeId, TypeConfig};
 
 /// Largest Raft message either side accepts (entries carry values up to 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Makes a client per peer; connections are made lazily and kept.
-#[derive(Clone, Default)]
-pub struct Network;
+/// Makes a client per peer; connections are made lazily and kept. Every message is
+/// signed with this node's key (the receiver admits only its configuration's voters).
+#[derive(Clone)]
+pub struct Network {
+    signer: Arc<Signer>,
+}
+
+impl Network {
+    pub fn new(signer: Arc<Signer>) -> Network {
+        Network { signer }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -35,6 +46,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             client: connect(&node.raft_addr),
             in_flight: false,
+            signer: self.signer.clone(),
         }
     }
 }
@@ -63,6 +75,7 @@ pub struct Peer {
     /// Set while a call is in flight; still set at the next call when openraft dropped
     /// the previous one at its deadline, which is the cue to dial afresh.
     in_flight: bool,
+    signer: Arc<Signer>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
@@ -88,8 +101,12 @@ impl Peer {
         };
         let data =
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let proof = self.signer.sign(Purpose::Raft, kind.path(), &data, &[]);
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(option.hard_ttl());
+        if let Ok(v) = proof.parse() {
+            request.metadata_mut().insert(PROOF_HEADER, v);
+        }
         self.in_flight = true;
         let resp = match kind {
             Kind::Append => client.append_entries(request).await,
@@ -117,10 +134,22 @@ impl Peer {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub enum Kind {
     Append,
     Vote,
     Snapshot,
+}
+
+impl Kind {
+    /// What a proof of this kind of message signs as its path: a vote's proof is no
+    /// good as an append's.
+    pub fn path(self) -> &'static str {
+        match self {
+            Kind::Append => "raft/append",
+            Kind::Vote => "raft/vote",
+            Kind::Snapshot => "raft/snapshot",
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -1,20 +1,77 @@
-//! Raft transport, server side: hands decoded openraft messages to the local Raft.
+//! Raft transport, server side: admits a message only from a voter of this node's Raft
+//! configuration whose registered key signed it (a fresh joiner, which holds no state
+//! yet, goes by the voters its join answer named), refuses terms and indexes no real
+//! mesh reaches, and hands the decoded message to the local Raft.
+//!
+//! Learners never send Raft requests; only voters campaign and only the leader (a
+//! voter) appends, so nothing else is let through.
 
+use std::sync::Arc;
+
+use openraft::{LogId, Vote};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 use webmesh_api::internal::RaftMessage;
 use webmesh_api::internal::raft_transport_server::RaftTransport;
+use webmesh_client::proof::{self, PROOF_HEADER, Purpose};
 
-use super::types::Raft;
+use super::network::Kind;
+use super::types::{NodeId, Raft};
+use crate::mesh::ids;
+use crate::trust::Trust;
+
+/// No mesh holds an election or a log entry past this: 2^62 elections at one per
+/// millisecond take 146 million years. A larger term or index is an attack on `+ 1`.
+pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 
 pub struct RaftServer {
     raft: Raft,
+    trust: Arc<Trust>,
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft) -> RaftServer {
-        RaftServer { raft }
+    pub fn new(raft: Raft, trust: Arc<Trust>) -> RaftServer {
+        RaftServer { raft, trust }
+    }
+
+    /// The sender, if it may speak Raft to this node.
+    fn admit(&self, kind: Kind, req: &Request<RaftMessage>) -> Result<String, Status> {
+        let header = req
+            .metadata()
+            .get(PROOF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated("raft: a message must carry its sender's proof of key")
+            })?;
+        let digest = proof::body_digest(&req.get_ref().data);
+        let claim = self
+            .trust
+            .check(header, Purpose::Raft, kind.path(), &digest, &[], false)
+            .map_err(|e| Status::unauthenticated(format!("raft: {e}")))?;
+        if !claim.registered {
+            return Err(Status::permission_denied(format!(
+                "raft: {} is not a member with that key",
+                claim.node
+            )));
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voter = membership
+            .voter_ids()
+            .any(|v| v == ids::raft_id(&claim.node));
+        // Before its first entry a joiner knows no configuration: the voters its join
+        // answer named stand in.
+        let fresh = membership.voter_ids().next().is_none();
+        if voter || (fresh && self.trust.pinned().contains(&claim.node)) {
+            Ok(claim.node)
+        } else {
+            Err(Status::permission_denied(format!(
+                "raft: {} is not a voter of this node's configuration",
+                claim.node
+            )))
+        }
     }
 }
 
@@ -29,18 +86,54 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
         .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))
 }
 
+/// Terms and indexes a message names must be ones a real mesh reaches.
+pub fn check_bounds<'a>(
+    vote: &Vote<NodeId>,
+    log_ids: impl IntoIterator<Item = &'a LogId<NodeId>>,
+) -> Result<(), Status> {
+    let bad = |what: &str, n: u64| {
+        Status::invalid_argument(format!(
+            "raft: {what} {n} is beyond {MAX_TERM_OR_INDEX}; no mesh gets there"
+        ))
+    };
+    if vote.leader_id().term >= MAX_TERM_OR_INDEX {
+        return Err(bad("term", vote.leader_id().term));
+    }
+    for id in log_ids {
+        if id.leader_id.term >= MAX_TERM_OR_INDEX {
+            return Err(bad("term", id.leader_id.term));
+        }
+        if id.index >= MAX_TERM_OR_INDEX {
+            return Err(bad("index", id.index));
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftServer {
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let res = self.raft.append_entries(decode(req)?).await;
+        self.admit(Kind::Append, &req)?;
+        let rpc: openraft::raft::AppendEntriesRequest<super::types::TypeConfig> = decode(req)?;
+        check_bounds(
+            &rpc.vote,
+            rpc.prev_log_id
+                .iter()
+                .chain(rpc.leader_commit.iter())
+                .chain(rpc.entries.iter().map(|e| &e.log_id)),
+        )?;
+        let res = self.raft.append_entries(rpc).await;
         encode(&res)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let res = self.raft.vote(decode(req)?).await;
+        self.admit(Kind::Vote, &req)?;
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode(req)?;
+        check_bounds(&rpc.vote, rpc.last_log_id.iter())?;
+        let res = self.raft.vote(rpc).await;
         encode(&res)
     }
 
@@ -48,7 +141,10 @@ impl RaftTransport for RaftServer {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let res = self.raft.install_snapshot(decode(req)?).await;
+        self.admit(Kind::Snapshot, &req)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<super::types::TypeConfig> = decode(req)?;
+        check_bounds(&rpc.vote, rpc.meta.last_log_id.iter())?;
+        let res = self.raft.install_snapshot(rpc).await;
         encode(&res)
     }
 }

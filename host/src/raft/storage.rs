@@ -8,7 +8,7 @@
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 use super::types::{Member, NodeId, TypeConfig};
 use crate::mesh::keys;
-use crate::mesh::members::MemberAddrs;
+use crate::mesh::members::Members;
 use crate::store::engine::{CF_LOG, CF_META, Engine};
 use crate::store::ops::{ApplyOutcome, Change};
 
@@ -272,13 +272,15 @@ pub enum StateEvent {
 pub struct StateMachine {
     engine: Engine,
     events: broadcast::Sender<StateEvent>,
-    /// Mesh address → node, updated in step with the applied state.
-    members: Arc<RwLock<MemberAddrs>>,
+    /// Node ID ↔ registered key, updated in step with the applied state.
+    members: Arc<RwLock<Members>>,
+    /// Bumped whenever the RBAC objects change, so the compiled policy is rebuilt.
+    rbac_version: Arc<AtomicU64>,
 }
 
 /// The member index of what `engine` holds now.
-fn load_members(engine: &Engine) -> MemberAddrs {
-    let mut m = MemberAddrs::default();
+fn load_members(engine: &Engine) -> Members {
+    let mut m = Members::default();
     match engine.list(keys::NODES) {
         Ok(nodes) => nodes.iter().for_each(|e| m.apply(&e.key, Some(&e.value))),
         Err(e) => tracing::warn!(error = %e, "cannot read the node records"),
@@ -293,10 +295,15 @@ impl StateMachine {
             engine,
             events,
             members,
+            rbac_version: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    pub fn members(&self) -> Arc<RwLock<MemberAddrs>> {
+    pub fn rbac_version(&self) -> Arc<AtomicU64> {
+        self.rbac_version.clone()
+    }
+
+    pub fn members(&self) -> Arc<RwLock<Members>> {
         self.members.clone()
     }
 
@@ -353,6 +360,7 @@ impl StateMachine {
         b.put_cf(cf, SNAPSHOT_DATA, data);
         self.engine.write(b, true).map_err(write_err)?;
         *self.members.write().unwrap_or_else(|p| p.into_inner()) = load_members(&self.engine);
+        self.rbac_version.fetch_add(1, Ordering::AcqRel);
         let _ = self.events.send(StateEvent::Reset {
             index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
         });
@@ -417,6 +425,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .iter()
                 .flat_map(|o| o.changes.iter().cloned())
                 .collect();
+            if changes
+                .iter()
+                .any(|c| crate::store::views::is_rbac_key(c.key()))
+            {
+                self.rbac_version.fetch_add(1, Ordering::AcqRel);
+            }
             if changes.iter().any(|c| c.key().starts_with(keys::NODES)) {
                 let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
                 for c in &changes {

@@ -12,7 +12,9 @@ use webmesh_api::v1::{
     Roles, Route, Routes, RuleVerb,
 };
 
-use super::{Caller, authorize, internal, propose_status, read_all, request_caller};
+use super::authorization::{self, Granting, Read, authorize, may_grant, may_read};
+use super::identity::{Caller, Identity};
+use super::{internal, propose_status, read_all};
 use crate::mesh::admin::{self, Invalid, Kind};
 use crate::mesh::rbac::Action;
 use crate::mesh::{ids, keys};
@@ -63,6 +65,7 @@ fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+#[derive(Clone)]
 pub struct AdminService {
     raft: RaftNode,
 }
@@ -73,7 +76,16 @@ impl AdminService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Caller {
-        request_caller(req, &self.raft.name, &self.raft.state_machine.members())
+        Identity::of(req).caller
+    }
+
+    /// Reads need an identity with a role on the resource (members may read all).
+    fn may_read<T>(&self, req: &Request<T>, kind: Kind, name: &str) -> Result<(), Status> {
+        may_read(
+            authorization::policy(&self.raft)?.as_deref(),
+            &self.caller(req),
+            Read::Object(kind.resource(), name),
+        )
     }
 
     fn read<O: Object>(&self, key: &str) -> Result<Option<O>, Status> {
@@ -132,7 +144,7 @@ impl AdminService {
         )
         .map_err(Status::failed_precondition)?;
         authorize(
-            &self.raft.engine,
+            &self.raft,
             &caller.principal(),
             &caller,
             &[Action::new(
@@ -141,6 +153,15 @@ impl AdminService {
                 RuleVerb::VerbPut,
             )],
         )?;
+        // Escalation: an RBAC object may grant only what its author holds.
+        let granting = any
+            .downcast_ref::<Role>()
+            .map(Granting::Role)
+            .or(any.downcast_ref::<RoleBinding>().map(Granting::Binding))
+            .or(any.downcast_ref::<Group>().map(Granting::Group));
+        if let Some(g) = granting {
+            may_grant(authorization::policy(&self.raft)?.as_deref(), &caller, g)?;
+        }
         let mut ops = Vec::new();
         if let Some(e) = any.downcast_ref::<MeshEdge>() {
             for end in [&e.source, &e.target] {
@@ -173,7 +194,7 @@ impl AdminService {
         let kind = O::KIND;
         admin::protect_delete(kind, &name).map_err(Status::failed_precondition)?;
         authorize(
-            &self.raft.engine,
+            &self.raft,
             &caller.principal(),
             &caller,
             &[Action::new(
@@ -195,13 +216,15 @@ impl AdminService {
 
     fn get<O: Object>(&self, req: Request<O>) -> Result<Response<O>, Status> {
         let name = validate_name::<O>(req.get_ref())?;
+        self.may_read(&req, O::KIND, &name)?;
         match self.find::<O>(&name)? {
             Some((_, o)) => Ok(Response::new(o)),
             None => Err(not_found::<O>(&name)),
         }
     }
 
-    fn list<O: Object>(&self) -> Result<Vec<O>, Status> {
+    fn list<O: Object, T>(&self, req: &Request<T>) -> Result<Vec<O>, Status> {
+        self.may_read(req, O::KIND, "")?;
         Ok(read_all(&self.raft.engine, O::KIND.prefix())?
             .into_iter()
             .map(|(_, o)| o)
@@ -240,9 +263,9 @@ impl Admin for AdminService {
     async fn get_role(&self, r: Request<Role>) -> Result<Response<Role>, Status> {
         self.get(r)
     }
-    async fn list_roles(&self, _: Request<()>) -> Result<Response<Roles>, Status> {
+    async fn list_roles(&self, r: Request<()>) -> Result<Response<Roles>, Status> {
         Ok(Response::new(Roles {
-            items: self.list()?,
+            items: self.list(&r)?,
         }))
     }
 
@@ -258,9 +281,9 @@ impl Admin for AdminService {
     ) -> Result<Response<RoleBinding>, Status> {
         self.get(r)
     }
-    async fn list_role_bindings(&self, _: Request<()>) -> Result<Response<RoleBindings>, Status> {
+    async fn list_role_bindings(&self, r: Request<()>) -> Result<Response<RoleBindings>, Status> {
         Ok(Response::new(RoleBindings {
-            items: self.list()?,
+            items: self.list(&r)?,
         }))
     }
 
@@ -273,9 +296,9 @@ impl Admin for AdminService {
     async fn get_group(&self, r: Request<Group>) -> Result<Response<Group>, Status> {
         self.get(r)
     }
-    async fn list_groups(&self, _: Request<()>) -> Result<Response<Groups>, Status> {
+    async fn list_groups(&self, r: Request<()>) -> Result<Response<Groups>, Status> {
         Ok(Response::new(Groups {
-            items: self.list()?,
+            items: self.list(&r)?,
         }))
     }
 
@@ -291,9 +314,9 @@ impl Admin for AdminService {
     ) -> Result<Response<NetworkAcl>, Status> {
         self.get(r)
     }
-    async fn list_network_ac_ls(&self, _: Request<()>) -> Result<Response<NetworkAcLs>, Status> {
+    async fn list_network_ac_ls(&self, r: Request<()>) -> Result<Response<NetworkAcLs>, Status> {
         Ok(Response::new(NetworkAcLs {
-            items: self.list()?,
+            items: self.list(&r)?,
         }))
     }
 
@@ -306,9 +329,9 @@ impl Admin for AdminService {
     async fn get_route(&self, r: Request<Route>) -> Result<Response<Route>, Status> {
         self.get(r)
     }
-    async fn list_routes(&self, _: Request<()>) -> Result<Response<Routes>, Status> {
+    async fn list_routes(&self, r: Request<()>) -> Result<Response<Routes>, Status> {
         Ok(Response::new(Routes {
-            items: self.list()?,
+            items: self.list(&r)?,
         }))
     }
 
@@ -321,9 +344,9 @@ impl Admin for AdminService {
     async fn get_edge(&self, r: Request<MeshEdge>) -> Result<Response<MeshEdge>, Status> {
         self.get(r)
     }
-    async fn list_edges(&self, _: Request<()>) -> Result<Response<MeshEdges>, Status> {
+    async fn list_edges(&self, r: Request<()>) -> Result<Response<MeshEdges>, Status> {
         Ok(Response::new(MeshEdges {
-            items: self.list()?,
+            items: self.list(&r)?,
         }))
     }
 }

@@ -1,8 +1,14 @@
-//! Where a call runs. The leader proxy: a tower layer (inside the auth layer) that sends leader-only RPCs
-//! arriving at a follower — Admin writes — to the leader, and reads too when the caller
-//! asks with `x-webmesh-prefer-leader: true`. The request travels unchanged (HTTP/2
-//! frames, deadline, credentials), plus the caller's identity in `x-webmesh-caller`,
-//! which the leader trusts only because the request comes from a mesh member.
+//! Where a call runs. The leader proxy: a tower layer (inside the identity layer) that
+//! sends leader-only RPCs arriving at a follower — Admin writes, Join, Update, Leave —
+//! to the leader, and reads too when the caller asks with `x-webmesh-prefer-leader:
+//! true`. One path for all of them.
+//!
+//! Credentials travel, not conclusions: the request goes on unchanged (body, deadline,
+//! the caller's proof of key and AUTH headers), so the leader checks them itself. The
+//! follower adds what it vouches for — the caller as it saw it, itself as the join's
+//! first peer — and signs that together with the body (`x-webmesh-forwarder-proof`); the
+//! leader believes the vouched caller only from a voter. A caller on this node's admin
+//! socket is this node, which signs for itself.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,12 +16,13 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tonic::Status;
 use tower::ServiceExt;
+use webmesh_client::proof::{FORWARDER_HEADER, PROOF_HEADER, Purpose};
 
 use super::identity::{
-    Authenticated, CALLER_HEADER, Caller, FORWARDED_HEADER, PREFER_LEADER_HEADER, identify,
-    remote_ip,
+    CALLER_HEADER, FORWARDED_HEADER, Identity, JOIN_VIA_HEADER, PREFER_LEADER_HEADER, read_body,
 };
 use crate::raft::RaftNode;
+use crate::trust::Trust;
 
 /// gRPC channels to other members, made once and kept (they reconnect by themselves).
 #[derive(Default)]
@@ -57,11 +64,15 @@ pub enum Route {
     PreferLeader,
 }
 
-/// Leader-only: Admin writes. Reads of Admin, Mesh and PeerDiscovery follow the
-/// prefer-leader header. The Node service forwards its own writes (Join, Update, Leave,
-/// Apply) and answers everything else for the node it runs on.
+/// Leader-only: Admin writes and the Node writes that change membership (Join, Update,
+/// Leave). Reads of Admin, Mesh and PeerDiscovery follow the prefer-leader header.
+/// `Node.Apply` answers on a follower with the leader's address instead (a voter's raw
+/// write goes to the leader directly).
 pub fn route(path: &str, prefer_leader: bool) -> Route {
-    if path.starts_with("/v1.Admin/Put") || path.starts_with("/v1.Admin/Delete") {
+    if path.starts_with("/v1.Admin/Put")
+        || path.starts_with("/v1.Admin/Delete")
+        || matches!(path, "/v1.Node/Join" | "/v1.Node/Update" | "/v1.Node/Leave")
+    {
         return Route::LeaderOnly;
     }
     let read = ["/v1.Admin/", "/v1.Mesh/", "/v1.PeerDiscovery/"]
@@ -77,14 +88,26 @@ pub fn route(path: &str, prefer_leader: bool) -> Route {
 struct Ctx {
     raft: RaftNode,
     channels: Arc<Channels>,
+    trust: Arc<Trust>,
+    max_body: usize,
 }
 
 #[derive(Clone)]
 pub struct LeaderProxyLayer(Arc<Ctx>);
 
 impl LeaderProxyLayer {
-    pub fn new(raft: RaftNode, channels: Arc<Channels>) -> LeaderProxyLayer {
-        LeaderProxyLayer(Arc::new(Ctx { raft, channels }))
+    pub fn new(
+        raft: RaftNode,
+        channels: Arc<Channels>,
+        trust: Arc<Trust>,
+        max_body: usize,
+    ) -> LeaderProxyLayer {
+        LeaderProxyLayer(Arc::new(Ctx {
+            raft,
+            channels,
+            trust,
+            max_body,
+        }))
     }
 }
 
@@ -104,15 +127,15 @@ pub struct LeaderProxy<S> {
     ctx: Arc<Ctx>,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for LeaderProxy<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for LeaderProxy<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -122,7 +145,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ctx = self.ctx.clone();
@@ -135,6 +158,7 @@ where
             if route == Route::Local || ctx.raft.is_leader() {
                 return inner.call(req).await;
             }
+            // Only a proved forwarder's header survives the identity layer.
             if req.headers().contains_key(FORWARDED_HEADER) {
                 // Leadership moved while the request travelled: do not bounce it on.
                 return Ok(Status::unavailable(
@@ -149,22 +173,37 @@ where
                         .into_http(),
                 );
             };
-            let caller = match req.extensions().get::<Authenticated>() {
-                Some(a) => Caller::User(a.0.clone()),
-                None => identify(
-                    remote_ip(&req),
-                    &ctx.raft.name,
-                    &ctx.raft.state_machine.members(),
-                ),
+            let identity = req
+                .extensions()
+                .get::<Identity>()
+                .cloned()
+                .unwrap_or_default();
+            let (mut parts, body) = req.into_parts();
+            let body = match read_body(body, ctx.max_body).await {
+                Ok(b) => b,
+                Err(s) => return Ok(s.into_http()),
             };
-            let headers = req.headers_mut();
-            for (k, v) in [
-                (CALLER_HEADER, caller.to_header()),
-                (FORWARDED_HEADER, ctx.raft.name.clone()),
-            ] {
+            let path = parts.uri.path().to_string();
+            let me = ctx.trust.name().to_string();
+            let caller = identity.caller.to_header();
+            let signer = ctx.trust.signer();
+            let mut add = vec![
+                (CALLER_HEADER, caller.clone()),
+                (FORWARDED_HEADER, me.clone()),
+                (JOIN_VIA_HEADER, me.clone()),
+                (
+                    FORWARDER_HEADER,
+                    signer.sign(Purpose::Forward, &path, &body, &[&caller, &me]),
+                ),
+            ];
+            if identity.local {
+                // The admin socket's caller is this node: it proves so itself.
+                add.push((PROOF_HEADER, signer.sign(Purpose::Call, &path, &body, &[])));
+            }
+            for (k, v) in add {
                 match http::HeaderValue::from_str(&v) {
                     Ok(v) => {
-                        headers.insert(k, v);
+                        parts.headers.insert(k, v);
                     }
                     Err(_) => {
                         return Ok(Status::invalid_argument(format!(
@@ -178,9 +217,13 @@ where
                 Ok(c) => c,
                 Err(s) => return Ok(s.into_http()),
             };
-            tracing::debug!(path = %req.uri().path(), leader = %leader.name, %caller, "forwarding to the leader");
-            match channel.oneshot(req.map(tonic::body::Body::new)).await {
-                Ok(resp) => Ok(resp),
+            tracing::debug!(%path, leader = %leader.name, caller = %identity.caller, "forwarding to the leader");
+            let req = http::Request::from_parts(
+                parts,
+                tonic::body::Body::new(http_body_util::Full::new(body)),
+            );
+            match channel.oneshot(req).await {
+                Ok(resp) => Ok(resp.map(tonic::body::Body::new)),
                 Err(e) => Ok(Status::unavailable(format!(
                     "forwarding to the leader {} at {}: {e}",
                     leader.name, leader.grpc_addr
@@ -196,28 +239,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_writes_go_to_the_leader_and_reads_on_request() {
+    fn writes_go_to_the_leader_and_reads_on_request() {
         assert_eq!(route("/v1.Admin/PutNetworkACL", false), Route::LeaderOnly);
         assert_eq!(route("/v1.Admin/DeleteRole", true), Route::LeaderOnly);
+        assert_eq!(route("/v1.Node/Join", false), Route::LeaderOnly);
+        assert_eq!(route("/v1.Node/Update", false), Route::LeaderOnly);
+        assert_eq!(route("/v1.Node/Leave", false), Route::LeaderOnly);
         assert_eq!(route("/v1.Admin/GetRole", false), Route::Local);
         assert_eq!(route("/v1.Admin/ListRoutes", true), Route::PreferLeader);
         assert_eq!(route("/v1.Mesh/GetMeshGraph", true), Route::PreferLeader);
         assert_eq!(route("/v1.PeerDiscovery/ListPeers", false), Route::Local);
-        // The Node service handles its own forwarding.
-        assert_eq!(route("/v1.Node/Join", true), Route::Local);
         assert_eq!(route("/v1.Node/GetStatus", true), Route::Local);
-    }
-
-    #[test]
-    fn caller_headers_round_trip() {
-        for c in [
-            Caller::Node("n1".into()),
-            Caller::User("alice@example".into()),
-            Caller::Anonymous,
-        ] {
-            assert_eq!(Caller::from_header(&c.to_header()), Some(c));
-        }
-        assert_eq!(Caller::from_header("root"), None);
-        assert_eq!(Caller::from_header("node:"), None);
+        assert_eq!(route("/v1.Node/Apply", false), Route::Local);
     }
 }

@@ -1,28 +1,45 @@
-//! Who is calling: a tower layer in front of every public RPC asks the AUTH plugin who
-//! the caller is; mesh members (this host over loopback, other nodes over their
-//! WireGuard-authenticated mesh addresses) are known without asking. A request a member
-//! forwarded names its original caller in a header, believed only from members.
+//! Who is calling. A tower layer in front of every public RPC establishes an
+//! [`Identity`] from what the request proves, in this order:
+//!
+//! 1. the local admin socket (file permissions and `SO_PEERCRED` let only root, this
+//!    user and the admin group in): the caller acts as this node;
+//! 2. a member's forwarder proof ([`FORWARDER_HEADER`]): the request was forwarded by
+//!    that member, whose key signed the request and the caller it vouches for; that
+//!    caller is believed only from a voter (voters hold the whole state anyway);
+//! 3. a node's own proof ([`PROOF_HEADER`]): the caller is the node whose registered key
+//!    signed the request; a valid proof with a key the state does not give that node is
+//!    only a claim (a first join, or a stranger);
+//! 4. the AUTH plugin, for everyone else;
+//! 5. otherwise the caller is anonymous.
+//!
+//! Architecture invariant: no identity comes from an address. Loopback is not the local
+//! node and a mesh address is nobody (a relay forwards packets for the nodes behind it).
+//! Headers only a proved forwarder may set are removed from every other request.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use http_body_util::BodyExt;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use webmesh_api::v1::AuthenticationRequest;
+use webmesh_client::proof::{self, FORWARDER_HEADER, PROOF_HEADER, Purpose};
 
-use crate::mesh::members::MemberAddrs;
 use crate::plugins::PluginHandle;
+use crate::raft::RaftNode;
+use crate::trust::{Claim, Trust};
 
 /// Who made a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Caller {
-    /// A mesh node, by ID.
+    /// A mesh node, by ID: it proved its registered key, or it is this node (the admin
+    /// socket), or a voter vouched for it.
     Node(String),
     /// An identity the AUTH plugin vouched for.
     User(String),
     /// Nobody we can name.
+    #[default]
     Anonymous,
 }
 
@@ -36,14 +53,23 @@ impl std::fmt::Display for Caller {
     }
 }
 
-/// The caller a member forwarded a request for (leader proxy, forwarded joins):
-/// `node:<id>`, `user:<id>` or `anonymous`. Trusted only from mesh members.
+/// The caller a member forwarded a request for: `node:<id>`, `user:<id>` or
+/// `anonymous`. Signed into the forwarder's proof; believed only from voters.
 pub const CALLER_HEADER: &str = "x-webmesh-caller";
 /// Set on a request a member forwarded to the leader: a node that is not the leader
 /// any more answers it rather than forwarding it again.
 pub const FORWARDED_HEADER: &str = "x-webmesh-forwarded-by";
+/// Names the node that handled a join when it forwards it to the leader (the joiner's
+/// first edge). Signed into the forwarder's proof.
+pub const JOIN_VIA_HEADER: &str = "x-webmesh-join-via";
 /// Asks a follower to forward a read to the leader.
 pub const PREFER_LEADER_HEADER: &str = "x-webmesh-prefer-leader";
+/// The caller's address as the AUTH plugin sees it (for rate limits); set by the node,
+/// never taken from the request.
+pub const REMOTE_ADDR_HEADER: &str = "x-webmesh-remote-addr";
+
+/// Headers only a proved forwarder may set.
+const FORWARDER_ONLY: [&str; 3] = [CALLER_HEADER, FORWARDED_HEADER, JOIN_VIA_HEADER];
 
 impl Caller {
     pub fn to_header(&self) -> String {
@@ -63,7 +89,7 @@ impl Caller {
         }
     }
 
-    /// The RBAC principal; `None` for anonymous callers (only SUBJECT_ALL "*" names them).
+    /// The RBAC principal; anonymous callers are nobody (no subject names them).
     pub fn principal(&self) -> crate::mesh::rbac::Principal {
         use crate::mesh::rbac::Principal;
         match self {
@@ -76,109 +102,131 @@ impl Caller {
             },
         }
     }
+
+    pub fn is_anonymous(&self) -> bool {
+        *self == Caller::Anonymous
+    }
 }
 
-/// Who made `req`: the AUTH plugin's answer, else the address (loopback, a member's
-/// mesh address); for a request a member forwarded, the caller it names.
-pub fn request_caller<T>(
-    req: &tonic::Request<T>,
-    local_node: &str,
-    members: &std::sync::RwLock<crate::mesh::members::MemberAddrs>,
-) -> Caller {
-    let direct = match req.extensions().get::<Authenticated>() {
-        Some(a) => Caller::User(a.0.clone()),
-        None => identify(req.remote_addr().map(|a| a.ip()), local_node, members),
+/// What the identity layer established about a request (in its extensions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub caller: Caller,
+    /// The request came through the local admin socket.
+    pub local: bool,
+    /// A verified proof of key carried by the request, registered or not.
+    pub claim: Option<Claim>,
+    /// The member that forwarded this request, having proved it.
+    pub forwarder: Option<String>,
+    /// The caller came from the AUTH plugin's verdict on this request's credentials
+    /// (not re-checkable elsewhere when they include a TLS client certificate).
+    pub by_plugin: bool,
+}
+
+impl Identity {
+    /// The identity the layer put on `req` (anonymous if it was never through it).
+    pub fn of<T>(req: &tonic::Request<T>) -> Identity {
+        req.extensions()
+            .get::<Identity>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The node this caller proved to be by key, this request's own claim included.
+    pub fn proven_node(&self) -> Option<&str> {
+        match &self.claim {
+            Some(c) if c.registered => Some(&c.node),
+            _ => None,
+        }
+    }
+}
+
+/// Who made `req` (shortcut for [`Identity::of`]).
+pub fn request_caller<T>(req: &tonic::Request<T>) -> Caller {
+    Identity::of(req).caller
+}
+
+/// The facts a request proved, before they are weighed.
+#[derive(Debug, Default)]
+pub struct Proved {
+    pub local: bool,
+    /// A verified forwarder proof: the forwarder, whether it is a voter, and the caller
+    /// it vouches for.
+    pub forwarded: Option<(Claim, bool, Option<Caller>)>,
+    /// A verified proof of the caller's own key.
+    pub own: Option<Claim>,
+}
+
+/// Weighs what a request proved (pure). `None`: the AUTH plugin should be asked.
+pub fn resolve(local_node: &str, p: Proved) -> (Identity, bool) {
+    let mut id = Identity {
+        local: p.local,
+        claim: p.own.clone(),
+        ..Default::default()
     };
-    if let Caller::Node(_) = direct
-        && let Some(fwd) = req
-            .metadata()
-            .get(CALLER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Caller::from_header)
-    {
-        return fwd;
+    if p.local {
+        id.caller = Caller::Node(local_node.to_string());
+        return (id, false);
     }
-    direct
-}
-
-/// Without an auth plugin, the only identity a connection proves is where it comes
-/// from: a loopback caller is on this host, so it acts as this node.
-pub fn caller_from_addr(remote: Option<IpAddr>, local_node: &str) -> Caller {
-    match remote {
-        Some(ip) if ip.is_loopback() || is_mapped_loopback(ip) => {
-            Caller::Node(local_node.to_string())
+    if let Some((f, voter, vouched)) = p.forwarded {
+        id.forwarder = Some(f.node.clone());
+        if voter && let Some(c) = vouched {
+            id.caller = c;
+            return (id, false);
         }
-        _ => Caller::Anonymous,
     }
-}
-
-fn is_mapped_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        IpAddr::V4(_) => false,
+    if let Some(node) = id.proven_node() {
+        id.caller = Caller::Node(node.to_string());
+        return (id, false);
     }
+    (id, true)
 }
-
-/// [`caller_from_addr`], plus mesh addresses: a TCP connection from a node's mesh
-/// address came through WireGuard, which authenticated the peer's key.
-pub fn identify(
-    remote: Option<IpAddr>,
-    local_node: &str,
-    members: &std::sync::RwLock<crate::mesh::members::MemberAddrs>,
-) -> Caller {
-    let caller = caller_from_addr(remote, local_node);
-    match remote.filter(|_| caller == Caller::Anonymous) {
-        Some(ip) => {
-            let m = members.read().unwrap_or_else(|p| p.into_inner());
-            m.owner(ip)
-                .map_or(Caller::Anonymous, |id| Caller::Node(id.to_string()))
-        }
-        None => caller,
-    }
-}
-
-/// The identity the AUTH plugin returned for a request, in its extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authenticated(pub String);
 
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct IdentityLayer(Arc<Ctx>);
+
+struct Ctx {
     auth: Option<Arc<PluginHandle>>,
-    members: Arc<RwLock<MemberAddrs>>,
-    local: Arc<str>,
+    trust: Arc<Trust>,
+    raft: RaftNode,
+    /// Largest request body read to check a proof.
+    max_body: usize,
 }
 
-impl AuthLayer {
+impl IdentityLayer {
     pub fn new(
         auth: Option<Arc<PluginHandle>>,
-        members: Arc<RwLock<MemberAddrs>>,
-        local: &str,
-    ) -> AuthLayer {
-        AuthLayer {
+        trust: Arc<Trust>,
+        raft: RaftNode,
+        max_body: usize,
+    ) -> IdentityLayer {
+        IdentityLayer(Arc::new(Ctx {
             auth,
-            members,
-            local: local.into(),
-        }
+            trust,
+            raft,
+            max_body,
+        }))
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService {
+impl<S> tower::Layer<S> for IdentityLayer {
+    type Service = IdentityService<S>;
+    fn layer(&self, inner: S) -> IdentityService<S> {
+        IdentityService {
             inner,
-            layer: self.clone(),
+            ctx: self.0.clone(),
         }
     }
 }
 
 #[derive(Clone)]
-pub struct AuthService<S> {
+pub struct IdentityService<S> {
     inner: S,
-    layer: AuthLayer,
+    ctx: Arc<Ctx>,
 }
 
-/// The peer address of an HTTP request, over plain TCP or TLS.
+/// The peer address of an HTTP request, over plain TCP or TLS (for logs and the AUTH
+/// plugin's rate limits; never for identity).
 pub fn remote_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
     let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
     req.extensions()
@@ -189,7 +237,7 @@ pub fn remote_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
 }
 
 /// The request's metadata as the plugin sees it: text headers, names in lower case,
-/// HTTP/2 and gRPC transport headers left out.
+/// HTTP/2, gRPC and webmesh transport headers left out.
 pub fn auth_headers(headers: &http::HeaderMap) -> HashMap<String, String> {
     headers
         .iter()
@@ -198,19 +246,43 @@ pub fn auth_headers(headers: &http::HeaderMap) -> HashMap<String, String> {
             !k.ends_with("-bin")
                 && !matches!(k, "te" | "content-type" | "user-agent" | "grpc-timeout")
                 && !k.starts_with("grpc-accept")
+                && k != PROOF_HEADER
+                && k != FORWARDER_HEADER
+                && k != REMOTE_ADDR_HEADER
+                && !FORWARDER_ONLY.contains(&k)
         })
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect()
 }
 
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+fn unauthenticated(what: &str, e: impl std::fmt::Display) -> http::Response<tonic::body::Body> {
+    tonic::Status::unauthenticated(format!("{what}: {e}")).into_http()
+}
+
+/// Reads a body whole, up to `max` bytes.
+pub async fn read_body(body: tonic::body::Body, max: usize) -> Result<bytes::Bytes, tonic::Status> {
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(tonic::Status::invalid_argument(format!(
+                "the request is larger than this node's limit of {max} bytes"
+            )))
+        }
+        Err(e) => Err(tonic::Status::invalid_argument(format!(
+            "cannot read the request: {e}"
+        ))),
+    }
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for IdentityService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -220,42 +292,126 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         // The clone that was made ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let ctx = self.ctx.clone();
         Box::pin(async move {
-            let Some(auth) = layer.auth else {
-                return inner.call(req).await;
+            let (mut parts, body) = req.into_parts();
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
             };
-            let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-            let remote = remote_ip(&req);
-            if let Caller::Node(_) = identify(remote, &layer.local, &layer.members) {
-                return inner.call(req).await;
-            }
-            let request = AuthenticationRequest {
-                headers: auth_headers(req.headers()),
-                certificates: tls
-                    .and_then(|t| t.peer_certs())
-                    .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
-                    .unwrap_or_default(),
+            let own = header(PROOF_HEADER);
+            let fwd = header(FORWARDER_HEADER);
+            // What only a proved forwarder may say; put back only if one proves it.
+            let vouched: Vec<(&str, Option<http::HeaderValue>)> = FORWARDER_ONLY
+                .iter()
+                .map(|h| (*h, parts.headers.remove(*h)))
+                .collect();
+            parts.headers.remove(REMOTE_ADDR_HEADER);
+            let text = |h: &str| {
+                vouched
+                    .iter()
+                    .find(|(n, _)| *n == h)
+                    .and_then(|(_, v)| v.as_ref())
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
             };
-            match auth.authenticate(request).await {
-                Ok(id) if !id.is_empty() => {
-                    req.extensions_mut().insert(Authenticated(id));
-                    inner.call(req).await
+            // A proof signs the exact body: read it (bounded) only when one comes.
+            let (body, digest) = if own.is_some() || fwd.is_some() {
+                match read_body(body, ctx.max_body).await {
+                    Ok(b) => {
+                        let d = proof::body_digest(&b);
+                        (tonic::body::Body::new(http_body_util::Full::new(b)), d)
+                    }
+                    Err(s) => return Ok(s.into_http()),
                 }
-                Ok(_) => Ok(tonic::Status::unauthenticated(format!(
-                    "plugin {} authenticated the caller without naming it",
-                    auth.name
-                ))
-                .into_http()),
-                Err(status) => {
-                    tracing::debug!(remote = ?remote, error = %status, "authentication failed");
-                    Ok(status.into_http())
+            } else {
+                (body, [0; 32])
+            };
+            let path = parts.uri.path().to_string();
+            let mut proved = Proved {
+                local: parts.extensions.get::<UdsConnectInfo>().is_some(),
+                ..Default::default()
+            };
+            if let Some(h) = &fwd {
+                let (caller_h, via_h) = (text(CALLER_HEADER), text(JOIN_VIA_HEADER));
+                let claim = match ctx.trust.check(
+                    h,
+                    Purpose::Forward,
+                    &path,
+                    &digest,
+                    &[&caller_h, &via_h],
+                    true,
+                ) {
+                    Ok(c) if c.registered => c,
+                    Ok(c) => {
+                        return Ok(unauthenticated(
+                            FORWARDER_HEADER,
+                            format!("{} does not hold that key; only members forward", c.node),
+                        ));
+                    }
+                    Err(e) => return Ok(unauthenticated(FORWARDER_HEADER, e)),
+                };
+                for (name, v) in vouched {
+                    if let Some(v) = v {
+                        parts.headers.insert(name, v);
+                    }
+                }
+                let voter = ctx.raft.is_voter(&claim.node);
+                proved.forwarded = Some((claim, voter, Caller::from_header(&caller_h)));
+            }
+            if let Some(h) = &own {
+                match ctx.trust.check(h, Purpose::Call, &path, &digest, &[], true) {
+                    Ok(c) => proved.own = Some(c),
+                    Err(e) => return Ok(unauthenticated(PROOF_HEADER, e)),
                 }
             }
+            let (mut identity, ask_plugin) = resolve(ctx.trust.name(), proved);
+            if ask_plugin && let Some(auth) = &ctx.auth {
+                let tls = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+                let remote = parts
+                    .extensions
+                    .get::<TcpConnectInfo>()
+                    .or(tls.map(|t| t.get_ref()))
+                    .and_then(|i| i.remote_addr());
+                let mut headers = auth_headers(&parts.headers);
+                if let Some(r) = remote {
+                    headers.insert(REMOTE_ADDR_HEADER.into(), r.ip().to_string());
+                }
+                let request = AuthenticationRequest {
+                    headers,
+                    certificates: tls
+                        .and_then(|t| t.peer_certs())
+                        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+                        .unwrap_or_default(),
+                };
+                match auth.authenticate(request).await {
+                    Ok(id) if !id.is_empty() => {
+                        identity.caller = Caller::User(id);
+                        identity.by_plugin = true;
+                    }
+                    Ok(_) => {
+                        return Ok(tonic::Status::unauthenticated(format!(
+                            "plugin {} authenticated the caller without naming it",
+                            auth.name
+                        ))
+                        .into_http());
+                    }
+                    Err(status) => {
+                        tracing::debug!(remote = ?remote, error = %status, "authentication failed");
+                        return Ok(status.into_http());
+                    }
+                }
+            }
+            parts.extensions.insert(identity);
+            inner.call(http::Request::from_parts(parts, body)).await
         })
     }
 }
@@ -264,8 +420,16 @@ where
 mod tests {
     use super::*;
 
+    fn claim(node: &str, registered: bool) -> Claim {
+        Claim {
+            node: node.into(),
+            key: "K".into(),
+            registered,
+        }
+    }
+
     #[test]
-    fn transport_headers_stay_out_of_authentication() {
+    fn transport_and_webmesh_headers_stay_out_of_authentication() {
         let mut h = http::HeaderMap::new();
         h.insert("x-webmesh-basic-auth-username", "alice".parse().unwrap());
         h.insert("authorization", "Bearer t".parse().unwrap());
@@ -273,6 +437,9 @@ mod tests {
         h.insert("content-type", "application/grpc".parse().unwrap());
         h.insert("grpc-timeout", "5S".parse().unwrap());
         h.insert("x-trace-bin", "AAEC".parse().unwrap());
+        h.insert(PROOF_HEADER, "v1;x".parse().unwrap());
+        h.insert(CALLER_HEADER, "user:admin".parse().unwrap());
+        h.insert(REMOTE_ADDR_HEADER, "1.2.3.4".parse().unwrap());
         let got = auth_headers(&h);
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got["x-webmesh-basic-auth-username"], "alice");
@@ -280,24 +447,69 @@ mod tests {
     }
 
     #[test]
-    fn loopback_callers_act_as_this_node() {
-        let me = "n1";
-        assert_eq!(
-            caller_from_addr(Some("127.0.0.1".parse().unwrap()), me),
-            Caller::Node("n1".into())
+    fn proofs_are_weighed_in_order() {
+        // The admin socket is this node, whatever else the request says.
+        let (id, ask) = resolve(
+            "me",
+            Proved {
+                local: true,
+                own: Some(claim("other", true)),
+                ..Default::default()
+            },
         );
-        assert_eq!(
-            caller_from_addr(Some("::1".parse().unwrap()), me),
-            Caller::Node("n1".into())
+        assert_eq!((id.caller, ask), (Caller::Node("me".into()), false));
+        // A voter's word for the caller is taken.
+        let (id, ask) = resolve(
+            "me",
+            Proved {
+                forwarded: Some((claim("v", true), true, Some(Caller::User("alice".into())))),
+                ..Default::default()
+            },
         );
-        assert_eq!(
-            caller_from_addr(Some("::ffff:127.0.0.1".parse().unwrap()), me),
-            Caller::Node("n1".into())
+        assert_eq!(id.caller, Caller::User("alice".into()));
+        assert_eq!(id.forwarder.as_deref(), Some("v"));
+        assert!(!ask);
+        // A non-voter's is not: the request's own credentials decide.
+        let (id, ask) = resolve(
+            "me",
+            Proved {
+                forwarded: Some((claim("m", true), false, Some(Caller::User("admin".into())))),
+                ..Default::default()
+            },
         );
-        assert_eq!(
-            caller_from_addr(Some("10.0.0.2".parse().unwrap()), me),
-            Caller::Anonymous
+        assert_eq!((id.caller, ask), (Caller::Anonymous, true));
+        let (id, ask) = resolve(
+            "me",
+            Proved {
+                forwarded: Some((claim("m", true), false, Some(Caller::User("admin".into())))),
+                own: Some(claim("n2", true)),
+                ..Default::default()
+            },
         );
-        assert_eq!(caller_from_addr(None, me), Caller::Anonymous);
+        assert_eq!((id.caller, ask), (Caller::Node("n2".into()), false));
+        // A key the state does not give that node is a claim: the plugin decides.
+        let (id, ask) = resolve(
+            "me",
+            Proved {
+                own: Some(claim("n2", false)),
+                ..Default::default()
+            },
+        );
+        assert_eq!((id.caller.clone(), ask), (Caller::Anonymous, true));
+        assert_eq!(id.claim, Some(claim("n2", false)));
+        assert_eq!(id.proven_node(), None);
+    }
+
+    #[test]
+    fn caller_headers_round_trip() {
+        for c in [
+            Caller::Node("n1".into()),
+            Caller::User("alice@example".into()),
+            Caller::Anonymous,
+        ] {
+            assert_eq!(Caller::from_header(&c.to_header()), Some(c));
+        }
+        assert_eq!(Caller::from_header("root"), None);
+        assert_eq!(Caller::from_header("node:"), None);
     }
 }

@@ -12,10 +12,10 @@ use webmesh_api::v1::{JoinRequest, JoinResponse, MeshNode, UpdateRequest};
 use super::propose_status;
 use crate::mesh::membership::{self, FieldError};
 use crate::mesh::{keys, peers};
-use crate::net::load_view;
 use crate::plugins::Ipam;
 use crate::raft::{Member, ProposeError, RaftNode};
 use crate::store::ops::Op;
+use crate::store::views::load_view;
 
 pub fn field_status(e: FieldError) -> Status {
     Status::invalid_argument(e.to_string())

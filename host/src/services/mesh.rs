@@ -12,10 +12,13 @@ use webmesh_api::v1::{
     RaftPeer,
 };
 
+use super::authorization::{self, Read, may_read};
+use super::identity::Identity;
 use super::{internal, read_all};
 use crate::mesh::{graph, ids, keys};
 use crate::raft::RaftNode;
 
+#[derive(Clone)]
 pub struct MeshService {
     raft: RaftNode,
 }
@@ -23,6 +26,15 @@ pub struct MeshService {
 impl MeshService {
     pub fn new(raft: RaftNode) -> MeshService {
         MeshService { raft }
+    }
+
+    /// Node records and the graph are the state: members, or users with a role on all.
+    fn may_read<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        may_read(
+            authorization::policy(&self.raft)?.as_deref(),
+            &Identity::of(req).caller,
+            Read::State,
+        )
     }
 
     fn nodes(&self) -> Result<Vec<MeshNode>, Status> {
@@ -68,6 +80,7 @@ pub fn cluster_status(raft: &RaftNode, name: &str) -> ClusterStatus {
 #[tonic::async_trait]
 impl Mesh for MeshService {
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<MeshNode>, Status> {
+        self.may_read(&req)?;
         let id = req.into_inner().id;
         ids::validate_node_id(&id)
             .map_err(|r| Status::invalid_argument(format!("id: {id:?} {r}")))?;
@@ -83,13 +96,15 @@ impl Mesh for MeshService {
         Ok(Response::new(node))
     }
 
-    async fn list_nodes(&self, _: Request<()>) -> Result<Response<NodeList>, Status> {
+    async fn list_nodes(&self, req: Request<()>) -> Result<Response<NodeList>, Status> {
+        self.may_read(&req)?;
         Ok(Response::new(NodeList {
             nodes: self.nodes()?,
         }))
     }
 
-    async fn get_mesh_graph(&self, _: Request<()>) -> Result<Response<MeshGraph>, Status> {
+    async fn get_mesh_graph(&self, req: Request<()>) -> Result<Response<MeshGraph>, Status> {
+        self.may_read(&req)?;
         let nodes: Vec<String> = self.nodes()?.into_iter().map(|n| n.id).collect();
         let edges = self.edges()?;
         let dot = graph::dot(&nodes, &edges);
@@ -97,6 +112,7 @@ impl Mesh for MeshService {
     }
 }
 
+#[derive(Clone)]
 pub struct DiscoveryService {
     raft: RaftNode,
 }
@@ -109,7 +125,16 @@ impl DiscoveryService {
 
 #[tonic::async_trait]
 impl PeerDiscovery for DiscoveryService {
-    async fn list_peers(&self, _: Request<()>) -> Result<Response<ListRaftPeersResponse>, Status> {
+    /// Any authenticated caller may discover the members (a joiner with credentials).
+    async fn list_peers(
+        &self,
+        req: Request<()>,
+    ) -> Result<Response<ListRaftPeersResponse>, Status> {
+        may_read(
+            authorization::policy(&self.raft)?.as_deref(),
+            &Identity::of(&req).caller,
+            Read::Peers,
+        )?;
         let m = self.raft.metrics();
         let membership = m.membership_config.membership();
         let mut peers = Vec::new();

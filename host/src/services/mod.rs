@@ -18,31 +18,17 @@ pub mod node;
 
 use tonic::Status;
 
-pub use authorization::{authorize, load_policy, node_actions, node_principal};
 pub use forwarding::Channels;
-pub use identity::{CALLER_HEADER, Caller, FORWARDED_HEADER, PREFER_LEADER_HEADER, request_caller};
+pub use identity::{Caller, Identity};
 
 use crate::raft::ProposeError;
 
-/// Every record under `prefix`, decoded from proto3 JSON, with its key. A record that
-/// does not decode is skipped (and logged): one bad record must not hide the others.
+/// Every record under `prefix`, decoded (see [`crate::store::views::read_all`]).
 pub fn read_all<M: serde::de::DeserializeOwned>(
     engine: &crate::store::engine::Engine,
     prefix: &str,
 ) -> Result<Vec<(String, M)>, Status> {
-    let entries = engine
-        .list(prefix)
-        .map_err(|e| internal("reading the state", e))?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|e| match serde_json::from_str(&e.value) {
-            Ok(m) => Some((e.key, m)),
-            Err(err) => {
-                tracing::warn!(key = %e.key, error = %err, "skipping an undecodable record");
-                None
-            }
-        })
-        .collect())
+    crate::store::views::read_all(engine, prefix).map_err(|e| internal("reading the state", e))
 }
 
 pub fn propose_status(e: ProposeError) -> Status {

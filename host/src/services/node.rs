@@ -5,7 +5,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
 use openraft::ServerState;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_api::v1::node_server::Node;
@@ -15,11 +14,10 @@ use webmesh_api::v1::{
     SnapshotRequest, SnapshotResponse, Status as NodeStatus, UpdateRequest, UpdateResponse,
 };
 
+use super::authorization::{self, NodeFacts, NodeOp, NodeWrite, Read, may_read, node_write};
+use super::identity::{Caller, Identity};
 use super::membership::{self as membership_svc, field_status};
-use super::{
-    Caller, Channels, authorize, identity::identify, internal, node_actions, node_principal,
-    propose_status, request_caller,
-};
+use super::{Channels, internal, propose_status};
 use crate::mesh::{ids, keys, membership};
 use crate::raft::RaftNode;
 use crate::store::ops::Op;
@@ -32,6 +30,7 @@ pub struct NodeInfo {
     pub features: Vec<Feature>,
 }
 
+#[derive(Clone)]
 pub struct NodeService {
     raft: RaftNode,
     info: Arc<NodeInfo>,
@@ -42,10 +41,6 @@ pub struct NodeService {
     underlay: bool,
     ipam: crate::plugins::Ipam,
 }
-
-/// Names the node that handled a join when it forwards it to the leader; trusted only
-/// from mesh members.
-pub const JOIN_VIA_HEADER: &str = "x-webmesh-join-via";
 
 impl NodeService {
     pub fn new(
@@ -81,34 +76,47 @@ impl NodeService {
         self
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Caller {
-        request_caller(req, &self.raft.name, &self.raft.state_machine.members())
+    /// What the state says about node `id` and the key `key` would register.
+    fn facts<'a>(&self, id: &str, key: Option<&str>) -> (Option<String>, Option<String>) {
+        let m = self.raft.state_machine.members();
+        let m = m.read().unwrap_or_else(|p| p.into_inner());
+        (
+            m.key_of(id).map(str::to_string),
+            key.and_then(|k| m.owner_of(k)).map(str::to_string),
+        )
     }
 
-    /// A request to the leader on behalf of `caller`.
-    fn forward<T>(&self, msg: T, caller: &Caller) -> Result<Request<T>, Status> {
-        let mut fwd = Request::new(msg);
-        fwd.set_timeout(Duration::from_secs(30));
-        let header = |v: &str| {
-            v.parse()
-                .map_err(|_| Status::invalid_argument(format!("{v:?} cannot travel in a header")))
+    /// Whether `caller` may write node `w.id`, and as whom.
+    fn authorize_node(
+        &self,
+        identity: &Identity,
+        w: &NodeWrite<'_>,
+    ) -> Result<crate::mesh::rbac::Principal, Status> {
+        let (registered, owner) = self.facts(w.id, w.key);
+        let facts = NodeFacts {
+            registered: registered.as_deref(),
+            key_owner: owner.as_deref(),
         };
-        fwd.metadata_mut()
-            .insert(super::CALLER_HEADER, header(&caller.to_header())?);
-        fwd.metadata_mut()
-            .insert(super::FORWARDED_HEADER, header(&self.raft.name)?);
-        Ok(fwd)
+        node_write(
+            authorization::policy(&self.raft)?.as_deref(),
+            identity,
+            w,
+            &facts,
+        )
     }
 
-    /// A client of the leader, or why there is none. `None`: this node leads.
-    fn leader_client(&self) -> Result<Option<NodeClient<Channel>>, Status> {
-        if self.raft.is_leader() {
-            return Ok(None);
-        }
-        let leader = self.raft.leader().ok_or_else(|| {
-            Status::unavailable("no Raft leader is known right now; retry shortly")
-        })?;
-        Ok(Some(NodeClient::new(self.channels.get(&leader.grpc_addr)?)))
+    /// The voters and their keys, for a joiner to check its first Raft messages by.
+    fn voter_keys(&self) -> String {
+        let m = self.raft.metrics();
+        let membership = m.membership_config.membership();
+        let members = self.raft.state_machine.members();
+        let keys = members.read().unwrap_or_else(|p| p.into_inner());
+        membership
+            .voter_ids()
+            .filter_map(|v| membership.get_node(&v))
+            .filter_map(|n| Some(format!("{}={}", n.name, keys.key_of(&n.name)?)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn local_status(&self) -> NodeStatus {
@@ -235,58 +243,43 @@ pub fn validate_entry(e: &RaftLogEntry) -> Result<Op, Status> {
     }
 }
 
+/// Response metadata of a join: the voters and their keys (`id=key,...`), so that the
+/// joiner can check its first Raft messages before it holds the state.
+pub const VOTERS_HEADER: &str = "x-webmesh-voters";
+
 type DataChannelStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<DataChannelNegotiation, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Node for NodeService {
+    /// A join, on the leader (the leader proxy forwards joins arriving at a follower).
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let caller = self.caller(&req);
         membership::validate_join(req.get_ref()).map_err(field_status)?;
-        let who = node_principal(&self.raft.engine, &caller, &req.get_ref().id, "join as")?;
-        // Trusted only from a member (the direct caller, not the one it speaks for).
-        let from_member = matches!(
-            identify(
-                req.remote_addr().map(|a| a.ip()),
-                &self.raft.name,
-                &self.raft.state_machine.members()
-            ),
-            Caller::Node(_)
-        ) && req
-            .extensions()
-            .get::<super::identity::Authenticated>()
-            .is_none();
-        let via = req
-            .metadata()
-            .get(JOIN_VIA_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|_| from_member)
-            .map(str::to_string);
+        let identity = Identity::of(&req);
         let join = req.into_inner();
-        match self.leader_client()? {
-            Some(mut leader) => {
-                let mut fwd = self.forward(join, &caller)?;
-                let me = self
-                    .raft
-                    .name
-                    .parse()
-                    .map_err(|_| Status::internal("node ID is not a header value"))?;
-                fwd.metadata_mut().insert(JOIN_VIA_HEADER, me);
-                leader.join(fwd).await
-            }
-            None => {
-                let actions = node_actions(&join.id, join.as_voter, !join.routes.is_empty());
-                authorize(&self.raft.engine, &who, &caller, &actions)?;
-                // The forwarding node is the joiner's first peer, if it is one of ours.
-                let handler = match via {
-                    Some(v) if ids::validate_node_id(&v).is_ok() => v,
-                    _ => self.raft.name.clone(),
-                };
-                membership_svc::join(&self.raft, &join, &handler, self.underlay, &self.ipam)
-                    .await
-                    .map(Response::new)
-            }
+        self.authorize_node(
+            &identity,
+            &NodeWrite {
+                op: NodeOp::Join,
+                id: &join.id,
+                key: Some(&join.public_key),
+                as_voter: join.as_voter,
+                routes: !join.routes.is_empty(),
+            },
+        )?;
+        // The member that forwarded the join (it proved itself) is the joiner's first
+        // peer; else this node is.
+        let handler = identity
+            .forwarder
+            .clone()
+            .unwrap_or_else(|| self.raft.name.clone());
+        let resp =
+            membership_svc::join(&self.raft, &join, &handler, self.underlay, &self.ipam).await?;
+        let mut resp = Response::new(resp);
+        if let Ok(v) = self.voter_keys().parse() {
+            resp.metadata_mut().insert(VOTERS_HEADER, v);
         }
+        Ok(resp)
     }
 
     async fn update(
@@ -294,38 +287,45 @@ impl Node for NodeService {
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
         membership::validate_update(req.get_ref()).map_err(field_status)?;
-        let caller = self.caller(&req);
-        let who = node_principal(&self.raft.engine, &caller, &req.get_ref().id, "update")?;
+        let identity = Identity::of(&req);
         let update = req.into_inner();
-        match self.leader_client()? {
-            Some(mut leader) => leader.update(self.forward(update, &caller)?).await,
-            None => {
-                let actions = node_actions(&update.id, update.as_voter, !update.routes.is_empty());
-                authorize(&self.raft.engine, &who, &caller, &actions)?;
-                membership_svc::update(&self.raft, &update).await?;
-                Ok(Response::new(UpdateResponse {}))
-            }
-        }
+        self.authorize_node(
+            &identity,
+            &NodeWrite {
+                op: NodeOp::Update,
+                id: &update.id,
+                key: (!update.public_key.is_empty()).then_some(update.public_key.as_str()),
+                as_voter: update.as_voter,
+                routes: !update.routes.is_empty(),
+            },
+        )?;
+        membership_svc::update(&self.raft, &update).await?;
+        Ok(Response::new(UpdateResponse {}))
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<()>, Status> {
         membership::validate_id(&req.get_ref().id).map_err(field_status)?;
-        let caller = self.caller(&req);
-        node_principal(&self.raft.engine, &caller, &req.get_ref().id, "remove")?;
+        let identity = Identity::of(&req);
         let leave = req.into_inner();
-        match self.leader_client()? {
-            Some(mut leader) => leader.leave(self.forward(leave, &caller)?).await,
-            None => {
-                membership_svc::leave(&self.raft, &leave.id, &self.ipam).await?;
-                Ok(Response::new(()))
-            }
-        }
+        self.authorize_node(
+            &identity,
+            &NodeWrite {
+                op: NodeOp::Leave,
+                id: &leave.id,
+                key: None,
+                as_voter: false,
+                routes: false,
+            },
+        )?;
+        membership_svc::leave(&self.raft, &leave.id, &self.ipam).await?;
+        Ok(Response::new(()))
     }
 
     async fn get_status(
         &self,
         req: Request<GetStatusRequest>,
     ) -> Result<Response<NodeStatus>, Status> {
+        let caller = Identity::of(&req).caller;
         let id = req.into_inner().id;
         if id.is_empty() || id == self.raft.name {
             let mut status = self.local_status();
@@ -337,13 +337,24 @@ impl Node for NodeService {
             return Ok(Response::new(status));
         }
         ids::validate_node_id(&id).map_err(|why| Status::invalid_argument(format!("id: {why}")))?;
+        may_read(
+            authorization::policy(&self.raft)?.as_deref(),
+            &caller,
+            Read::State,
+        )?;
         self.remote_status(&id).await.map(Response::new)
     }
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
+        let caller = Identity::of(&req).caller;
+        may_read(
+            authorization::policy(&self.raft)?.as_deref(),
+            &caller,
+            Read::State,
+        )?;
         let sm = self.raft.state_machine.clone();
         let (meta, data) =
             tokio::task::spawn_blocking(move || sm.export().map_err(|e| e.to_string()))
@@ -361,7 +372,7 @@ impl Node for NodeService {
         &self,
         req: Request<RaftLogEntry>,
     ) -> Result<Response<RaftApplyResponse>, Status> {
-        let caller = self.caller(&req);
+        let caller = Identity::of(&req).caller;
         let op = validate_entry(req.get_ref())?;
         match &caller {
             Caller::Node(name) if self.raft.is_voter(name) => {}

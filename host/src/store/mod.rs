@@ -1,5 +1,6 @@
-//! The replicated key/value state on RocksDB: proposals, their application, TTLs and
-//! snapshots.
+//! The replicated state on RocksDB: the Raft payload (`ops`), the engine that applies
+//! it (`engine`), and decoded views of what it holds (`views`).
 
 pub mod engine;
 pub mod ops;
+pub mod views;
