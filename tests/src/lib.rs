@@ -227,18 +227,13 @@ impl LocalNode {
         Ok(NodeClient::new(ch))
     }
 
-    /// Waits until the node answers GetStatus and knows a leader.
+    /// Waits until the node answers GetStatus (on its admin socket) and knows a leader.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Status> {
-        let endpoint = self.endpoint();
+        let socket = self.socket.clone();
         let res = wait_for(&format!("{} to be ready", self.id), timeout, || {
-            let endpoint = endpoint.clone();
+            let socket = socket.clone();
             async move {
-                let ch = tonic::transport::Endpoint::from_shared(endpoint)
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-                let mut c = NodeClient::new(ch);
+                let mut c = NodeClient::new(admin_channel(&socket).ok()?);
                 let s = c
                     .get_status(GetStatusRequest::default())
                     .await

@@ -489,10 +489,10 @@ impl Host {
         Ok(NodeClient::new(ch))
     }
 
-    /// This node's own status, as anyone may read it (over the network).
+    /// This node's own status, read on its admin socket (which no AUTH plugin guards).
     pub async fn status(&self) -> Result<Status> {
         Ok(self
-            .anon_client()
+            .client()
             .await?
             .get_status(GetStatusRequest::default())
             .await?

@@ -262,10 +262,12 @@ async fn rbac_guards_admin_writes_and_joins_through_the_leader_proxy() -> Result
     Ok(())
 }
 
-/// `wmctl` inside a host's namespace, against its own node (loopback: the node itself).
+/// `wmctl` inside a host's namespace, against its own node through its admin socket
+/// (the caller acts as that node).
 fn wmctl(net: &TestNet, host: &str, args: &[&str]) -> Result<String> {
     let bin = bin("wmctl");
-    let mut cmd = vec![bin.to_str().context("path")?, "-s", "127.0.0.1:8443"];
+    let server = net.hosts[host].admin_server();
+    let mut cmd = vec![bin.to_str().context("path")?, "-s", &server];
     cmd.extend(args);
     let out = net.hosts[host].exec(&cmd)?;
     if !out.status.success() {
@@ -292,7 +294,7 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
     let nodes = net.hosts["h1"].nodes().await?;
     wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
 
-    // A node that is no admin (h2 on its own loopback) may not shape the mesh.
+    // A node that is no admin (h2 on its own admin socket) may not shape the mesh.
     let err = wmctl(
         &net,
         "h2",
@@ -425,7 +427,7 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
         &cfg,
         format!(
             "current-context: other\ncontexts:\n  lab:\n    server: {}\n    prefer-leader: true\n  other:\n    server: 192.0.2.1:1\n",
-            net.grpc("h3")
+            net.hosts["h3"].admin_server()
         ),
     )?;
     let bin = bin("wmctl");
@@ -506,8 +508,31 @@ async fn a_deny_acl_cuts_exactly_the_named_pair_and_wmctl_round_trips_every_kind
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_route_through_a_gateway_reaches_the_network_behind_it() -> Result<()> {
     let mut net = TestNet::new()?;
-    bootstrap(&mut net, &[]).await?;
-    add_member(&mut net, "gw", "--join", &["--route", "192.168.77.0/24"])?;
+    // Routes take an authenticated node: auth-basic users named like the nodes.
+    let pw = htpasswd(net.path(), &[("gw", "gw-pass"), ("h2", "h2-pass")])?;
+    let auth = [
+        "--plugin".to_string(),
+        format!("auth={}", bin("auth-basic").display()),
+        "--plugin-config".into(),
+        format!("auth.htpasswd={}", pw.display()),
+    ];
+    let creds = |id: &str| -> Result<Vec<String>> {
+        let pass = net.path().join(format!("{id}.pass"));
+        std::fs::write(&pass, format!("{id}-pass\n"))?;
+        Ok(vec![
+            "--auth-basic-user".into(),
+            id.into(),
+            "--auth-basic-password-file".into(),
+            pass.display().to_string(),
+        ])
+    };
+    let (gw_creds, h2_creds) = (creds("gw")?, creds("h2")?);
+    let auth_ref: Vec<&str> = auth.iter().map(String::as_str).collect();
+    bootstrap(&mut net, &auth_ref).await?;
+    let mut gw_args: Vec<&str> = vec!["--route", "192.168.77.0/24"];
+    gw_args.extend(auth_ref.iter());
+    gw_args.extend(gw_creds.iter().map(String::as_str));
+    add_member(&mut net, "gw", "--join", &gw_args)?;
     let lan = net.add_lan("gw", "192.168.77.1", "192.168.77.2", 24)?;
     // Without a right to routes, the join is refused, naming the action.
     net.host("gw").start()?;
@@ -554,9 +579,20 @@ async fn a_route_through_a_gateway_reaches_the_network_behind_it() -> Result<()>
     )?;
     net.host("gw").start()?;
     net.host("gw").wait_ready(READY).await?;
-    add_member(&mut net, "h2", "--join", &[])?;
+    // h2 finds the mesh's members through PeerDiscovery (which takes credentials)
+    // instead of a join address.
+    let mut h2_args: Vec<&str> = auth_ref.clone();
+    h2_args.extend(h2_creds.iter().map(String::as_str));
+    add_member(&mut net, "h2", "--discover", &h2_args)?;
     net.host("h2").start()?;
     net.host("h2").wait_ready(READY).await?;
+    ensure!(
+        net.hosts["h2"]
+            .log_text()
+            .contains("discovered mesh members"),
+        "h2 used discovery: {}",
+        net.hosts["h2"].log_text()
+    );
     let routes = wmctl(&net, "h1", &["get", "routes", "gw-auto", "-o", "json"])?;
     ensure!(routes.contains("192.168.77.0/24"), "{routes}");
     // h2 and h1 reach the host behind gw through the mesh; it answers through gw.
@@ -680,18 +716,11 @@ async fn an_exit_node_carries_the_default_route() -> Result<()> {
     ];
     let mut net = TestNet::new()?;
     bootstrap(&mut net, &[]).await?;
-    // h2 finds the mesh's members through PeerDiscovery instead of a join address.
-    for (id, how) in [("ex", "--join"), ("h2", "--discover")] {
-        add_member(&mut net, id, how, &[])?;
+    for id in ["ex", "h2"] {
+        add_member(&mut net, id, "--join", &[])?;
         net.host(id).start()?;
         net.host(id).wait_ready(READY).await?;
     }
-    ensure!(
-        net.hosts["h2"]
-            .log_text()
-            .contains("discovered mesh members"),
-        "h2 used discovery"
-    );
     // "The internet" behind ex; it knows no way back to the mesh (ex must masquerade).
     let outside = net.add_lan("ex", "198.51.100.1", "198.51.100.2", 24)?;
     std::process::Command::new("ip")

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use webmesh_api::v1::LeaveRequest;
+use webmesh_api::v1::{LeaveRequest, UpdateRequest};
 use webmesh_e2e::netns::{TestNet, unix_now, v4, v6, wait_full_mesh};
 use webmesh_e2e::wait_for;
 
@@ -129,13 +129,27 @@ async fn hosts_without_an_edge_reach_each_other_through_a_relay() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_loss_among_three_voters_elects_a_new_leader() -> Result<()> {
     let mut net = TestNet::new()?;
-    bootstrap(&mut net, &["--bootstrap-voters", "h2,h3"]).await?;
-    join(&mut net, "h2", &["h1"], true, &["--voter"]).await?;
-    join(&mut net, "h3", &["h1"], true, &["--voter"]).await?;
+    // Open mode: joiners come in as non-voters; the admin (the bootstrap node, through
+    // its admin socket) makes two of them voters.
+    bootstrap(&mut net, &[]).await?;
+    join(&mut net, "h2", &["h1"], true, &[]).await?;
+    join(&mut net, "h3", &["h1"], true, &[]).await?;
     join(&mut net, "h4", &["h1"], true, &[]).await?;
     join(&mut net, "h5", &["h1"], true, &[]).await?;
     for id in ["h2", "h3", "h4", "h5"] {
         net.host(id).wait_ready(READY).await?;
+    }
+    for id in ["h2", "h3"] {
+        net.hosts["h1"]
+            .client()
+            .await?
+            .update(UpdateRequest {
+                id: id.into(),
+                as_voter: true,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("promote {id}"))?;
     }
     // h2 and h3 become voters once caught up.
     wait_for("3 voters", READY, || async {
@@ -249,14 +263,22 @@ async fn a_node_that_leaves_disappears_from_every_peer_within_2s() -> Result<()>
     );
     let left = net.hosts["h1"].nodes().await?;
     ensure!(!left.contains_key("h3"), "h3's record is gone");
-    // Leave of an unknown node is NotFound; a second leave through the API likewise.
-    let err = net.hosts["h2"]
+    // A second leave, by the admin, finds nothing to remove; a node that is no admin may
+    // not remove another at all.
+    let err = net.hosts["h1"]
         .client()
         .await?
         .leave(LeaveRequest { id: "h3".into() })
         .await
         .unwrap_err();
     ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    let err = net.hosts["h2"]
+        .client()
+        .await?
+        .leave(LeaveRequest { id: "h1".into() })
+        .await
+        .unwrap_err();
+    ensure!(err.code() == tonic::Code::PermissionDenied, "{err:?}");
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use webmesh_api::v1::GetStatusRequest;
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_e2e::netns::TestNet;
@@ -415,7 +415,7 @@ async fn joiners_get_their_addresses_from_the_ipam_sqlite_plugin() -> Result<()>
     Ok(())
 }
 
-/// The node's whole state, from its Snapshot RPC (loopback: trusted).
+/// The node's whole state, from its Snapshot RPC (on its admin socket).
 async fn node_state(node: &LocalNode) -> Result<Vec<(String, String)>> {
     use prost::Message;
     let snap = node
@@ -572,21 +572,29 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
     let mut net = TestNet::new()?;
     let (addr, got) = receiver((net.bridge_ip(), 0).into()).await?;
     let h1 = net.add_host("h1")?;
-    h1.args = vec![
-        "--bootstrap".into(),
-        "--bootstrap-voters".into(),
-        "h2,h3".into(),
-        "--endpoint".into(),
-        h1.ip.to_string(),
-    ];
+    h1.args = vec!["--bootstrap".into(), "--endpoint".into(), h1.ip.to_string()];
     h1.start()?;
     h1.wait_ready(Duration::from_secs(60)).await?;
     let join = net.grpc("h1");
+    // Open mode: h2 and h3 join as non-voters and the admin (h1's socket) promotes them.
+    let promote = |net: &TestNet, id: &str| {
+        let (h1, id) = (net.hosts["h1"].admin_server(), id.to_string());
+        async move {
+            let out = std::process::Command::new(bin("wmctl"))
+                .args(["-s", &h1, "promote", &id])
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "wmctl promote {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok::<_, anyhow::Error>(())
+        }
+    };
     let h2 = net.add_host("h2")?;
     h2.args = vec![
         "--join".into(),
         join.clone(),
-        "--voter".into(),
         "--endpoint".into(),
         h2.ip.to_string(),
         "--plugin".into(),
@@ -596,6 +604,7 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
     ];
     h2.start()?;
     net.host("h2").wait_ready(Duration::from_secs(60)).await?;
+    promote(&net, "h2").await?;
     for (id, voter) in [("h3", true), ("h4", false)] {
         let h = net.add_host(id)?;
         h.args = vec![
@@ -605,11 +614,11 @@ async fn the_webhook_receives_join_leave_and_leader_change_events() -> Result<()
             h.ip.to_string(),
             "--leave-on-shutdown".into(),
         ];
-        if voter {
-            h.args.push("--voter".into());
-        }
         h.start()?;
         net.host(id).wait_ready(Duration::from_secs(60)).await?;
+        if voter {
+            promote(&net, id).await?;
+        }
     }
     let has = |kind: &str, id: &str| {
         got.lock()

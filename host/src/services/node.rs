@@ -77,7 +77,7 @@ impl NodeService {
     }
 
     /// What the state says about node `id` and the key `key` would register.
-    fn facts<'a>(&self, id: &str, key: Option<&str>) -> (Option<String>, Option<String>) {
+    fn facts(&self, id: &str, key: Option<&str>) -> (Option<String>, Option<String>) {
         let m = self.raft.state_machine.members();
         let m = m.read().unwrap_or_else(|p| p.into_inner());
         (

@@ -262,7 +262,8 @@ async fn acl_bench() -> Result<()> {
                     "m04,m05",
                 ]
             };
-            let mut cmd = vec![wmctl.as_str(), "-s", "127.0.0.1:8443"];
+            let server = net.hosts["h1"].admin_server();
+            let mut cmd = vec![wmctl.as_str(), "-s", &server];
             cmd.extend(args);
             let t0 = now_us();
             let out = net.hosts["h1"].exec(&cmd)?;

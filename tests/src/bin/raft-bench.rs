@@ -199,13 +199,11 @@ async fn main() -> Result<()> {
         .unwrap_or(8);
     let dir = tempfile::tempdir_in("/var/tmp")?;
 
-    // webmesh: n1 bootstraps; n2, n3 join as voters.
+    // webmesh: n1 bootstraps; n2, n3 join and n1 (the admin) makes them voters.
     let mut nodes = Vec::new();
     let mut n1 = LocalNode::new("n1", dir.path());
     n1.extra_args = vec![
         "--bootstrap".into(),
-        "--bootstrap-voters".into(),
-        "n2,n3".into(),
         "--no-wireguard".into(),
         "--endpoint".into(),
         "127.0.0.1".into(),
@@ -221,7 +219,6 @@ async fn main() -> Result<()> {
         n.extra_args = vec![
             "--join".into(),
             join.clone(),
-            "--voter".into(),
             "--no-wireguard".into(),
             "--endpoint".into(),
             "127.0.0.1".into(),
@@ -230,6 +227,15 @@ async fn main() -> Result<()> {
         ];
         n.spawn()?;
         n.wait_ready(Duration::from_secs(60)).await?;
+        nodes[0]
+            .client()
+            .await?
+            .update(webmesh_api::v1::UpdateRequest {
+                id: id.into(),
+                as_voter: true,
+                ..Default::default()
+            })
+            .await?;
         nodes.push(n);
     }
     wait_for("3 voters", Duration::from_secs(60), || async {
