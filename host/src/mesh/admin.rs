@@ -8,7 +8,7 @@ use webmesh_api::v1::{
 };
 
 use super::bootstrap::{ADMIN_ROLE, VOTERS};
-use super::{ids, keys};
+use super::{ids, keys, limits};
 
 /// A bad field of an object: which one (with its index, `rules[1].verbs`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,10 +80,16 @@ impl Kind {
     }
 }
 
+/// `Err` naming `field` when a list is longer than `max`.
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), Invalid> {
+    limits::count(len, max).map_err(|r| bad(field, r))
+}
+
 fn subjects(subjects: &[webmesh_api::v1::Subject]) -> Result<(), Invalid> {
     if subjects.is_empty() {
         return Err(bad("subjects", "at least one subject is required"));
     }
+    at_most("subjects", subjects.len(), limits::MAX_SUBJECTS)?;
     for (i, s) in subjects.iter().enumerate() {
         let ty = SubjectType::try_from(s.r#type).unwrap_or(SubjectType::SubjectUnknown);
         if ty == SubjectType::SubjectUnknown {
@@ -114,7 +120,15 @@ pub fn validate_role(r: &Role) -> Result<(), Invalid> {
     if r.rules.is_empty() {
         return Err(bad("rules", "at least one rule is required"));
     }
+    at_most("rules", r.rules.len(), limits::MAX_RULES)?;
     for (i, rule) in r.rules.iter().enumerate() {
+        for (list, len) in [
+            ("resources", rule.resources.len()),
+            ("verbs", rule.verbs.len()),
+            ("resource_names", rule.resource_names.len()),
+        ] {
+            at_most(&format!("rules[{i}].{list}"), len, limits::MAX_RULE_ITEMS)?;
+        }
         if rule.resources.is_empty() {
             return Err(bad(format!("rules[{i}].resources"), "must not be empty"));
         }
@@ -198,6 +212,16 @@ pub fn validate_acl(a: &NetworkAcl) -> Result<(), Invalid> {
             format!("{} is not ACTION_ACCEPT (1) or ACTION_DENY (2)", a.action),
         ));
     }
+    for (list, len) in [
+        ("source_nodes", a.source_nodes.len()),
+        ("destination_nodes", a.destination_nodes.len()),
+        ("source_cidrs", a.source_cidrs.len()),
+        ("destination_cidrs", a.destination_cidrs.len()),
+        ("protocols", a.protocols.len()),
+        ("ports", a.ports.len()),
+    ] {
+        at_most(list, len, limits::MAX_ACL_ITEMS)?;
+    }
     for n in &a.source_nodes {
         node_ref("source_nodes", n)?;
     }
@@ -241,6 +265,11 @@ pub fn validate_route(r: &Route) -> Result<(), Invalid> {
     if r.destination_cidrs.is_empty() {
         return Err(bad("destination_cidrs", "at least one CIDR is required"));
     }
+    at_most(
+        "destination_cidrs",
+        r.destination_cidrs.len(),
+        limits::MAX_ROUTES,
+    )?;
     for c in &r.destination_cidrs {
         cidr("destination_cidrs", c, false)?;
     }
@@ -259,9 +288,14 @@ pub fn validate_edge(e: &MeshEdge) -> Result<(), Invalid> {
     if e.weight < 0 {
         return Err(bad("weight", format!("{} is negative", e.weight)));
     }
-    for k in e.attributes.keys() {
+    at_most("attributes", e.attributes.len(), limits::MAX_ATTRIBUTES)?;
+    for (k, v) in &e.attributes {
         if k.is_empty() {
             return Err(bad("attributes", "an attribute name must not be empty"));
+        }
+        for t in [k, v] {
+            limits::bytes(t.len(), limits::MAX_ATTRIBUTE_BYTES)
+                .map_err(|r| bad(format!("attributes[{k:?}]"), r))?;
         }
     }
     Ok(())
@@ -389,6 +423,88 @@ mod tests {
             subjects: vec![s(SubjectType::SubjectGroup, "other")],
         };
         validate_group(&g).unwrap();
+    }
+
+    #[test]
+    fn every_list_is_bounded_and_the_error_names_the_limit() {
+        let subject = webmesh_api::v1::Subject {
+            name: "n".into(),
+            r#type: SubjectType::SubjectNode as i32,
+        };
+        let g = Group {
+            name: "g".into(),
+            subjects: vec![subject; limits::MAX_SUBJECTS + 1],
+        };
+        let e = validate_group(&g).unwrap_err();
+        assert_eq!(e.to_string(), "subjects: 1025 items; at most 1024 allowed");
+        let rule = webmesh_api::v1::Rule {
+            resources: vec![RuleResource::ResourceRoutes as i32; 65],
+            verbs: vec![RuleVerb::VerbPut as i32],
+            resource_names: vec![],
+        };
+        let r = Role {
+            name: "r".into(),
+            rules: vec![rule.clone()],
+        };
+        assert!(
+            validate_role(&r)
+                .unwrap_err()
+                .to_string()
+                .starts_with("rules[0].resources: 65 items")
+        );
+        let r = Role {
+            name: "r".into(),
+            rules: vec![rule; 65],
+        };
+        assert!(
+            validate_role(&r)
+                .unwrap_err()
+                .to_string()
+                .starts_with("rules: 65 items")
+        );
+        let a = NetworkAcl {
+            name: "a".into(),
+            action: AclAction::ActionDeny as i32,
+            source_cidrs: vec!["10.0.0.0/8".into(); 257],
+            ..Default::default()
+        };
+        assert!(
+            validate_acl(&a)
+                .unwrap_err()
+                .to_string()
+                .starts_with("source_cidrs: 257 items")
+        );
+        let route = Route {
+            name: "r".into(),
+            node: "n".into(),
+            destination_cidrs: vec!["10.0.0.0/8".into(); 65],
+            next_hop_node: String::new(),
+        };
+        assert!(
+            validate_route(&route)
+                .unwrap_err()
+                .to_string()
+                .starts_with("destination_cidrs: 65")
+        );
+        let mut edge = MeshEdge {
+            source: "a".into(),
+            target: "b".into(),
+            ..Default::default()
+        };
+        edge.attributes.insert("k".into(), "v".repeat(257));
+        assert!(
+            validate_edge(&edge)
+                .unwrap_err()
+                .to_string()
+                .contains("257 bytes")
+        );
+        edge.attributes = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(
+            validate_edge(&edge)
+                .unwrap_err()
+                .to_string()
+                .starts_with("attributes: 33 items")
+        );
     }
 
     #[test]

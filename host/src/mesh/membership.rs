@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use webmesh_api::v1::{Feature, JoinRequest, MeshEdge, MeshNode, UpdateRequest};
 
 use super::view::{MeshView, edge_key};
-use super::{ids, keys};
+use super::{ids, keys, limits};
 use crate::store::ops::Op;
 
 /// A bad field of a request: which one and why.
@@ -41,7 +41,7 @@ pub fn validate_public_key(field: &'static str, key: &str) -> Result<(), FieldEr
     Ok(())
 }
 
-fn validate_port(field: &'static str, p: i32, zero_ok: bool) -> Result<(), FieldError> {
+pub(crate) fn validate_port(field: &'static str, p: i32, zero_ok: bool) -> Result<(), FieldError> {
     let min = if zero_ok { 0 } else { 1 };
     if !(min..=65535).contains(&p) {
         return Err(bad(field, format!("must be {min}-65535, got {p}")));
@@ -49,7 +49,10 @@ fn validate_port(field: &'static str, p: i32, zero_ok: bool) -> Result<(), Field
     Ok(())
 }
 
-fn validate_endpoints(primary: &str, wg: &[String]) -> Result<(), FieldError> {
+pub(crate) fn validate_endpoints(primary: &str, wg: &[String]) -> Result<(), FieldError> {
+    limits::bytes(primary.len(), limits::MAX_ENDPOINT_BYTES)
+        .map_err(|r| bad("primary_endpoint", r))?;
+    limits::count(wg.len(), limits::MAX_ENDPOINTS).map_err(|r| bad("wireguard_endpoints", r))?;
     if !primary.is_empty() && primary.parse::<IpAddr>().is_err() {
         return Err(bad(
             "primary_endpoint",
@@ -57,6 +60,8 @@ fn validate_endpoints(primary: &str, wg: &[String]) -> Result<(), FieldError> {
         ));
     }
     for e in wg {
+        limits::bytes(e.len(), limits::MAX_ENDPOINT_BYTES)
+            .map_err(|r| bad("wireguard_endpoints", r))?;
         match e.parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => {}
             _ => return Err(bad("wireguard_endpoints", format!("{e:?} is not IP:PORT"))),
@@ -65,7 +70,7 @@ fn validate_endpoints(primary: &str, wg: &[String]) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn validate_zone(zone: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_zone(zone: &str) -> Result<(), FieldError> {
     if zone.is_empty() {
         return Ok(());
     }
@@ -74,6 +79,7 @@ fn validate_zone(zone: &str) -> Result<(), FieldError> {
 
 /// CIDRs a node advertises.
 pub fn validate_routes(routes: &[String]) -> Result<(), FieldError> {
+    limits::count(routes.len(), limits::MAX_ROUTES).map_err(|r| bad("routes", r))?;
     for r in routes {
         let net: IpNet = r
             .parse()
@@ -88,7 +94,8 @@ pub fn validate_routes(routes: &[String]) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn validate_features(features: &[i32]) -> Result<(), FieldError> {
+pub(crate) fn validate_features(features: &[i32]) -> Result<(), FieldError> {
+    limits::count(features.len(), limits::MAX_FEATURES).map_err(|r| bad("features", r))?;
     for f in features {
         if Feature::try_from(*f).is_err() {
             return Err(bad("features", format!("unknown feature {f}")));
@@ -106,6 +113,8 @@ pub fn validate_join(r: &JoinRequest) -> Result<(), FieldError> {
     validate_endpoints(&r.primary_endpoint, &r.wireguard_endpoints)?;
     validate_zone(&r.zone_awareness_id)?;
     validate_routes(&r.routes)?;
+    limits::count(r.direct_peers.len(), limits::MAX_DIRECT_PEERS)
+        .map_err(|why| bad("direct_peers", why))?;
     for p in &r.direct_peers {
         ids::validate_node_id(p).map_err(|why| bad("direct_peers", format!("{p:?}: {why}")))?;
     }
@@ -272,6 +281,24 @@ mod tests {
                 Box::new(|r| r.routes = vec!["10.0.0.0/33".into()]),
                 "routes",
             ),
+            // Limits: every list is bounded, and the error names the limit.
+            (
+                Box::new(|r| r.routes = (0..65).map(|i| format!("10.{i}.0.0/16")).collect()),
+                "routes: 65 items; at most 64 allowed",
+            ),
+            (
+                Box::new(|r| r.wireguard_endpoints = vec!["10.0.0.1:1".into(); 17]),
+                "wireguard_endpoints: 17 items",
+            ),
+            (
+                Box::new(|r| r.wireguard_endpoints = vec![format!("{}:1", "1".repeat(70))]),
+                "wireguard_endpoints:",
+            ),
+            (Box::new(|r| r.features = vec![1; 33]), "features: 33 items"),
+            (
+                Box::new(|r| r.direct_peers = vec!["p".into(); 65]),
+                "direct_peers: 65 items",
+            ),
             (
                 Box::new(|r| r.routes = vec!["10.0.0.1/24".into()]),
                 "routes",
@@ -283,10 +310,13 @@ mod tests {
             (Box::new(|r| r.features = vec![99]), "features"),
         ];
         validate_join(&join("ok")).unwrap();
-        for (mutate, field) in cases {
+        for (mutate, want) in cases {
             let mut r = join("n1");
             mutate(&mut r);
-            assert_eq!(validate_join(&r).unwrap_err().field, field);
+            let e = validate_join(&r).unwrap_err();
+            // `want` is the field, or the start of the whole message.
+            let text = e.to_string();
+            assert!(e.field == want || text.starts_with(want), "{want}: {text}");
         }
     }
 

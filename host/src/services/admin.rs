@@ -162,6 +162,11 @@ impl AdminService {
         if let Some(g) = granting {
             may_grant(authorization::policy(&self.raft)?.as_deref(), &caller, g)?;
         }
+        if let Some(r) = any.downcast_ref::<Route>() {
+            let view = crate::store::views::load_view(&self.raft.engine);
+            crate::mesh::writes::check_routes("destination_cidrs", &r.destination_cidrs, &view)
+                .map_err(invalid)?;
+        }
         let mut ops = Vec::new();
         if let Some(e) = any.downcast_ref::<MeshEdge>() {
             for end in [&e.source, &e.target] {

@@ -362,5 +362,23 @@ pub enum Granting<'a> {
     Group(&'a Group),
 }
 
+/// An owned [`Granting`] (decoded from a raw write).
+#[derive(Debug, Clone)]
+pub enum Grant {
+    Role(Role),
+    Binding(RoleBinding),
+    Group(Group),
+}
+
+impl Grant {
+    pub fn as_ref(&self) -> Granting<'_> {
+        match self {
+            Grant::Role(r) => Granting::Role(r),
+            Grant::Binding(b) => Granting::Binding(b),
+            Grant::Group(g) => Granting::Group(g),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use webmesh_api::v1::{JoinRequest, JoinResponse, MeshNode, UpdateRequest};
 
 use super::propose_status;
 use crate::mesh::membership::{self, FieldError};
-use crate::mesh::{keys, peers};
+use crate::mesh::{keys, peers, writes};
 use crate::plugins::Ipam;
 use crate::raft::{Member, ProposeError, RaftNode};
 use crate::store::ops::Op;
@@ -83,6 +83,8 @@ pub async fn join(
         ));
     }
     let view = load_view(&raft.engine);
+    writes::check_routes("routes", &req.routes, &view)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut record = membership::node_record(req);
     // IPAM plugins choose first; the state machine still checks uniqueness, and
     // allocates what no plugin chose.
@@ -187,6 +189,10 @@ fn route_op(node: &str, cidrs: &[String]) -> Op {
 
 /// An update, on the leader: only the set fields change; `as_voter` promotes.
 pub async fn update(raft: &RaftNode, req: &UpdateRequest) -> Result<(), Status> {
+    if !req.routes.is_empty() {
+        writes::check_routes("routes", &req.routes, &load_view(&raft.engine))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
     let existing = raft
         .engine
         .get(&keys::node(&req.id))

@@ -105,6 +105,77 @@ impl NodeService {
         )
     }
 
+    /// A raw write passes the typed path's checks: the same validation, and the same
+    /// rights (every right on a node for its record; the object's put or delete, and
+    /// no escalation, for an Admin object).
+    fn authorize_raw(&self, caller: &Caller, op: &Op) -> Result<(), Status> {
+        use crate::mesh::rbac::Action;
+        use crate::mesh::writes::{Target, check_raw};
+        use webmesh_api::v1::{RuleResource, RuleVerb};
+        let (key, value) = match op {
+            Op::Put { key, value, .. } => (key.as_str(), Some(value.as_str())),
+            Op::Delete { key } => (key.as_str(), None),
+            _ => return Err(Status::invalid_argument("type: use PUT (1) or DELETE (2)")),
+        };
+        let view = crate::store::views::load_view(&self.raft.engine);
+        let target =
+            check_raw(key, value, &view).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let verb = if value.is_some() {
+            RuleVerb::VerbPut
+        } else {
+            RuleVerb::VerbDelete
+        };
+        let policy = authorization::policy(&self.raft)?;
+        let who = caller.principal();
+        match target {
+            Target::Data => Ok(()),
+            Target::Node(id) => authorization::authorize(
+                &self.raft,
+                &who,
+                caller,
+                &[Action::new(
+                    RuleResource::ResourceAll,
+                    id,
+                    RuleVerb::VerbAll,
+                )],
+            ),
+            Target::Object(kind, name) => {
+                match value {
+                    Some(_) => crate::mesh::admin::protect_put(
+                        kind,
+                        &name,
+                        value.and_then(|v| serde_json::from_str(v).ok()).as_ref(),
+                        value.and_then(|v| serde_json::from_str(v).ok()).as_ref(),
+                    ),
+                    None => crate::mesh::admin::protect_delete(kind, &name),
+                }
+                .map_err(Status::failed_precondition)?;
+                authorization::authorize(
+                    &self.raft,
+                    &who,
+                    caller,
+                    &[Action::new(kind.resource(), name, verb)],
+                )?;
+                let granting = value.and_then(|v| match kind {
+                    crate::mesh::admin::Kind::Role => {
+                        serde_json::from_str(v).ok().map(authorization::Grant::Role)
+                    }
+                    crate::mesh::admin::Kind::RoleBinding => serde_json::from_str(v)
+                        .ok()
+                        .map(authorization::Grant::Binding),
+                    crate::mesh::admin::Kind::Group => serde_json::from_str(v)
+                        .ok()
+                        .map(authorization::Grant::Group),
+                    _ => None,
+                });
+                match granting {
+                    Some(g) => authorization::may_grant(policy.as_deref(), caller, g.as_ref()),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
     /// The voters and their keys, for a joiner to check its first Raft messages by.
     fn voter_keys(&self) -> String {
         let m = self.raft.metrics();
@@ -382,6 +453,7 @@ impl Node for NodeService {
                 )));
             }
         }
+        self.authorize_raw(&caller, &op)?;
         if !self.raft.is_leader() {
             let hint = match self.raft.leader() {
                 Some(l) => format!("send it to the leader {} at {}", l.name, l.grpc_addr),
