@@ -3,10 +3,7 @@
 use std::process::ExitCode;
 
 use webmesh::config::{self, Config};
-use webmesh::node::Node;
-
-const QUIET: &str =
-    "openraft=error,openraft::replication=off,defguard_wireguard_rs=warn,defguard_boringtun=error";
+use webmesh::node::{Node, NodeError};
 
 fn main() -> ExitCode {
     let matches = match config::command().try_get_matches() {
@@ -37,22 +34,7 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_yaml());
         return ExitCode::SUCCESS;
     }
-    // openraft narrates every election, and logs an error per retry to an unreachable
-    // member; defguard and boringtun narrate every peer. Quiet unless asked for.
-    let filter = if cfg.log_level.contains("openraft") {
-        cfg.log_level.clone()
-    } else {
-        format!("{},{QUIET}", cfg.log_level)
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    webmesh::node::init_logging(&cfg.log_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,18 +60,24 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    // Handlers first: a signal during start-up (say, while joining) must still end in
-    // an orderly shutdown, not the default instant exit.
+    // Handlers first: a signal during start-up (say, while joining) must end it in an
+    // orderly way, not with the default instant exit.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let start = Node::start(cfg);
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let start = Node::start(cfg, cancelled);
     tokio::pin!(start);
-    let (node, early) = tokio::select! {
-        res = &mut start => (res?, false),
-        _ = term.recv() => (start.await?, true),
-        _ = int.recv() => (start.await?, true),
+    let node = tokio::select! {
+        res = &mut start => res?,
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            let _ = cancel.send(true);
+            match start.await {
+                Err(NodeError::Cancelled) => return Ok(()),
+                other => other?,
+            }
+        }
     };
-    if !early {
+    if !*cancel.borrow() {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

@@ -168,6 +168,14 @@ settings! {
     /// How far a proof of key's time may be from this node's clock, in seconds
     /// [default: 300]. Proofs older than this are refused; nonces are remembered as long.
     max_clock_skew: u64 = 300 => "max-clock-skew" "SECONDS" one(v::clock_skew);
+    /// Joins a source address may make per minute at this node, as a burst
+    /// [default: 10; 0: no limit].
+    join_rate: u32 = 10 => "join-rate" "PER-MINUTE" one(v::join_rate);
+    /// Nodes that joined but were not reached yet, at most; more joins wait [default: 32].
+    max_pending_joins: usize = 32 => "max-pending-joins" "N" one(v::pending_joins);
+    /// Seconds after which a node that joined but was never reached is removed and its
+    /// addresses released [default: 600].
+    join_timeout: u64 = 600 => "join-timeout" "SECONDS" one(v::join_timeout);
     /// Largest request the API reads, in bytes [default: 4194304].
     max_request_bytes: usize = 4 << 20 => "max-request-bytes" "N" one(v::request_bytes);
 }

@@ -218,3 +218,24 @@ pub fn request_bytes(s: &str) -> Result<usize, String> {
         )),
     }
 }
+
+pub fn join_rate(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 100_000)
+        .ok_or_else(|| "must be 0-100000 joins per minute (0: no limit)".into())
+}
+
+pub fn pending_joins(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| "must be 1-100000".into())
+}
+
+pub fn join_timeout(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=7 * 24 * 3600).contains(n))
+        .ok_or_else(|| "must be 1-604800 seconds".into())
+}

@@ -16,6 +16,9 @@ pub const ROUTES: &str = "/registry/routes/";
 pub const MESH_IPV4: &str = "/registry/meshstate/ipv4-prefix";
 pub const MESH_IPV6: &str = "/registry/meshstate/ipv6-prefix";
 pub const MESH_DOMAIN: &str = "/registry/meshstate/mesh-domain";
+/// Nodes that joined but were not reached yet: value = the deadline (unix ms) after
+/// which the leader removes them (`join-timeout`).
+pub const PENDING: &str = "/registry/pending/";
 /// `true` when the mesh was bootstrapped with RBAC off.
 pub const RBAC_DISABLED: &str = "/registry/meshstate/rbac-disabled";
 

@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod admission;
 pub mod bootstrap;
 pub mod filter;
 pub mod graph;

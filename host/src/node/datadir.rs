@@ -23,8 +23,33 @@ pub struct DataDir {
     pub root: PathBuf,
 }
 
+/// What a data dir of ours holds; a non-empty directory with none of it belongs to
+/// something else, and the node will not take it over (nor chmod it).
+const OURS: &[&str] = &["node-id", "wireguard.key", "raft", "wasm-cache"];
+
 impl DataDir {
     pub fn open(root: &Path) -> Result<DataDir, NodeError> {
+        match fs::read_dir(root) {
+            Ok(entries) => {
+                let names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                if !names.is_empty() && !names.iter().any(|n| OURS.contains(&n.as_str())) {
+                    return Err(dir_err(
+                        root,
+                        format!(
+                            "exists, is not empty and holds no webmesh identity ({} entries, e.g. {:?}); \
+                             give the node a dedicated directory",
+                            names.len(),
+                            names[0]
+                        ),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(dir_err(root, e)),
+        }
         fs::create_dir_all(root).map_err(|e| dir_err(root, e))?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
             .map_err(|e| dir_err(root, e))?;
@@ -43,6 +68,18 @@ impl DataDir {
 
     pub fn raft_path(&self) -> PathBuf {
         self.root.join("raft")
+    }
+
+    /// Sets the Raft state of a mesh this node has left aside (`raft.left-<unix
+    /// seconds>`), so that it can join again under its ID with its key.
+    pub fn retire_raft(&self) -> Result<PathBuf, NodeError> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let to = self.root.join(format!("raft.left-{secs}"));
+        fs::rename(self.raft_path(), &to).map_err(|e| dir_err(&self.raft_path(), e))?;
+        Ok(to)
     }
 
     /// The node ID: the configured one, else the stored one, else the hostname. A data
@@ -120,4 +157,29 @@ pub(super) fn write_private(path: &Path, data: &[u8]) -> Result<(), NodeError> {
             .map_err(|e| dir_err(dir, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_non_empty_directory_is_refused_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let foreign = d.path().join("etc");
+        fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("passwd"), "x").unwrap();
+        fs::set_permissions(&foreign, fs::Permissions::from_mode(0o755)).unwrap();
+        let e = DataDir::open(&foreign).err().expect("refused").to_string();
+        assert!(e.contains("holds no webmesh identity"), "{e}");
+        let mode = fs::metadata(&foreign).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "not chmodded");
+        // An empty or missing directory, or one of ours, is fine.
+        DataDir::open(&d.path().join("new")).unwrap();
+        let ours = d.path().join("ours");
+        fs::create_dir(&ours).unwrap();
+        fs::write(ours.join("node-id"), "n1").unwrap();
+        fs::write(ours.join("other"), "x").unwrap();
+        DataDir::open(&ours).unwrap();
+    }
 }

@@ -64,6 +64,43 @@ pub enum NodeError {
     Usage(String),
     #[error(transparent)]
     Plugin(#[from] crate::plugins::StartError),
+    #[error("start-up interrupted (SIGTERM or SIGINT)")]
+    Cancelled,
+}
+
+/// openraft narrates every election, and logs an error per retry to an unreachable
+/// member; defguard and boringtun narrate every peer. Quiet unless asked for.
+const QUIET: &str =
+    "openraft=error,openraft::replication=off,defguard_wireguard_rs=warn,defguard_boringtun=error";
+
+/// Logs to stderr at `level` (an EnvFilter), the chatty dependencies quieted.
+pub fn init_logging(level: &str) {
+    let filter = if level.contains("openraft") {
+        level.to_string()
+    } else {
+        format!("{level},{QUIET}")
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// `fut`, unless `cancel` turns true first: a signal during a long join or wait ends
+/// the start at once (and the teardown runs as for any failure).
+async fn cancellable<T>(
+    cancel: &mut tokio::sync::watch::Receiver<bool>,
+    fut: impl std::future::Future<Output = Result<T, NodeError>>,
+) -> Result<T, NodeError> {
+    tokio::select! {
+        r = fut => r,
+        _ = cancel.wait_for(|c| *c) => Err(NodeError::Cancelled),
+    }
 }
 
 /// This node's mesh addresses and the networks they sit in.
@@ -164,13 +201,17 @@ pub struct Node {
 
 impl Node {
     /// Opens the data dir, starts Raft and the servers, and bootstraps, joins or resumes.
-    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+    /// `cancel` turning true stops a start that waits (joining, finding a leader).
+    pub async fn start(
+        cfg: Config,
+        mut cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Node, NodeError> {
         let dir = DataDir::open(&cfg.data_dir)?;
         let name = dir.node_id(cfg.node_id.as_deref())?;
         let span = info_span!("node", id = %name);
         async move {
             let mut parts = Parts::default();
-            match Self::bring_up(&cfg, &dir, &name, &mut parts).await {
+            match Self::bring_up(&cfg, &dir, &name, &mut parts, &mut cancel).await {
                 Ok(node) => Ok(node),
                 Err(e) => {
                     parts.teardown().await;
@@ -188,6 +229,7 @@ impl Node {
         dir: &DataDir,
         name: &str,
         parts: &mut Parts,
+        cancel: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Node, NodeError> {
         let key = dir.wireguard_key()?;
         let signer = Arc::new(
@@ -195,10 +237,27 @@ impl Node {
                 .map_err(|e| NodeError::Identity(format!("the WireGuard key cannot sign: {e}")))?,
         );
         let creds = Credentials::load(cfg, signer.clone())?;
-        let raft = parts
+        let mut raft = parts
             .raft
             .insert(RaftNode::start(Engine::open(&dir.raft_path())?, signer.clone()).await?)
             .clone();
+        let mut mode = Self::decide(cfg, &raft, name).await?;
+        if mode == Mode::Rejoin {
+            info!(
+                "the mesh this data dir remembers no longer has this node (it left or was \
+                 removed): joining again under the same ID and key"
+            );
+            raft.shutdown().await;
+            parts.raft = None;
+            drop(raft);
+            let old = dir.retire_raft()?;
+            info!(old = %old.display(), "the old Raft state is set aside");
+            raft = parts
+                .raft
+                .insert(RaftNode::start(Engine::open(&dir.raft_path())?, signer.clone()).await?)
+                .clone();
+            mode = Mode::Join;
+        }
         let trust = Arc::new(Trust::new(
             signer,
             raft.state_machine.members(),
@@ -221,8 +280,11 @@ impl Node {
                  local administration through the admin socket"
             );
         }
-        let mode = Self::decide(cfg, &raft, name).await?;
-        let place = Self::find_place(cfg, &raft, name, &key, &creds, plugins, mode).await?;
+        let place = cancellable(
+            cancel,
+            Self::find_place(cfg, &raft, name, &key, &creds, plugins, mode),
+        )
+        .await?;
         trust.pin(place.voters.iter().cloned());
         let iface = Self::bring_up_wireguard(cfg, &key, &place).await?;
         // Peers before Raft: a joiner's leader reaches it through them.
@@ -256,8 +318,18 @@ impl Node {
         .await?;
         let (grpc_bound, grpc_incoming) = servers::bind_all(&[cfg.grpc_listen], "gRPC API").await?;
         let grpc_addr = grpc_bound[0];
-        Self::join_raft(cfg, &raft, name, mode, &place, raft_addr, grpc_addr).await?;
+        cancellable(
+            cancel,
+            Self::join_raft(cfg, &raft, name, mode, &place, raft_addr, grpc_addr),
+        )
+        .await?;
         parts.tasks.push(raft.spawn_ttl_sweeper());
+        parts
+            .tasks
+            .push(crate::services::membership::spawn_pending_sweeper(
+                raft.clone(),
+                parts.plugins.as_ref().map(|p| p.ipam()).unwrap_or_default(),
+            ));
         if let Mode::Bootstrap { .. } = mode {
             bootstrap::ensure_bootstrapped(
                 &raft,
@@ -437,7 +509,7 @@ impl Node {
                 info!("the data dir holds a mesh already: resuming it")
             }
             Mode::Resume => {}
-            Mode::Join => {
+            Mode::Join | Mode::Rejoin => {
                 info!("waiting for the Raft leader to reach this node through the mesh");
                 raft.wait_for_leader(client::JOIN_DEADLINE).await?;
                 return Ok(());

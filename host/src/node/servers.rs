@@ -179,12 +179,21 @@ pub(super) async fn serve_api(
     )
     .underlay(cfg.no_wireguard)
     .ipam(plugins.ipam())
+    .admission(services::membership::Admission {
+        max_pending: cfg.max_pending_joins,
+        timeout: std::time::Duration::from_secs(cfg.join_timeout),
+    })
     .channels(channels.clone());
     let admin_svc = services::admin::AdminService::new(raft.clone());
     let mesh_svc = services::mesh::MeshService::new(raft.clone());
     let discovery_svc = services::mesh::DiscoveryService::new(raft.clone());
-    let identity =
-        services::identity::IdentityLayer::new(plugins.auth(), trust.clone(), raft.clone(), max);
+    let identity = services::identity::IdentityLayer::new(
+        plugins.auth(),
+        trust.clone(),
+        raft.clone(),
+        max,
+        cfg.join_rate,
+    );
     let proxy = services::forwarding::LeaderProxyLayer::new(raft.clone(), channels, trust, max);
     // One router per listener, over the same services.
     let router = |server: tonic::transport::Server| -> Result<_, NodeError> {

@@ -24,12 +24,15 @@ pub enum Mode {
     Bootstrap { fresh: bool },
     /// Join a mesh through the join or discovery addresses.
     Join,
+    /// The data dir holds the Raft state of a mesh this node was removed from (it left,
+    /// or an admin removed it): set that aside and join again, under the same ID and key.
+    Rejoin,
 }
 
 /// Why the node refuses to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Raft state without this node's record and no way to come back.
+    /// Raft state without this node's record, and no join address to come back by.
     LeftTheMesh,
     /// Nothing to resume and nothing to do.
     NothingToDo,
@@ -39,6 +42,7 @@ pub fn decide(f: Facts) -> Result<Mode, Refusal> {
     match (f.initialized, f.has_record) {
         (true, true) => Ok(Mode::Resume),
         (true, false) if f.bootstrap => Ok(Mode::Bootstrap { fresh: false }),
+        (true, false) if f.can_join => Ok(Mode::Rejoin),
         (true, false) => Err(Refusal::LeftTheMesh),
         (false, _) if f.bootstrap => Ok(Mode::Bootstrap { fresh: true }),
         (false, _) if f.can_join => Ok(Mode::Join),
@@ -69,7 +73,7 @@ mod tests {
             ((true, true, false, true), Ok(Resume)),
             ((true, false, true, false), Ok(Bootstrap { fresh: false })),
             ((true, false, false, false), Err(Refusal::LeftTheMesh)),
-            ((true, false, false, true), Err(Refusal::LeftTheMesh)),
+            ((true, false, false, true), Ok(Rejoin)),
             ((false, false, true, false), Ok(Bootstrap { fresh: true })),
             ((false, false, true, true), Ok(Bootstrap { fresh: true })),
             ((false, false, false, true), Ok(Join)),

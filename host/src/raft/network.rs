@@ -23,6 +23,23 @@ use super::types::{Member, NodeId, TypeConfig};
 
 /// Largest Raft message either side accepts (entries carry values up to 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// An append carries entries up to this many bytes (at least one entry, whatever its
+/// size): openraft batches by count, and 64 entries of 1 MiB would not fit the
+/// transport, so a follower far behind would never catch up.
+pub const MAX_APPEND_BYTES: usize = 16 << 20;
+
+/// How many of `entries` (at least one) fit in `budget` bytes.
+pub fn fitting<T: Serialize>(entries: &[T], budget: usize) -> usize {
+    let mut used: usize = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let n = postcard::experimental::serialized_size(e).unwrap_or(usize::MAX);
+        if i > 0 && used.saturating_add(n) > budget {
+            return i;
+        }
+        used = used.saturating_add(n);
+    }
+    entries.len()
+}
 
 /// Makes a client per peer; connections are made lazily and kept. Every message is
 /// signed with this node's key (the receiver admits only its configuration's voters).
@@ -152,6 +169,20 @@ impl Kind {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_carry_a_prefix_within_the_budget_and_at_least_one_entry() {
+        let entries: Vec<Vec<u8>> = (0..10).map(|_| vec![7u8; 1000]).collect();
+        assert_eq!(fitting(&entries, 10_000), 9, "length prefixes count too");
+        assert_eq!(fitting(&entries, 1_000_000), 10);
+        assert_eq!(fitting(&entries, 10), 1, "one entry goes whatever its size");
+        assert_eq!(fitting::<Vec<u8>>(&[], 10), 0);
+    }
+}
+
 #[derive(Debug)]
 struct StrErr(String);
 impl std::fmt::Display for StrErr {
@@ -170,10 +201,20 @@ impl RaftNetwork<TypeConfig> for Peer {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(Kind::Append, &rpc, &option).await
+        let keep = fitting(&rpc.entries, MAX_APPEND_BYTES);
+        if keep == rpc.entries.len() {
+            return self.call(Kind::Append, &rpc, &option).await;
+        }
+        // Send a prefix; openraft sends the rest next.
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.call(Kind::Append, &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(

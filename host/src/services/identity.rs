@@ -191,7 +191,12 @@ struct Ctx {
     raft: RaftNode,
     /// Largest request body read to check a proof.
     max_body: usize,
+    /// Joins per source address that reach this node first (not forwarded ones).
+    joins: std::sync::Mutex<crate::mesh::admission::JoinRate>,
 }
+
+/// Sources whose join rate is tracked at once (each bucket is a few dozen bytes).
+const JOIN_SOURCES: usize = 65_536;
 
 impl IdentityLayer {
     pub fn new(
@@ -199,12 +204,17 @@ impl IdentityLayer {
         trust: Arc<Trust>,
         raft: RaftNode,
         max_body: usize,
+        joins_per_minute: u32,
     ) -> IdentityLayer {
         IdentityLayer(Arc::new(Ctx {
             auth,
             trust,
             raft,
             max_body,
+            joins: std::sync::Mutex::new(crate::mesh::admission::JoinRate::new(
+                joins_per_minute,
+                JOIN_SOURCES,
+            )),
         }))
     }
 }
@@ -225,12 +235,11 @@ pub struct IdentityService<S> {
     ctx: Arc<Ctx>,
 }
 
-/// The peer address of an HTTP request, over plain TCP or TLS (for logs and the AUTH
-/// plugin's rate limits; never for identity).
-pub fn remote_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
-    let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-    req.extensions()
-        .get::<TcpConnectInfo>()
+/// The peer address of a connection, over plain TCP or TLS (for logs and rate limits;
+/// never for identity).
+fn remote_of(ext: &http::Extensions) -> Option<std::net::IpAddr> {
+    let tls = ext.get::<TlsConnectInfo<TcpConnectInfo>>();
+    ext.get::<TcpConnectInfo>()
         .or(tls.map(|t| t.get_ref()))
         .and_then(|i| i.remote_addr())
         .map(|a| a.ip())
@@ -374,16 +383,28 @@ where
                 }
             }
             let (mut identity, ask_plugin) = resolve(ctx.trust.name(), proved);
+            // Joins are rate-limited per source where they arrive (not again when a
+            // member forwards them).
+            if path == "/v1.Node/Join"
+                && identity.forwarder.is_none()
+                && !identity.local
+                && let Some(ip) = remote_of(&parts.extensions)
+            {
+                let mut joins = ctx.joins.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(wait_ms) = joins.take(ip, proof::now_ms()) {
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "too many joins from {ip}; retry in {} s",
+                        wait_ms.div_ceil(1000)
+                    ))
+                    .into_http());
+                }
+            }
             if ask_plugin && let Some(auth) = &ctx.auth {
                 let tls = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
-                let remote = parts
-                    .extensions
-                    .get::<TcpConnectInfo>()
-                    .or(tls.map(|t| t.get_ref()))
-                    .and_then(|i| i.remote_addr());
+                let remote = remote_of(&parts.extensions);
                 let mut headers = auth_headers(&parts.headers);
                 if let Some(r) = remote {
-                    headers.insert(REMOTE_ADDR_HEADER.into(), r.ip().to_string());
+                    headers.insert(REMOTE_ADDR_HEADER.into(), r.to_string());
                 }
                 let request = AuthenticationRequest {
                     headers,

@@ -69,6 +69,22 @@ fn mesh_node(json: Option<&str>) -> Result<MeshNode, Status> {
         .ok_or_else(|| Status::internal("registration returned no record"))
 }
 
+/// How many joined-but-unreached nodes the mesh takes, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub max_pending: usize,
+    pub timeout: Duration,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            max_pending: 32,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 /// A join, on the leader. `handler` is the node the joiner contacted (its first peer).
 pub async fn join(
     raft: &RaftNode,
@@ -76,6 +92,7 @@ pub async fn join(
     handler: &str,
     underlay: bool,
     ipam: &Ipam,
+    admission: Admission,
 ) -> Result<JoinResponse, Status> {
     if !req.direct_peers.is_empty() {
         return Err(Status::unimplemented(
@@ -103,11 +120,32 @@ pub async fn join(
         record.private_ipv6 = v6.clone();
     }
     let rejoin = view.nodes.contains_key(&req.id);
+    // A new node counts as pending until the leader reaches it; too many pending
+    // (joined, never seen) nodes and joins wait.
+    let pending = raft
+        .engine
+        .list(keys::PENDING)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .len();
+    if !rejoin && pending >= admission.max_pending {
+        ipam.release(&req.id, &v4, &v6).await;
+        return Err(Status::unavailable(format!(
+            "{pending} nodes joined and were not reached yet (this mesh takes {}); retry \
+             once they come up or are removed (after {:?})",
+            admission.max_pending, admission.timeout
+        )));
+    }
     let mut ops = vec![Op::RegisterNode {
         node_json: serde_json::to_string(&record).map_err(|e| Status::internal(e.to_string()))?,
         assign_ipv4: req.assign_ipv4,
     }];
     ops.extend(membership::default_edges(&view, &record, handler));
+    let deadline = crate::store::ops::now_ms() + admission.timeout.as_millis() as u64;
+    ops.push(Op::Put {
+        key: format!("{}{}", keys::PENDING, req.id),
+        value: deadline.to_string(),
+        ttl_ms: 0,
+    });
     if !req.routes.is_empty() {
         ops.push(route_op(&req.id, &req.routes));
     }
@@ -235,10 +273,66 @@ pub async fn leave(raft: &RaftNode, id: &str, ipam: &Ipam) -> Result<(), Status>
     ops.push(Op::Delete {
         key: format!("{}{id}-auto", keys::ROUTES),
     });
+    ops.push(Op::Delete {
+        key: format!("{}{id}", keys::PENDING),
+    });
     raft.propose(ops).await.map_err(propose_err)?;
     ipam.release(id, &node.private_ipv4, &node.private_ipv6)
         .await;
     raft.remove_member(id).await.map_err(propose_err)?;
     info!(node = %id, "node left");
     Ok(())
+}
+
+/// On the leader, every 2 s: nodes with a pending-join marker that the leader has
+/// reached lose it; those never reached within their time are removed (record, edges,
+/// addresses, Raft membership) — a joiner that never comes up holds nothing for long.
+pub fn spawn_pending_sweeper(raft: RaftNode, ipam: Ipam) -> tokio::task::JoinHandle<()> {
+    use tracing::Instrument;
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if !raft.is_leader() {
+                    continue;
+                }
+                let Ok(pending) = raft.engine.list(keys::PENDING) else {
+                    continue;
+                };
+                if pending.is_empty() {
+                    continue;
+                }
+                let m = raft.metrics();
+                let now = crate::store::ops::now_ms();
+                for e in pending {
+                    let id = &e.key[keys::PENDING.len()..];
+                    let deadline = e.value.parse().unwrap_or(0);
+                    let has_record = raft.engine.get(&keys::node(id)).ok().flatten().is_some();
+                    let reached = m.replication.as_ref().is_some_and(|r| {
+                        r.get(&crate::mesh::ids::raft_id(id))
+                            .is_some_and(|matched| matched.is_some())
+                    });
+                    use crate::mesh::admission::{Pending, pending};
+                    let verdict = pending(now, deadline, has_record, reached);
+                    let res = match verdict {
+                        Pending::Wait => continue,
+                        Pending::CameUp | Pending::Gone => raft
+                            .propose(vec![Op::Delete { key: e.key.clone() }])
+                            .await
+                            .map(|_| ())
+                            .map_err(propose_err),
+                        Pending::Expired => {
+                            warn!(node = %id, "joined but was never reached in time: removing it and releasing its addresses");
+                            leave(&raft, id, &ipam).await
+                        }
+                    };
+                    if let Err(err) = res {
+                        debug!(node = %id, error = %err, "pending join not settled yet");
+                    }
+                }
+            }
+        }
+        .in_current_span(),
+    )
 }

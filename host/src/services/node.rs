@@ -40,6 +40,7 @@ pub struct NodeService {
     /// The mesh runs without WireGuard: members are reached on their primary endpoints.
     underlay: bool,
     ipam: crate::plugins::Ipam,
+    admission: membership_svc::Admission,
 }
 
 impl NodeService {
@@ -55,6 +56,7 @@ impl NodeService {
             channels: Default::default(),
             underlay: false,
             ipam: Default::default(),
+            admission: Default::default(),
         }
     }
 
@@ -67,6 +69,12 @@ impl NodeService {
     /// Addresses come from these IPAM plugins when this node leads.
     pub fn ipam(mut self, ipam: crate::plugins::Ipam) -> Self {
         self.ipam = ipam;
+        self
+    }
+
+    /// How many joined-but-unreached nodes this leader takes, and for how long.
+    pub fn admission(mut self, admission: membership_svc::Admission) -> Self {
+        self.admission = admission;
         self
     }
 
@@ -344,8 +352,15 @@ impl Node for NodeService {
             .forwarder
             .clone()
             .unwrap_or_else(|| self.raft.name.clone());
-        let resp =
-            membership_svc::join(&self.raft, &join, &handler, self.underlay, &self.ipam).await?;
+        let resp = membership_svc::join(
+            &self.raft,
+            &join,
+            &handler,
+            self.underlay,
+            &self.ipam,
+            self.admission,
+        )
+        .await?;
         let mut resp = Response::new(resp);
         if let Ok(v) = self.voter_keys().parse() {
             resp.metadata_mut().insert(VOTERS_HEADER, v);
