@@ -283,3 +283,105 @@ pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> Result<PathBuf> {
     std::fs::write(&path, text)?;
     Ok(path)
 }
+
+/// A fresh WireGuard key pair (private, public), base64, made by wireguard-tools.
+pub fn wg_keypair() -> Result<(String, String)> {
+    let out = Command::new("wg")
+        .arg("genkey")
+        .output()
+        .context("wg genkey")?;
+    let private = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("wg pubkey")?;
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(private.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        private,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// A signer for node `id` with a key pair (as `wg_keypair` gives).
+pub fn signer(
+    id: &str,
+    (private, public): &(String, String),
+) -> std::sync::Arc<webmesh_client::proof::Signer> {
+    std::sync::Arc::new(
+        webmesh_client::proof::Signer::new(id, private, public).expect("a WireGuard key pair"),
+    )
+}
+
+/// The key pair a node keeps in its data dir.
+pub fn node_keypair(data_dir: &Path) -> Result<(String, String)> {
+    let private = std::fs::read_to_string(data_dir.join("wireguard.key"))?
+        .trim()
+        .to_string();
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(private.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        private,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// A plaintext channel to `addr` (`host:port`) whose requests carry `signer`'s proof.
+pub fn signed_channel(
+    addr: &str,
+    signer: std::sync::Arc<webmesh_client::proof::Signer>,
+) -> Result<webmesh_client::signing::Signed<Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect_lazy();
+    Ok(webmesh_client::signing::Signed::new(ch, signer))
+}
+
+/// A plaintext channel to `addr` that proves nothing.
+pub fn plain_channel(addr: &str) -> Result<Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy(),
+    )
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (with a runtime of its own):
+/// what it connects to, it reaches from that host, as that host's processes would.
+pub fn in_netns<T, F, Fut>(ns: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+}

@@ -25,7 +25,7 @@ pub struct DataDir {
 
 /// What a data dir of ours holds; a non-empty directory with none of it belongs to
 /// something else, and the node will not take it over (nor chmod it).
-const OURS: &[&str] = &["node-id", "wireguard.key", "raft", "wasm-cache"];
+const OURS: &[&str] = &["node-id", "wireguard.key", "raft", "wasm-cache", "left"];
 
 impl DataDir {
     pub fn open(root: &Path) -> Result<DataDir, NodeError> {
@@ -68,6 +68,24 @@ impl DataDir {
 
     pub fn raft_path(&self) -> PathBuf {
         self.root.join("raft")
+    }
+
+    fn left_path(&self) -> PathBuf {
+        self.root.join("left")
+    }
+
+    /// Records that this node left its mesh (`--leave-on-shutdown`): its Raft state
+    /// may not have caught the removal before it stopped, and must not be resumed.
+    pub fn mark_left(&self) -> Result<(), NodeError> {
+        write_private(&self.left_path(), b"left the mesh\n")
+    }
+
+    pub fn has_left(&self) -> bool {
+        self.left_path().exists()
+    }
+
+    pub fn clear_left(&self) {
+        let _ = fs::remove_file(self.left_path());
     }
 
     /// Sets the Raft state of a mesh this node has left aside (`raft.left-<unix

@@ -197,6 +197,7 @@ pub struct Node {
     join: Vec<String>,
     creds: Credentials,
     parts: Parts,
+    dir: DataDir,
 }
 
 impl Node {
@@ -241,7 +242,7 @@ impl Node {
             .raft
             .insert(RaftNode::start(Engine::open(&dir.raft_path())?, signer.clone()).await?)
             .clone();
-        let mut mode = Self::decide(cfg, &raft, name).await?;
+        let mut mode = Self::decide(cfg, dir, &raft, name).await?;
         if mode == Mode::Rejoin {
             info!(
                 "the mesh this data dir remembers no longer has this node (it left or was \
@@ -257,6 +258,9 @@ impl Node {
                 .insert(RaftNode::start(Engine::open(&dir.raft_path())?, signer.clone()).await?)
                 .clone();
             mode = Mode::Join;
+        }
+        if mode == Mode::Join {
+            dir.clear_left();
         }
         let trust = Arc::new(Trust::new(
             signer,
@@ -363,13 +367,24 @@ impl Node {
             join: cfg.join.iter().chain(&cfg.discover).cloned().collect(),
             creds,
             parts: std::mem::take(parts),
+            dir: DataDir {
+                root: dir.root.clone(),
+            },
         })
     }
 
     /// Resume, bootstrap, join or refuse: [`start::decide`] over the data dir's facts.
-    async fn decide(cfg: &Config, raft: &RaftNode, name: &str) -> Result<Mode, NodeError> {
+    async fn decide(
+        cfg: &Config,
+        dir: &DataDir,
+        raft: &RaftNode,
+        name: &str,
+    ) -> Result<Mode, NodeError> {
         let initialized = raft.is_initialized().await;
+        // A node that left on shutdown may have stopped before its Raft state showed
+        // the removal: the marker it wrote says so.
         let has_record = initialized
+            && !dir.has_left()
             && crate::store::views::load_view(&raft.engine)
                 .nodes
                 .contains_key(name);
@@ -529,7 +544,12 @@ impl Node {
                 .map(|p| p.ipam())
                 .unwrap_or_default();
             match client::leave_mesh(&self.raft, &self.join, &self.creds, &ipam).await {
-                Ok(()) => info!("left the mesh"),
+                Ok(()) => {
+                    info!("left the mesh");
+                    if let Err(e) = self.dir.mark_left() {
+                        warn!(error = %e, "cannot record that this node left");
+                    }
+                }
                 Err(e) => warn!(error = %e, "could not leave the mesh"),
             }
         }

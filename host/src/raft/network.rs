@@ -23,10 +23,14 @@ use super::types::{Member, NodeId, TypeConfig};
 
 /// Largest Raft message either side accepts (entries carry values up to 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// An append carries entries up to this many bytes (at least one entry, whatever its
-/// size): openraft batches by count, and 64 entries of 1 MiB would not fit the
-/// transport, so a follower far behind would never catch up.
+/// An append carries entries up to a byte budget (at least one entry, whatever its
+/// size): openraft batches by count, and 64 entries of 1 MiB would neither fit the
+/// transport nor arrive within the heartbeat interval, which openraft allows each
+/// append; a follower far behind would never catch up. The budget adapts per peer: an
+/// append cut off at its deadline quarters it, one that arrives doubles it.
 pub const MAX_APPEND_BYTES: usize = 16 << 20;
+pub const MIN_APPEND_BYTES: usize = 64 << 10;
+const START_APPEND_BYTES: usize = 2 << 20;
 
 /// How many of `entries` (at least one) fit in `budget` bytes.
 pub fn fitting<T: Serialize>(entries: &[T], budget: usize) -> usize {
@@ -64,6 +68,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: connect(&node.raft_addr),
             in_flight: false,
             signer: self.signer.clone(),
+            budget: START_APPEND_BYTES,
+            sent_entries: 0,
         }
     }
 }
@@ -93,6 +99,10 @@ pub struct Peer {
     /// the previous one at its deadline, which is the cue to dial afresh.
     in_flight: bool,
     signer: Arc<Signer>,
+    /// Bytes of entries the next append may carry.
+    budget: usize,
+    /// Entries the call in flight carried.
+    sent_entries: usize,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
@@ -204,15 +214,25 @@ impl RaftNetwork<TypeConfig> for Peer {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let keep = fitting(&rpc.entries, MAX_APPEND_BYTES);
-        if keep == rpc.entries.len() {
-            return self.call(Kind::Append, &rpc, &option).await;
+        // The last append was dropped at its deadline while carrying several entries:
+        // too much for this follower now.
+        if self.in_flight && self.sent_entries > 1 {
+            self.budget = (self.budget / 4).max(MIN_APPEND_BYTES);
         }
+        let keep = fitting(&rpc.entries, self.budget);
+        let partial = keep < rpc.entries.len();
         // Send a prefix; openraft sends the rest next.
         rpc.entries.truncate(keep);
+        self.sent_entries = keep;
         let last = rpc.entries.last().map(|e| e.log_id);
-        match self.call(Kind::Append, &rpc, &option).await? {
-            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+        let resp = self.call(Kind::Append, &rpc, &option).await?;
+        if partial {
+            self.budget = (self.budget * 2).min(MAX_APPEND_BYTES);
+        }
+        match resp {
+            AppendEntriesResponse::Success if partial => {
+                Ok(AppendEntriesResponse::PartialSuccess(last))
+            }
             other => Ok(other),
         }
     }
