@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdout, Command};
 use webmesh_plugin_sdk::{HANDSHAKE_PREFIX, SOCKET_ENV};
 
@@ -16,6 +16,62 @@ use super::StartError;
 
 /// How many of a plugin's last stderr lines a start-up error quotes.
 const STDERR_TAIL: usize = 8;
+/// Longest line read from a plugin's stdout or stderr; a longer one is cut (a plugin
+/// gone bad printing without newlines must not fill the node's memory).
+const MAX_LINE: usize = 8 * 1024;
+
+/// The next line of `r`, at most `max` bytes (the rest of a longer line comes as the
+/// next one); `None` at the end.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Option<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok((!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned()));
+        }
+        let take = avail.len().min(max - buf.len());
+        if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&avail[..i]);
+            r.consume(i + 1);
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if buf.len() >= max {
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+    }
+}
+
+/// The socket a handshake line names, if it is exactly the one the node assigned: a
+/// plugin may not send the node to another socket (another plugin's, the admin
+/// socket).
+pub fn parse_handshake(line: &str, assigned: &Path) -> Result<PathBuf, String> {
+    let sock = line
+        .trim()
+        .strip_prefix(HANDSHAKE_PREFIX)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "it printed {:?} instead of the handshake line \"{HANDSHAKE_PREFIX}<socket>\" \
+                 (is it a webmesh plugin?)",
+                line.chars().take(200).collect::<String>()
+            )
+        })?;
+    if Path::new(sock) != assigned {
+        return Err(format!(
+            "it names the socket {:?}, not the one it was given ({}); a plugin serves where \
+             {SOCKET_ENV} says",
+            sock.chars().take(200).collect::<String>(),
+            assigned.display()
+        ));
+    }
+    Ok(PathBuf::from(sock))
+}
 
 /// A started child that has printed a valid handshake.
 pub struct Launched {
@@ -57,8 +113,8 @@ pub async fn launch(
     let stderr_done = child.stderr.take().map(|err| {
         let (name, tail) = (name.to_string(), tail.clone());
         tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut err = BufReader::new(err);
+            while let Ok(Some(line)) = next_line(&mut err, MAX_LINE).await {
                 tracing::info!(plugin = %name, "{line}");
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == STDERR_TAIL {
@@ -69,8 +125,8 @@ pub async fn launch(
         })
     });
     let stdout = child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(timeout, lines.next_line()).await;
+    let mut lines = BufReader::new(stdout);
+    let first = tokio::time::timeout(timeout, next_line(&mut lines, MAX_LINE)).await;
     let printed = |tail: &Arc<Mutex<VecDeque<String>>>| {
         let t = tail.lock().unwrap_or_else(|p| p.into_inner());
         if t.is_empty() {
@@ -88,20 +144,14 @@ pub async fn launch(
         reason,
     };
     match first {
-        Ok(Ok(Some(line))) => match line.trim().strip_prefix(HANDSHAKE_PREFIX) {
-            Some(sock) if !sock.is_empty() => {
+        Ok(Ok(Some(line))) => match parse_handshake(&line, &socket) {
+            Ok(socket) => {
                 forward_stdout(name, lines);
-                Ok(Launched {
-                    child,
-                    socket: PathBuf::from(sock),
-                })
+                Ok(Launched { child, socket })
             }
-            _ => {
+            Err(why) => {
                 let _ = child.kill().await;
-                Err(fail(format!(
-                    "it printed {line:?} instead of the handshake line \
-                     \"{HANDSHAKE_PREFIX}<socket>\" (is it a webmesh plugin?)"
-                )))
+                Err(fail(why))
             }
         },
         Ok(_) => {
@@ -135,10 +185,10 @@ pub async fn launch(
 }
 
 /// Plugin stdout after the handshake goes to the log too.
-fn forward_stdout(name: &str, mut lines: tokio::io::Lines<BufReader<ChildStdout>>) {
+fn forward_stdout(name: &str, mut lines: BufReader<ChildStdout>) {
     let name = name.to_string();
     tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
+        while let Ok(Some(line)) = next_line(&mut lines, MAX_LINE).await {
             tracing::info!(plugin = %name, "{line}");
         }
     });
@@ -193,6 +243,46 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handshake_must_name_the_assigned_socket() {
+        let mine = Path::new("/run/p/auth.sock");
+        let ok = format!("{HANDSHAKE_PREFIX}/run/p/auth.sock\n");
+        assert_eq!(parse_handshake(&ok, mine).unwrap(), mine);
+        for bad in [
+            format!("{HANDSHAKE_PREFIX}/run/webmesh/webmesh.sock"),
+            format!("{HANDSHAKE_PREFIX}"),
+            "hello".to_string(),
+            "x".repeat(100_000),
+        ] {
+            let e = parse_handshake(&bad, mine).unwrap_err();
+            assert!(
+                e.len() < 700,
+                "the error quotes at most a little: {}",
+                e.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let mut text: &[u8] = b"short\nxxxxxxxxxxxxyy\nlast";
+        let mut r = tokio::io::BufReader::new(&mut text);
+        assert_eq!(
+            next_line(&mut r, 12).await.unwrap().as_deref(),
+            Some("short")
+        );
+        assert_eq!(
+            next_line(&mut r, 12).await.unwrap().as_deref(),
+            Some("xxxxxxxxxxxx")
+        );
+        assert_eq!(next_line(&mut r, 12).await.unwrap().as_deref(), Some("yy"));
+        assert_eq!(
+            next_line(&mut r, 12).await.unwrap().as_deref(),
+            Some("last")
+        );
+        assert_eq!(next_line(&mut r, 12).await.unwrap(), None);
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
