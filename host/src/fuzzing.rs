@@ -10,8 +10,11 @@ use webmesh_api::v1;
 
 use crate::mesh::{membership, view::MeshView, writes};
 
+/// A fuzz target: arbitrary bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the fuzz crate's binaries and the regression folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("node_requests", node_requests),
     ("admin_objects", admin_objects),
     ("raw_writes", raw_writes),
@@ -53,10 +56,10 @@ pub fn admin_objects(data: &[u8]) {
     if let Ok(o) = v1::NetworkAcl::decode(data) {
         let _ = admin::validate_acl(&o);
     }
-    if let Ok(o) = v1::Route::decode(data) {
-        if admin::validate_route(&o).is_ok() {
-            let _ = writes::check_routes("destination_cidrs", &o.destination_cidrs, &view());
-        }
+    if let Ok(o) = v1::Route::decode(data)
+        && admin::validate_route(&o).is_ok()
+    {
+        let _ = writes::check_routes("destination_cidrs", &o.destination_cidrs, &view());
     }
     if let Ok(o) = v1::MeshEdge::decode(data) {
         let _ = admin::validate_edge(&o);

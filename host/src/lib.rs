@@ -16,3 +16,6 @@ pub mod store;
 pub mod tls;
 pub mod trust;
 pub mod version;
+
+#[cfg(test)]
+mod architecture;

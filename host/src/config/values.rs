@@ -6,18 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use serde::{Deserialize, Serialize};
 
 use crate::mesh::ids;
 
-/// What a new mesh does with traffic no network ACL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DefaultPolicy {
-    #[default]
-    Accept,
-    Deny,
-}
+pub use crate::mesh::bootstrap::DefaultPolicy;
 
 pub fn default_policy(s: &str) -> Result<DefaultPolicy, String> {
     match s {

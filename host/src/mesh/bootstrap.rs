@@ -7,8 +7,17 @@ use webmesh_api::v1::{
 };
 
 use super::keys;
-use crate::config::DefaultPolicy;
-use crate::store::ops::Op;
+use super::ops::Op;
+use serde::{Deserialize, Serialize};
+
+/// What a new mesh does with traffic no network ACL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    #[default]
+    Accept,
+    Deny,
+}
 
 pub const ADMIN_ROLE: &str = "mesh-admin";
 pub const ADMIN_USER: &str = "admin";

@@ -7,9 +7,9 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use webmesh_api::v1::{Feature, JoinRequest, MeshEdge, MeshNode, UpdateRequest};
 
+use super::ops::Op;
 use super::view::{MeshView, edge_key};
 use super::{ids, keys, limits};
-use crate::store::ops::Op;
 
 /// A bad field of a request: which one and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limits;
 pub mod members;
 pub mod membership;
+pub mod ops;
 pub mod peers;
 pub mod rbac;
 pub mod view;

@@ -53,22 +53,6 @@ fn edge_cost(a: &str, b: &str, weight: i32) -> u128 {
     (1u128 << 112) | (w << 64) | u128::from(h & 0xffff_ffff_ffff)
 }
 
-/// The host addresses of a node as allowed-IP CIDRs: its IPv4 /32 and IPv6 /64.
-pub fn node_allowed_ips(n: &MeshNode) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(net) = n.private_ipv4.parse::<IpNet>() {
-        out.push(
-            IpNet::new(net.addr(), 32)
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-        );
-    }
-    if let Ok(net) = n.private_ipv6.parse::<IpNet>() {
-        out.push(net.trunc().to_string());
-    }
-    out
-}
-
 /// The graph of allowed edges, indexed, ready for path queries.
 pub struct Graph<'a> {
     pub nodes: Vec<&'a MeshNode>,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use webmesh_api::v1::{Group, MeshEdge, MeshNode, NetworkAcl, Route};
 
 use super::keys;
@@ -132,8 +132,7 @@ impl MeshView {
 
     /// Adds or replaces a node record.
     pub fn insert_node(&mut self, n: MeshNode) {
-        self.node_ips
-            .insert(n.id.clone(), super::peers::node_allowed_ips(&n));
+        self.node_ips.insert(n.id.clone(), node_allowed_ips(&n));
         self.nodes.insert(n.id.clone(), n);
     }
 
@@ -142,7 +141,7 @@ impl MeshView {
         self.node_ips
             .get(&n.id)
             .cloned()
-            .unwrap_or_else(|| super::peers::node_allowed_ips(n))
+            .unwrap_or_else(|| node_allowed_ips(n))
     }
 
     /// Builds a view from (key, value) pairs, skipping undecodable records.
@@ -165,6 +164,22 @@ impl MeshView {
             .values()
             .filter(|n| !n.primary_endpoint.is_empty())
     }
+}
+
+/// The host addresses of a node as allowed-IP CIDRs: its IPv4 /32 and IPv6 /64.
+pub fn node_allowed_ips(n: &MeshNode) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(net) = n.private_ipv4.parse::<IpNet>() {
+        out.push(
+            IpNet::new(net.addr(), 32)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    if let Ok(net) = n.private_ipv6.parse::<IpNet>() {
+        out.push(net.trunc().to_string());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(parse_handshake(&ok, mine).unwrap(), mine);
         for bad in [
             format!("{HANDSHAKE_PREFIX}/run/webmesh/webmesh.sock"),
-            format!("{HANDSHAKE_PREFIX}"),
+            HANDSHAKE_PREFIX.to_string(),
             "hello".to_string(),
             "x".repeat(100_000),
         ] {
