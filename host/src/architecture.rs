@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MODULES: &[&str] = &[
-    "version", "config", "mesh", "store", "trust", "raft", "net", "tls", "plugins",
-    "services", "node", "fuzzing",
+    "version", "config", "mesh", "store", "trust", "raft", "net", "tls", "plugins", "services",
+    "node", "fuzzing",
 ];
 
 fn sources(p: &Path) -> Vec<PathBuf> {
@@ -27,7 +27,11 @@ fn graph() -> BTreeMap<&'static str, BTreeSet<String>> {
     let mut g = BTreeMap::new();
     for m in MODULES {
         let dir = src.join(m);
-        let path = if dir.is_dir() { dir } else { src.join(format!("{m}.rs")) };
+        let path = if dir.is_dir() {
+            dir
+        } else {
+            src.join(format!("{m}.rs"))
+        };
         let mut deps = BTreeSet::new();
         for f in sources(&path) {
             let text = std::fs::read_to_string(&f).expect("source");
@@ -67,11 +71,12 @@ fn the_module_graph_has_no_cycle() {
 
 #[test]
 fn architecture_md_shows_the_module_graph_as_it_is() {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md"),
-    )
-    .expect("ARCHITECTURE.md");
-    let start = doc.find("<!-- module graph -->").expect("the module graph block");
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md"))
+            .expect("ARCHITECTURE.md");
+    let start = doc
+        .find("<!-- module graph -->")
+        .expect("the module graph block");
     let block = &doc[start..];
     let block = &block[..block.find("```\n\n").expect("end of the block")];
     let mut shown = BTreeMap::new();
@@ -84,15 +89,21 @@ fn architecture_md_shows_the_module_graph_as_it_is() {
             .collect();
         shown.insert(m.trim().to_string(), deps);
     }
-    let actual: BTreeMap<String, BTreeSet<String>> =
-        graph().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let actual: BTreeMap<String, BTreeSet<String>> = graph()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let render = |g: &BTreeMap<String, BTreeSet<String>>| {
         g.iter()
             .map(|(m, d)| {
                 let d: Vec<&str> = d.iter().map(String::as_str).collect();
                 format!(
                     "{m:<9}-> {}",
-                    if d.is_empty() { "(nothing)".into() } else { d.join(", ") }
+                    if d.is_empty() {
+                        "(nothing)".into()
+                    } else {
+                        d.join(", ")
+                    }
                 )
             })
             .collect::<Vec<_>>()

@@ -314,7 +314,7 @@ impl Config {
         }
         let mut cfg = Config::default();
         cfg.set_rows(&src)?;
-        cfg.tls().validate()?;
+        tls::validate(&cfg.tls())?;
         match (&cfg.auth_basic_user, &cfg.auth_basic_password_file) {
             (Some(u), None) => {
                 return Err(invalid(

@@ -35,12 +35,7 @@ impl Action {
 
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verb = match self.verb {
-            RuleVerb::VerbPut => "put",
-            RuleVerb::VerbDelete => "delete",
-            RuleVerb::VerbAll => "all",
-            RuleVerb::VerbUnknown => "unknown",
-        };
+        let verb = webmesh_client::names::verb_name(self.verb);
         write!(f, "{verb} {}", resource_name(self.resource))?;
         if !self.name.is_empty() {
             write!(f, " {:?}", self.name)?;
@@ -49,21 +44,7 @@ impl std::fmt::Display for Action {
     }
 }
 
-/// The resource as people write it (`wmctl`, error messages).
-pub fn resource_name(r: RuleResource) -> &'static str {
-    match r {
-        RuleResource::ResourceVotes => "votes",
-        RuleResource::ResourceRoles => "roles",
-        RuleResource::ResourceRoleBindings => "rolebindings",
-        RuleResource::ResourceGroups => "groups",
-        RuleResource::ResourceNetworkAcls => "networkacls",
-        RuleResource::ResourceRoutes => "routes",
-        RuleResource::ResourceDataChannels => "datachannels",
-        RuleResource::ResourceEdges => "edges",
-        RuleResource::ResourceAll => "all",
-        RuleResource::ResourceUnknown => "unknown",
-    }
-}
+pub use webmesh_client::names::resource_name;
 
 /// Who is asking, as RBAC subjects see it. A node that authenticated as a user of its
 /// own name is both.
