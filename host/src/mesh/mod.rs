@@ -17,5 +17,6 @@ pub mod membership;
 pub mod ops;
 pub mod peers;
 pub mod rbac;
+pub mod rules;
 pub mod view;
 pub mod writes;

@@ -6,11 +6,9 @@
 //! the same batch as the state it describes.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use ipnet::{Ipv4Net, Ipv6Net};
 use prost::Message;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
@@ -19,8 +17,9 @@ use rocksdb::{
 use webmesh_api::internal::{StateEntry, StateSnapshot};
 use webmesh_api::v1::MeshNode;
 
-use super::ops::{ApplyOutcome, Change, Op, Proposal};
-use crate::mesh::{ipam, keys};
+use super::ops::{ApplyOutcome, Change, Proposal};
+use crate::mesh::keys;
+use crate::mesh::rules::{self, StateRead, Write};
 
 pub const CF_LOG: &str = "log";
 pub const CF_META: &str = "meta";
@@ -239,28 +238,22 @@ impl Engine {
             base,
             overlay: HashMap::new(),
             changes: Vec::new(),
-            now_ms: p.issued_at_ms,
         };
         let mut value = None;
         for op in &p.ops {
-            let res = match op {
-                Op::Put { key, value, ttl_ms } => {
-                    let exp = if *ttl_ms > 0 {
-                        p.issued_at_ms.saturating_add(*ttl_ms)
-                    } else {
-                        0
-                    };
-                    txn.put(key, value, exp)
+            let res = rules::apply(&txn, op, p.issued_at_ms).and_then(|(writes, v)| {
+                if v.is_some() {
+                    value = v;
                 }
-                Op::Delete { key } => txn.delete(key),
-                Op::Expire { key, expires_at_ms } => txn.expire(key, *expires_at_ms),
-                Op::RegisterNode {
-                    node_json,
-                    assign_ipv4,
-                } => txn
-                    .register_node(node_json, *assign_ipv4)
-                    .map(|v| value = Some(v)),
-            };
+                writes.into_iter().try_for_each(|w| match w {
+                    Write::Put {
+                        key,
+                        value,
+                        expires_at_ms,
+                    } => txn.put(&key, &value, expires_at_ms),
+                    Write::Delete { key } => txn.delete(&key),
+                })
+            });
             if let Err(e) = res {
                 let refused = ApplyOutcome {
                     error: Some(e),
@@ -352,24 +345,9 @@ struct Txn<'a> {
     base: &'a Pending,
     overlay: Pending,
     changes: Vec<Change>,
-    now_ms: u64,
 }
 
 impl Txn<'_> {
-    /// The current raw value and expiry (expired values included).
-    fn current(&self, key: &str) -> Result<Option<(String, u64)>, String> {
-        if let Some((_, new)) = self.overlay.get(key).or_else(|| self.base.get(key)) {
-            return Ok(new.clone());
-        }
-        let raw = self
-            .engine
-            .db
-            .get_cf(self.engine.cf(CF_STATE), key)
-            .map_err(|e| e.to_string())?;
-        raw.map(|r| decode_value(&r).map_err(|e| e.to_string()))
-            .transpose()
-    }
-
     fn stage(&mut self, key: &str, new: Option<(String, u64)>) -> Result<(), String> {
         if !self.overlay.contains_key(key) {
             let old_exp = self.current(key)?.map(|(_, e)| e).unwrap_or(0);
@@ -389,21 +367,29 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Deletes `key` (the rules delete only what exists).
     fn delete(&mut self, key: &str) -> Result<(), String> {
-        if self.current(key)?.is_some() {
-            self.stage(key, None)?;
-            self.changes.push(Change::Delete {
-                key: key.to_string(),
-            });
-        }
+        self.stage(key, None)?;
+        self.changes.push(Change::Delete {
+            key: key.to_string(),
+        });
         Ok(())
     }
+}
 
-    fn expire(&mut self, key: &str, expires_at_ms: u64) -> Result<(), String> {
-        match self.current(key)? {
-            Some((_, exp)) if exp == expires_at_ms && exp <= self.now_ms => self.delete(key),
-            _ => Ok(()),
+impl StateRead for Txn<'_> {
+    /// The current raw value and expiry (expired values included).
+    fn current(&self, key: &str) -> Result<Option<(String, u64)>, String> {
+        if let Some((_, new)) = self.overlay.get(key).or_else(|| self.base.get(key)) {
+            return Ok(new.clone());
         }
+        let raw = self
+            .engine
+            .db
+            .get_cf(self.engine.cf(CF_STATE), key)
+            .map_err(|e| e.to_string())?;
+        raw.map(|r| decode_value(&r).map_err(|e| e.to_string()))
+            .transpose()
     }
 
     /// All node records (live or not: an address stays taken until its record is gone).
@@ -434,90 +420,5 @@ impl Txn<'_> {
             }
         }
         Ok(out)
-    }
-
-    fn setting(&self, key: &str) -> Result<String, String> {
-        self.current(key)?
-            .map(|(v, _)| v)
-            .ok_or_else(|| format!("mesh setting {key} is missing; was the mesh bootstrapped?"))
-    }
-
-    fn register_node(&mut self, node_json: &str, assign_ipv4: bool) -> Result<String, String> {
-        let mut node: MeshNode =
-            serde_json::from_str(node_json).map_err(|e| format!("node record: {e}"))?;
-        let key = keys::node(&node.id);
-        let others: Vec<MeshNode> = self
-            .nodes()?
-            .into_iter()
-            .filter(|n| n.id != node.id)
-            .collect();
-        let existing = self
-            .current(&key)?
-            .map(|(v, _)| serde_json::from_str::<MeshNode>(&v))
-            .transpose()
-            .map_err(|e| format!("{key}: {e}"))?;
-        if let Some(old) = &existing {
-            // A rejoin keeps the addresses it had.
-            if node.private_ipv4.is_empty() {
-                node.private_ipv4 = old.private_ipv4.clone();
-            }
-            if node.private_ipv6.is_empty() {
-                node.private_ipv6 = old.private_ipv6.clone();
-            }
-            if node.created_at.is_none() {
-                node.created_at = old.created_at;
-            }
-        }
-        // Addresses the caller chose (e.g. an IPAM plugin) must still be unique.
-        for other in &others {
-            if !node.private_ipv4.is_empty() && node.private_ipv4 == other.private_ipv4 {
-                return Err(format!(
-                    "IPv4 {} already belongs to node {}",
-                    node.private_ipv4, other.id
-                ));
-            }
-            if !node.private_ipv6.is_empty() && node.private_ipv6 == other.private_ipv6 {
-                return Err(format!(
-                    "IPv6 {} already belongs to node {}",
-                    node.private_ipv6, other.id
-                ));
-            }
-        }
-        if assign_ipv4 && node.private_ipv4.is_empty() {
-            let net: Ipv4Net = self
-                .setting(keys::MESH_IPV4)?
-                .parse()
-                .map_err(|e| format!("mesh IPv4 network: {e}"))?;
-            let used: HashSet<Ipv4Addr> = others
-                .iter()
-                .filter_map(|n| n.private_ipv4.parse::<Ipv4Net>().ok().map(|a| a.addr()))
-                .collect();
-            let addr = ipam::next_ipv4(net, &used).map_err(|e| e.to_string())?;
-            node.private_ipv4 = format!("{addr}/32");
-        }
-        if node.private_ipv6.is_empty() {
-            let net: Ipv6Net = self
-                .setting(keys::MESH_IPV6)?
-                .parse()
-                .map_err(|e| format!("mesh IPv6 network: {e}"))?;
-            let used: HashSet<Ipv6Net> = others
-                .iter()
-                .filter_map(|n| n.private_ipv6.parse::<Ipv6Net>().ok())
-                .collect();
-            node.private_ipv6 = ipam::next_ipv6_prefix(net, &used)
-                .map_err(|e| e.to_string())?
-                .to_string();
-        }
-        let stamp = Some(webmesh_api::wkt::Timestamp {
-            seconds: (self.now_ms / 1000) as i64,
-            nanos: ((self.now_ms % 1000) * 1_000_000) as i32,
-        });
-        if node.created_at.is_none() {
-            node.created_at = stamp;
-        }
-        node.updated_at = stamp;
-        let json = serde_json::to_string(&node).map_err(|e| e.to_string())?;
-        self.put(&key, &json, 0)?;
-        Ok(json)
     }
 }
