@@ -257,101 +257,36 @@ fn not_found<O: Object>(name: &str) -> Status {
     Status::not_found(format!("no {} named {name:?}", O::KIND.noun()))
 }
 
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn put_role(&self, r: Request<Role>) -> Result<Response<()>, Status> {
-        self.put(r).await
-    }
-    async fn delete_role(&self, r: Request<Role>) -> Result<Response<()>, Status> {
-        self.delete(r).await
-    }
-    async fn get_role(&self, r: Request<Role>) -> Result<Response<Role>, Status> {
-        self.get(r)
-    }
-    async fn list_roles(&self, r: Request<()>) -> Result<Response<Roles>, Status> {
-        Ok(Response::new(Roles {
-            items: self.list(&r)?,
-        }))
-    }
+/// The 24 RPCs: each kind's put, delete, get and list, delegated to the generic ones.
+macro_rules! admin_rpcs {
+    ($($t:ty, $list_t:ident: $put:ident, $delete:ident, $get:ident, $list:ident;)*) => {
+        #[tonic::async_trait]
+        impl Admin for AdminService {
+            $(
+                async fn $put(&self, r: Request<$t>) -> Result<Response<()>, Status> {
+                    self.put(r).await
+                }
+                async fn $delete(&self, r: Request<$t>) -> Result<Response<()>, Status> {
+                    self.delete(r).await
+                }
+                async fn $get(&self, r: Request<$t>) -> Result<Response<$t>, Status> {
+                    self.get(r)
+                }
+                async fn $list(&self, r: Request<()>) -> Result<Response<$list_t>, Status> {
+                    Ok(Response::new($list_t {
+                        items: self.list(&r)?,
+                    }))
+                }
+            )*
+        }
+    };
+}
 
-    async fn put_role_binding(&self, r: Request<RoleBinding>) -> Result<Response<()>, Status> {
-        self.put(r).await
-    }
-    async fn delete_role_binding(&self, r: Request<RoleBinding>) -> Result<Response<()>, Status> {
-        self.delete(r).await
-    }
-    async fn get_role_binding(
-        &self,
-        r: Request<RoleBinding>,
-    ) -> Result<Response<RoleBinding>, Status> {
-        self.get(r)
-    }
-    async fn list_role_bindings(&self, r: Request<()>) -> Result<Response<RoleBindings>, Status> {
-        Ok(Response::new(RoleBindings {
-            items: self.list(&r)?,
-        }))
-    }
-
-    async fn put_group(&self, r: Request<Group>) -> Result<Response<()>, Status> {
-        self.put(r).await
-    }
-    async fn delete_group(&self, r: Request<Group>) -> Result<Response<()>, Status> {
-        self.delete(r).await
-    }
-    async fn get_group(&self, r: Request<Group>) -> Result<Response<Group>, Status> {
-        self.get(r)
-    }
-    async fn list_groups(&self, r: Request<()>) -> Result<Response<Groups>, Status> {
-        Ok(Response::new(Groups {
-            items: self.list(&r)?,
-        }))
-    }
-
-    async fn put_network_acl(&self, r: Request<NetworkAcl>) -> Result<Response<()>, Status> {
-        self.put(r).await
-    }
-    async fn delete_network_acl(&self, r: Request<NetworkAcl>) -> Result<Response<()>, Status> {
-        self.delete(r).await
-    }
-    async fn get_network_acl(
-        &self,
-        r: Request<NetworkAcl>,
-    ) -> Result<Response<NetworkAcl>, Status> {
-        self.get(r)
-    }
-    async fn list_network_ac_ls(&self, r: Request<()>) -> Result<Response<NetworkAcLs>, Status> {
-        Ok(Response::new(NetworkAcLs {
-            items: self.list(&r)?,
-        }))
-    }
-
-    async fn put_route(&self, r: Request<Route>) -> Result<Response<()>, Status> {
-        self.put(r).await
-    }
-    async fn delete_route(&self, r: Request<Route>) -> Result<Response<()>, Status> {
-        self.delete(r).await
-    }
-    async fn get_route(&self, r: Request<Route>) -> Result<Response<Route>, Status> {
-        self.get(r)
-    }
-    async fn list_routes(&self, r: Request<()>) -> Result<Response<Routes>, Status> {
-        Ok(Response::new(Routes {
-            items: self.list(&r)?,
-        }))
-    }
-
-    async fn put_edge(&self, r: Request<MeshEdge>) -> Result<Response<()>, Status> {
-        self.put(r).await
-    }
-    async fn delete_edge(&self, r: Request<MeshEdge>) -> Result<Response<()>, Status> {
-        self.delete(r).await
-    }
-    async fn get_edge(&self, r: Request<MeshEdge>) -> Result<Response<MeshEdge>, Status> {
-        self.get(r)
-    }
-    async fn list_edges(&self, r: Request<()>) -> Result<Response<MeshEdges>, Status> {
-        Ok(Response::new(MeshEdges {
-            items: self.list(&r)?,
-        }))
-    }
+admin_rpcs! {
+    Role, Roles: put_role, delete_role, get_role, list_roles;
+    RoleBinding, RoleBindings: put_role_binding, delete_role_binding, get_role_binding, list_role_bindings;
+    Group, Groups: put_group, delete_group, get_group, list_groups;
+    NetworkAcl, NetworkAcLs: put_network_acl, delete_network_acl, get_network_acl, list_network_ac_ls;
+    Route, Routes: put_route, delete_route, get_route, list_routes;
+    MeshEdge, MeshEdges: put_edge, delete_edge, get_edge, list_edges;
 }
