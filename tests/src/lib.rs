@@ -151,7 +151,7 @@ impl LocalNode {
             .with_context(|| format!("open {}", self.log.display()))?;
         let child = Command::new(bin("webmesh"))
             .args(self.args())
-            .env("WEBMESH_LOG_LEVEL", "info")
+            .env("WEBMESH_LOG_LEVEL", test_log_level())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -384,4 +384,10 @@ where
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+}
+
+/// The log level nodes under test run at: `info`, or `$WEBMESH_TEST_LOG` (for a
+/// failure that needs more).
+pub fn test_log_level() -> String {
+    std::env::var("WEBMESH_TEST_LOG").unwrap_or_else(|_| "info".into())
 }

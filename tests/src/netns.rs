@@ -356,7 +356,7 @@ impl Host {
             .args(["netns", "exec", &self.ns])
             .arg(bin("webmesh"))
             .args(self.node_args())
-            .env("WEBMESH_LOG_LEVEL", "info")
+            .env("WEBMESH_LOG_LEVEL", crate::test_log_level())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

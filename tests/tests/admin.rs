@@ -698,7 +698,8 @@ async fn a_port_level_acl_blocks_one_tcp_port_and_allows_another() -> Result<()>
     wait_for("8002 open again", Duration::from_secs(10), || async {
         connects(&net, "h1", &a4, 8002).then_some(())
     })
-    .await?;
+    .await
+    .with_context(|| net.logs())?;
     Ok(())
 }
 
