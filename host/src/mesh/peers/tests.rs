@@ -1,0 +1,474 @@
+use super::*;
+use crate::mesh::view::edge_key;
+use ipnet::IpNet;
+use webmesh_api::v1::{AclAction, MeshEdge, NetworkAcl, Route};
+
+fn view(nodes: &[&str], edges: &[(&str, &str, i32)]) -> MeshView {
+    let mut v = MeshView::default();
+    for (i, id) in nodes.iter().enumerate() {
+        v.insert_node(MeshNode {
+            id: id.to_string(),
+            public_key: format!("key-{id}"),
+            private_ipv4: format!("10.0.0.{}/32", i + 1),
+            private_ipv6: format!("fd00:0:0:{:x}::/64", i + 1),
+            ..Default::default()
+        });
+    }
+    for (a, b, w) in edges {
+        v.edges.insert(
+            edge_key(a, b),
+            MeshEdge {
+                source: a.to_string(),
+                target: b.to_string(),
+                weight: *w,
+                attributes: Default::default(),
+            },
+        );
+    }
+    v.ipv4_network = Some("10.0.0.0/24".parse().unwrap());
+    v.ipv6_network = Some("fd00::/48".parse().unwrap());
+    v.acls.insert(
+        "default".into(),
+        NetworkAcl {
+            name: "default".into(),
+            priority: i32::MIN,
+            action: AclAction::ActionAccept as i32,
+            source_nodes: vec!["*".into()],
+            destination_nodes: vec!["*".into()],
+            ..Default::default()
+        },
+    );
+    v
+}
+
+fn ids(p: &PeerPlan) -> Vec<&str> {
+    p.peers.iter().map(|p| p.id.as_str()).collect()
+}
+
+fn allowed<'a>(p: &'a PeerPlan, id: &str) -> &'a [String] {
+    &p.peers.iter().find(|p| p.id == id).unwrap().allowed_ips
+}
+
+#[test]
+fn neighbours_are_peers_with_their_own_addresses() {
+    let v = view(
+        &["a", "b", "c"],
+        &[("a", "b", 1), ("b", "c", 1), ("a", "c", 1)],
+    );
+    let p = compute(&v, "a");
+    assert_eq!(ids(&p), ["b", "c"]);
+    assert_eq!(allowed(&p, "b"), ["10.0.0.2/32", "fd00:0:0:2::/64"]);
+    assert!(!p.relays, "b and c have their own edge");
+    assert_eq!(compute(&v, "nobody"), PeerPlan::default());
+}
+
+#[test]
+fn a_denied_pair_is_not_reached_through_a_relay_either() {
+    // A star around hub with four leaves: the hub would carry the mesh networks
+    // for a leaf, but a and c may not talk.
+    let mut v = view(
+        &["a", "b", "c", "d", "hub"],
+        &[
+            ("a", "hub", 1),
+            ("b", "hub", 1),
+            ("c", "hub", 1),
+            ("d", "hub", 1),
+        ],
+    );
+    let before = compute(&v, "a");
+    assert!(
+        allowed(&before, "hub").contains(&"10.0.0.0/24".to_string()),
+        "{before:?}"
+    );
+    v.acls.insert(
+        "cut".into(),
+        NetworkAcl {
+            name: "cut".into(),
+            priority: 100,
+            action: AclAction::ActionDeny as i32,
+            source_nodes: vec!["a".into(), "c".into()],
+            destination_nodes: vec!["a".into(), "c".into()],
+            ..Default::default()
+        },
+    );
+    let pa = compute(&v, "a");
+    let hub = allowed(&pa, "hub");
+    assert!(
+        !hub.contains(&"10.0.0.0/24".to_string()),
+        "no summary: {hub:?}"
+    );
+    assert!(
+        !hub.contains(&"10.0.0.3/32".to_string()),
+        "c is cut: {hub:?}"
+    );
+    assert!(hub.contains(&"10.0.0.2/32".to_string()), "b still: {hub:?}");
+    assert!(hub.contains(&"10.0.0.4/32".to_string()), "d still: {hub:?}");
+    let pc = compute(&v, "c");
+    assert!(!allowed(&pc, "hub").contains(&"10.0.0.1/32".to_string()));
+    // The hub itself still talks to both.
+    assert_eq!(ids(&compute(&v, "hub")), ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn nodes_without_an_edge_are_reached_through_a_relay() {
+    // a - hub - c: a reaches c through hub, and c reaches a through hub.
+    let v = view(&["a", "c", "hub"], &[("a", "hub", 1), ("c", "hub", 1)]);
+    let pa = compute(&v, "a");
+    assert_eq!(ids(&pa), ["hub"]);
+    assert_eq!(
+        allowed(&pa, "hub"),
+        [
+            "10.0.0.3/32",
+            "fd00:0:0:3::/64",
+            "10.0.0.2/32",
+            "fd00:0:0:2::/64"
+        ]
+    );
+    assert!(compute(&v, "hub").relays);
+    assert!(!pa.relays);
+}
+
+#[test]
+fn relays_are_symmetric_among_equal_paths() {
+    // a and z are linked through either r1 or r2; both ends must pick the same one.
+    let v = view(
+        &["a", "r1", "r2", "z"],
+        &[
+            ("a", "r1", 1),
+            ("a", "r2", 1),
+            ("z", "r1", 1),
+            ("z", "r2", 1),
+        ],
+    );
+    let pa = compute(&v, "a");
+    let pz = compute(&v, "z");
+    let via_a = pa
+        .peers
+        .iter()
+        .find(|p| p.allowed_ips.contains(&"10.0.0.4/32".to_string()))
+        .unwrap();
+    let via_z = pz
+        .peers
+        .iter()
+        .find(|p| p.allowed_ips.contains(&"10.0.0.1/32".to_string()))
+        .unwrap();
+    assert_eq!(via_a.id, via_z.id);
+}
+
+#[test]
+fn weights_choose_among_equally_short_paths_but_direct_edges_win() {
+    let v = view(
+        &["a", "r1", "r2", "z"],
+        &[
+            ("a", "r1", 1),
+            ("a", "r2", 1),
+            ("z", "r1", 50),
+            ("z", "r2", 1),
+        ],
+    );
+    let pa = compute(&v, "a");
+    assert!(
+        allowed(&pa, "r2").contains(&"10.0.0.4/32".to_string()),
+        "cheaper relay r2"
+    );
+    let mut v = v;
+    v.edges.insert(
+        edge_key("a", "z"),
+        MeshEdge {
+            source: "a".into(),
+            target: "z".into(),
+            weight: 1000,
+            attributes: Default::default(),
+        },
+    );
+    assert_eq!(
+        allowed(&compute(&v, "a"), "z"),
+        ["10.0.0.4/32", "fd00:0:0:4::/64"]
+    );
+}
+
+#[test]
+fn a_deny_acl_between_two_nodes_removes_the_edge() {
+    let mut v = view(
+        &["a", "b", "c"],
+        &[("a", "b", 1), ("b", "c", 1), ("a", "c", 1)],
+    );
+    v.acls.insert(
+        "cut".into(),
+        NetworkAcl {
+            name: "cut".into(),
+            priority: 100,
+            action: AclAction::ActionDeny as i32,
+            source_nodes: vec!["a".into(), "b".into()],
+            destination_nodes: vec!["a".into(), "b".into()],
+            ..Default::default()
+        },
+    );
+    let p = compute(&v, "a");
+    assert_eq!(ids(&p), ["c"]);
+    // ... and c does not relay between them either.
+    assert!(!allowed(&p, "c").contains(&"10.0.0.2/32".to_string()));
+}
+
+#[test]
+fn routes_go_to_the_first_hop_towards_their_node() {
+    let mut v = view(&["a", "gw", "hub"], &[("a", "hub", 1), ("gw", "hub", 1)]);
+    v.routes.insert(
+        "lan".into(),
+        Route {
+            name: "lan".into(),
+            node: "gw".into(),
+            destination_cidrs: vec!["192.168.50.0/24".into()],
+            next_hop_node: String::new(),
+        },
+    );
+    let p = compute(&v, "a");
+    assert_eq!(p.peers[0].allowed_routes, ["192.168.50.0/24"]);
+    assert!(allowed(&p, "hub").contains(&"192.168.50.0/24".to_string()));
+    let gw = compute(&v, "gw");
+    assert!(
+        gw.peers[0].allowed_routes.is_empty(),
+        "not to the router itself"
+    );
+    assert!(gw.relays, "the router forwards into its network");
+}
+
+/// The peer WireGuard sends `addr` to: the longest allowed-IP prefix holding it,
+/// which must be unique.
+fn route<'a>(plan: &'a PeerPlan, addr: &str) -> Option<&'a str> {
+    let ip: IpAddr = addr.split('/').next().unwrap().parse().unwrap();
+    let mut best: Option<(u8, &str)> = None;
+    let mut tie = false;
+    for p in &plan.peers {
+        for c in &p.allowed_ips {
+            let net: IpNet = c.parse().unwrap();
+            if net.contains(&ip) {
+                match best {
+                    Some((len, _)) if len > net.prefix_len() => {}
+                    Some((len, id)) if len == net.prefix_len() && id != p.id => tie = true,
+                    _ => {
+                        tie = false;
+                        best = Some((net.prefix_len(), p.id.as_str()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(!tie, "{addr} matches two peers equally");
+    best.map(|(_, id)| id)
+}
+
+#[test]
+fn a_leaf_of_a_large_mesh_gets_the_mesh_networks_not_every_node() {
+    let names: Vec<String> = (0..50).map(|i| format!("n{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    // n00 is the hub; everyone else hangs off it.
+    let edges: Vec<(&str, &str, i32)> = refs[1..].iter().map(|n| ("n00", *n, 1)).collect();
+    let v = view(&refs, &edges);
+    let leaf = compute(&v, "n07");
+    assert_eq!(
+        allowed(&leaf, "n00"),
+        ["10.0.0.1/32", "fd00:0:0:1::/64", "10.0.0.0/24", "fd00::/48"]
+    );
+    assert_eq!(route(&leaf, "10.0.0.30"), Some("n00"));
+}
+
+/// A small deterministic generator for the property tests.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+#[test]
+fn peering_is_symmetric_on_random_graphs() {
+    // Property: b is a's peer iff a is b's peer; every reachable address routes to
+    // exactly one peer; and a's packets to z arrive at z from the peer z routes a
+    // through (WireGuard drops them otherwise).
+    let mut rnd = xorshift(0x2545f4914f6cdd1du64);
+    for _ in 0..200 {
+        let names: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let mut edges = Vec::new();
+        for i in 0..12 {
+            for j in i + 1..12 {
+                if rnd().is_multiple_of(4) {
+                    edges.push((refs[i], refs[j], (rnd() % 3 + 1) as i32));
+                }
+            }
+        }
+        let v = view(&refs, &edges);
+        let graph = Graph::build(&v);
+        let plans: HashMap<&str, PeerPlan> = refs.iter().map(|&n| (n, compute(&v, n))).collect();
+        for (&a, pa) in &plans {
+            for peer in &pa.peers {
+                assert!(
+                    plans[peer.id.as_str()].peers.iter().any(|p| p.id == a),
+                    "{a} -> {} not mutual",
+                    peer.id
+                );
+            }
+        }
+        for &a in &refs {
+            let (hops, _) = graph.first_hops(graph.index_of(a).unwrap());
+            for &z in &refs {
+                if a == z || hops[graph.index_of(z).unwrap()].is_none() {
+                    continue;
+                }
+                let (za, aa) = (&v.nodes[z].private_ipv4, &v.nodes[a].private_ipv4);
+                let mut at = route(&plans[a], za).expect("a routes to z");
+                let mut prev = a;
+                for _ in 0..12 {
+                    if at == z {
+                        break;
+                    }
+                    prev = at;
+                    at = route(&plans[at], za).expect("a relay knows the way");
+                }
+                assert_eq!(at, z, "{a} reaches {z}");
+                assert_eq!(
+                    route(&plans[z], aa),
+                    Some(prev),
+                    "{z} expects {a}'s packets from {prev}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn denied_pairs_and_routes_on_random_graphs() {
+    // Properties, with random DENY ACLs between pairs and random routes:
+    // - no plan lets a node send to a node it may not talk to (its addresses are in no
+    //   peer's allowed IPs, and no peer carries the summarised mesh networks);
+    // - every route a node can reach is on exactly one of its peers: the first hop
+    //   towards the nearest node serving it; a server never routes its own CIDRs.
+    let mut rnd = xorshift(0x9e3779b97f4a7c15u64);
+    for round in 0..150 {
+        let names: Vec<String> = (0..10).map(|i| format!("n{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let mut edges = Vec::new();
+        for i in 0..10 {
+            for j in i + 1..10 {
+                if rnd().is_multiple_of(3) {
+                    edges.push((refs[i], refs[j], (rnd() % 3 + 1) as i32));
+                }
+            }
+        }
+        let mut v = view(&refs, &edges);
+        let mut denied = Vec::new();
+        for k in 0..(rnd() % 3) {
+            let (a, b) = (refs[(rnd() % 10) as usize], refs[(rnd() % 10) as usize]);
+            if a == b {
+                continue;
+            }
+            denied.push((a, b));
+            v.acls.insert(
+                format!("deny-{k}"),
+                NetworkAcl {
+                    name: format!("deny-{k}"),
+                    priority: 100,
+                    action: AclAction::ActionDeny as i32,
+                    source_nodes: vec![a.into(), b.into()],
+                    destination_nodes: vec![a.into(), b.into()],
+                    ..Default::default()
+                },
+            );
+        }
+        for r in 0..(rnd() % 3) {
+            v.routes.insert(
+                format!("r{r}"),
+                Route {
+                    name: format!("r{r}"),
+                    node: refs[(rnd() % 10) as usize].into(),
+                    destination_cidrs: vec![format!("192.168.{r}.0/24")],
+                    next_hop_node: String::new(),
+                },
+            );
+        }
+        let graph = Graph::build(&v);
+        for &a in &refs {
+            let plan = compute(&v, a);
+            let all: Vec<&String> = plan.peers.iter().flat_map(|p| &p.allowed_ips).collect();
+            let me = graph.index_of(a).unwrap();
+            let (hops, dist) = graph.first_hops(me);
+            for &(x, y) in &denied {
+                let other = if a == x {
+                    y
+                } else if a == y {
+                    x
+                } else {
+                    continue;
+                };
+                let addr = &v.nodes[other].private_ipv4;
+                assert!(
+                    !all.contains(&addr),
+                    "round {round}: {a} reaches denied {other}"
+                );
+                // A summary would carry packets to it, if any path leads there.
+                if hops[graph.index_of(other).unwrap()].is_some() {
+                    assert!(
+                        !all.contains(&&"10.0.0.0/24".to_string()),
+                        "round {round}: {a} has a summary covering denied {other}"
+                    );
+                }
+            }
+            for route in v.routes.values() {
+                let cidr = &route.destination_cidrs[0];
+                let holders: Vec<&str> = plan
+                    .peers
+                    .iter()
+                    .filter(|p| p.allowed_routes.contains(cidr))
+                    .map(|p| p.id.as_str())
+                    .collect();
+                let server = graph.index_of(&route.node).unwrap();
+                if server == me {
+                    assert!(
+                        holders.is_empty(),
+                        "round {round}: {a} routes its own {cidr}"
+                    );
+                    continue;
+                }
+                // Reachable and allowed: through the first hop; else nowhere.
+                match (dist[server], hops[server]) {
+                    (Some(_), Some(h)) if graph.may_talk(me, server) => {
+                        assert_eq!(
+                            holders,
+                            [graph.nodes[h].id.as_str()],
+                            "round {round}: {a} {cidr}"
+                        )
+                    }
+                    _ => assert!(holders.is_empty(), "round {round}: {a} {cidr} {holders:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn endpoints() {
+    let mut p = WireGuardPeer {
+        primary_endpoint: "203.0.113.5".into(),
+        wireguard_endpoints: vec!["192.168.1.5:51820".into(), "203.0.113.5:51821".into()],
+        zone_awareness_id: "dc1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        choose_endpoint(&p, "dc1").unwrap().to_string(),
+        "192.168.1.5:51820"
+    );
+    assert_eq!(
+        choose_endpoint(&p, "dc2").unwrap().to_string(),
+        "203.0.113.5:51821"
+    );
+    p.wireguard_endpoints.clear();
+    assert_eq!(
+        choose_endpoint(&p, "").unwrap().to_string(),
+        "203.0.113.5:51820"
+    );
+    p.primary_endpoint.clear();
+    assert_eq!(choose_endpoint(&p, ""), None);
+}
