@@ -125,6 +125,15 @@ impl LocalNode {
         }
     }
 
+    /// A node in `dir` started with `args` (after its ports and paths) and ready.
+    pub async fn start(id: &str, dir: &Path, args: &[&str]) -> Result<LocalNode> {
+        let mut node = LocalNode::new(id, dir);
+        node.extra_args = args.iter().map(|a| a.to_string()).collect();
+        node.spawn()?;
+        node.wait_ready(Duration::from_secs(60)).await?;
+        Ok(node)
+    }
+
     pub fn args(&self) -> Vec<String> {
         let mut a = vec![
             "--node-id".into(),
@@ -290,7 +299,11 @@ pub fn wg_keypair() -> Result<(String, String)> {
         .arg("genkey")
         .output()
         .context("wg genkey")?;
-    let private = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    with_public(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `private` with its public key (`wg pubkey`).
+fn with_public(private: String) -> Result<(String, String)> {
     let mut child = Command::new("wg")
         .arg("pubkey")
         .stdin(Stdio::piped())
@@ -304,10 +317,8 @@ pub fn wg_keypair() -> Result<(String, String)> {
         .context("stdin")?
         .write_all(private.as_bytes())?;
     let out = child.wait_with_output()?;
-    Ok((
-        private,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    ))
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((private, public))
 }
 
 /// A signer for node `id` with a key pair (as `wg_keypair` gives).
@@ -322,25 +333,8 @@ pub fn signer(
 
 /// The key pair a node keeps in its data dir.
 pub fn node_keypair(data_dir: &Path) -> Result<(String, String)> {
-    let private = std::fs::read_to_string(data_dir.join("wireguard.key"))?
-        .trim()
-        .to_string();
-    let mut child = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(private.as_bytes())?;
-    let out = child.wait_with_output()?;
-    Ok((
-        private,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    ))
+    let private = std::fs::read_to_string(data_dir.join("wireguard.key"))?;
+    with_public(private.trim().to_string())
 }
 
 /// A plaintext channel to `addr` (`host:port`) whose requests carry `signer`'s proof.

@@ -1,7 +1,6 @@
 //! The `webmesh` command line: settings, errors, and generic gRPC clients.
 
 use std::process::Command;
-use std::time::Duration;
 
 use webmesh_e2e::{LocalNode, bin};
 
@@ -118,10 +117,8 @@ fn version_names_the_build() {
 #[tokio::test]
 async fn an_independent_grpc_client_reads_status_via_reflection() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut node = LocalNode::new("reflect-1", dir.path());
-    node.extra_args = vec!["--bootstrap".into(), "--no-wireguard".into()];
-    node.spawn()?;
-    node.wait_ready(Duration::from_secs(60)).await?;
+    let node =
+        LocalNode::start("reflect-1", dir.path(), &["--bootstrap", "--no-wireguard"]).await?;
     // Read at run time: a test binary reused from a clone elsewhere (shared target dir)
     // must not point into that clone.
     let root = std::env::var("CARGO_MANIFEST_DIR")

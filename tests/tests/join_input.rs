@@ -1,8 +1,6 @@
 //! Bad Join input is refused with InvalidArgument naming the field, and leaves the
 //! mesh state unchanged.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use prost::Message;
 use webmesh_api::internal::StateSnapshot;
@@ -26,10 +24,7 @@ type Mutate = Box<dyn Fn(&mut JoinRequest)>;
 #[tokio::test]
 async fn malformed_joins_are_refused_naming_the_field() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut node = LocalNode::new("input-1", dir.path());
-    node.extra_args = vec!["--bootstrap".into(), "--no-wireguard".into()];
-    node.spawn()?;
-    node.wait_ready(Duration::from_secs(60)).await?;
+    let node = LocalNode::start("input-1", dir.path(), &["--bootstrap", "--no-wireguard"]).await?;
     let mut client = node.client().await?;
     let state = |s: webmesh_api::v1::SnapshotResponse| {
         StateSnapshot::decode(s.snapshot.as_slice()).map(|s| s.entries)

@@ -26,6 +26,8 @@ use webmesh_e2e::{
     wait_for, wg_keypair,
 };
 
+/// A single node on loopback without WireGuard.
+const LOOPBACK_BOOTSTRAP: &[&str] = &["--bootstrap", "--no-wireguard", "--endpoint", "127.0.0.1"];
 const READY: Duration = Duration::from_secs(60);
 
 /// The gRPC code of a call's result.
@@ -618,15 +620,7 @@ async fn a_local_unprivileged_user_cannot_administer_the_node() -> Result<()> {
 #[tokio::test]
 async fn oversized_and_malformed_input_is_refused_naming_the_limit() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut node = LocalNode::new("limits-1", dir.path());
-    node.extra_args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--endpoint".into(),
-        "127.0.0.1".into(),
-    ];
-    node.spawn()?;
-    node.wait_ready(READY).await?;
+    let node = LocalNode::start("limits-1", dir.path(), LOOPBACK_BOOTSTRAP).await?;
     let admin = webmesh_e2e::admin_channel(&node.socket)?;
     let check = |what: &str, r: Result<tonic::Status, ()>, want: Code, says: &str| -> Result<()> {
         let s = r.map_err(|_| anyhow::anyhow!("{what}: accepted"))?;
@@ -795,21 +789,19 @@ async fn oversized_and_malformed_input_is_refused_naming_the_limit() -> Result<(
 #[tokio::test]
 async fn joins_are_rate_limited_capped_and_unreached_joiners_expire() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut node = LocalNode::new("adm-1", dir.path());
-    node.extra_args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--endpoint".into(),
-        "127.0.0.1".into(),
-        "--join-rate".into(),
-        "5".into(),
-        "--max-pending-joins".into(),
-        "3".into(),
-        "--join-timeout".into(),
-        "4".into(),
-    ];
-    node.spawn()?;
-    node.wait_ready(READY).await?;
+    let args = [
+        LOOPBACK_BOOTSTRAP,
+        &[
+            "--join-rate",
+            "5",
+            "--max-pending-joins",
+            "3",
+            "--join-timeout",
+            "4",
+        ],
+    ]
+    .concat();
+    let node = LocalNode::start("adm-1", dir.path(), &args).await?;
     let addr = node.grpc.to_string();
     let join = |id: String| {
         let addr = addr.clone();
@@ -965,28 +957,12 @@ async fn a_user_cannot_grant_more_than_it_holds() -> Result<()> {
 #[tokio::test]
 async fn a_lagging_follower_catches_up_on_70_writes_of_1_mib() -> Result<()> {
     let dir = tempfile::tempdir_in("/var/tmp")?;
-    let mut n1 = LocalNode::new("lag-1", dir.path());
-    n1.extra_args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--endpoint".into(),
-        "127.0.0.1".into(),
-    ];
-    n1.spawn()?;
-    n1.wait_ready(READY).await?;
+    let n1 = LocalNode::start("lag-1", dir.path(), LOOPBACK_BOOTSTRAP).await?;
     let join = n1.grpc.to_string();
     let mut nodes = vec![n1];
     for id in ["lag-2", "lag-3"] {
-        let mut n = LocalNode::new(id, dir.path());
-        n.extra_args = vec![
-            "--join".into(),
-            join.clone(),
-            "--no-wireguard".into(),
-            "--endpoint".into(),
-            "127.0.0.1".into(),
-        ];
-        n.spawn()?;
-        n.wait_ready(READY).await?;
+        let args = ["--join", &join, "--no-wireguard", "--endpoint", "127.0.0.1"];
+        let n = LocalNode::start(id, dir.path(), &args).await?;
         nodes[0]
             .client()
             .await?

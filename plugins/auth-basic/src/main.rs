@@ -269,6 +269,36 @@ fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
 
+    /// A plugin configured with an htpasswd file holding alice's `password`.
+    async fn alice(password: &str) -> (tempfile::TempDir, Basic, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        let h = bcrypt::hash(password, 4).unwrap();
+        std::fs::write(&path, format!("alice:{h}\n")).unwrap();
+        let p = Basic::default();
+        let mut cfg = Config::default();
+        cfg.0
+            .insert("htpasswd".into(), path.to_str().unwrap().into());
+        p.configure(cfg).await.unwrap();
+        (dir, p, path)
+    }
+
+    /// A request with these credentials from `source` (none if empty).
+    fn req(user: &str, password: &str, source: &str) -> v1::AuthenticationRequest {
+        let mut headers: std::collections::HashMap<String, String> = [
+            (USER.to_string(), user.to_string()),
+            (PASSWORD.to_string(), password.to_string()),
+        ]
+        .into();
+        if !source.is_empty() {
+            headers.insert(REMOTE.to_string(), source.to_string());
+        }
+        v1::AuthenticationRequest {
+            headers: headers.into_iter().collect(),
+            certificates: vec![],
+        }
+    }
+
     #[test]
     fn htpasswd_lines_are_users_and_bcrypt_hashes() {
         let u = parse("# admins\nalice:$2y$05$abc\n\nbob:$2b$05$def\n").unwrap();
@@ -280,24 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn guessing_is_limited_per_user_and_per_source() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("htpasswd");
-        let h = bcrypt::hash("s3cret", 4).unwrap();
-        std::fs::write(&path, format!("alice:{h}\n")).unwrap();
-        let p = Basic::default();
-        let mut cfg = Config::default();
-        cfg.0
-            .insert("htpasswd".into(), path.to_str().unwrap().into());
-        p.configure(cfg).await.unwrap();
-        let req = |u: &str, pw: &str, src: &str| v1::AuthenticationRequest {
-            headers: [
-                (USER.to_string(), u.to_string()),
-                (PASSWORD.to_string(), pw.to_string()),
-                (REMOTE.to_string(), src.to_string()),
-            ]
-            .into(),
-            certificates: vec![],
-        };
+        let (_dir, p, _) = alice("s3cret").await;
         use webmesh_plugin_sdk::Code;
         for _ in 0..FAILURES_PER_USER {
             let e = p
@@ -343,23 +356,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_right_password_passes_and_a_changed_file_is_reread() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("htpasswd");
-        let h = bcrypt::hash("s3cret", 4).unwrap();
-        std::fs::write(&path, format!("alice:{h}\n")).unwrap();
-        let p = Basic::default();
-        let mut cfg = Config::default();
-        cfg.0
-            .insert("htpasswd".into(), path.to_str().unwrap().into());
-        p.configure(cfg).await.unwrap();
-        let req = |u: &str, pw: &str| v1::AuthenticationRequest {
-            headers: [
-                (USER.to_string(), u.to_string()),
-                (PASSWORD.to_string(), pw.to_string()),
-            ]
-            .into(),
-            certificates: vec![],
-        };
+        let (_dir, p, path) = alice("s3cret").await;
+        let h = std::fs::read_to_string(&path).unwrap()["alice:".len()..]
+            .trim()
+            .to_string();
+        let req = |u: &str, pw: &str| req(u, pw, "");
         assert_eq!(
             p.authenticate(req("alice", "s3cret")).await.unwrap(),
             "alice"

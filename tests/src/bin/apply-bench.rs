@@ -23,15 +23,12 @@ async fn main() -> anyhow::Result<()> {
     let value_bytes: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(256);
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))?;
-    let mut node = LocalNode::new("bench-1", dir.path());
-    node.extra_args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
-    node.spawn()?;
-    node.wait_ready(Duration::from_secs(60)).await?;
+    let mut node = LocalNode::start(
+        "bench-1",
+        dir.path(),
+        &["--bootstrap", "--no-wireguard", "--log-level", "warn"],
+    )
+    .await?;
     let value = "x".repeat(value_bytes);
 
     println!("Single-node Apply, fsync on, {value_bytes}-byte values, {secs} s per row");

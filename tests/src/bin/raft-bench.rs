@@ -201,32 +201,23 @@ async fn main() -> Result<()> {
 
     // webmesh: n1 bootstraps; n2, n3 join and n1 (the admin) makes them voters.
     let mut nodes = Vec::new();
-    let mut n1 = LocalNode::new("n1", dir.path());
-    n1.extra_args = vec![
-        "--bootstrap".into(),
-        "--no-wireguard".into(),
-        "--endpoint".into(),
-        "127.0.0.1".into(),
-        "--log-level".into(),
-        "warn".into(),
+    const QUIET: &[&str] = &[
+        "--no-wireguard",
+        "--endpoint",
+        "127.0.0.1",
+        "--log-level",
+        "warn",
     ];
-    n1.spawn()?;
-    n1.wait_ready(Duration::from_secs(60)).await?;
+    let n1 = LocalNode::start("n1", dir.path(), &[&["--bootstrap"], QUIET].concat()).await?;
     let join = n1.grpc.to_string();
     nodes.push(n1);
     for id in ["n2", "n3"] {
-        let mut n = LocalNode::new(id, dir.path());
-        n.extra_args = vec![
-            "--join".into(),
-            join.clone(),
-            "--no-wireguard".into(),
-            "--endpoint".into(),
-            "127.0.0.1".into(),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        n.spawn()?;
-        n.wait_ready(Duration::from_secs(60)).await?;
+        let n = LocalNode::start(
+            id,
+            dir.path(),
+            &[&["--join", join.as_str()], QUIET].concat(),
+        )
+        .await?;
         nodes[0]
             .client()
             .await?
