@@ -14,6 +14,9 @@ APT_PACKAGES=(
   nftables          # nft: the packet filter for port-level network ACLs
   python3           # TCP probes in tests
   graphviz          # dot: wmctl get graph --svg
+  bind9-dnsutils    # dig: reading mesh DNS in tests
+  dnsmasq-base      # a stub upstream resolver in tests, the DNS benchmark's reference
+  dnsperf           # the DNS benchmark
 )
 PIP_MODULES=(grpc grpc_reflection google.protobuf)   # the independent gRPC test client
 PIP_PACKAGES=(grpcio grpcio-reflection protobuf)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 const MODULES: &[&str] = &[
     "version", "config", "mesh", "store", "trust", "raft", "net", "tls", "plugins", "services",
-    "node", "fuzzing",
+    "node", "fuzzing", "dns",
 ];
 
 fn sources(p: &Path) -> Vec<PathBuf> {

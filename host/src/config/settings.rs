@@ -178,4 +178,16 @@ settings! {
     join_timeout: u64 = 600 => "join-timeout" "SECONDS" one(v::join_timeout);
     /// Largest request the API reads, in bytes [default: 4194304].
     max_request_bytes: usize = 4 << 20 => "max-request-bytes" "N" one(v::request_bytes);
+    /// Serve mesh DNS on this UDP and TCP address (e.g. [::]:53; its port is
+    /// advertised to the mesh); unset: no DNS server.
+    meshdns_listen: Option<SocketAddr> = None => "meshdns-listen" "ADDR" opt(v::listen) omit_empty;
+    /// Upstream resolver for names outside the mesh (repeatable; IP or IP:PORT)
+    /// [default: the nameservers of /etc/resolv.conf].
+    meshdns_forwarder: Vec<SocketAddr> = vec![] => "meshdns-forwarder" "IP[:PORT]" many(v::dns_server) omit_empty;
+    /// Mesh DNS answers mesh names only: it forwards nothing.
+    meshdns_no_forward: bool = false => "meshdns-no-forward" "BOOL" switch(v::boolean);
+    /// How long mesh DNS waits for each forwarder, in milliseconds [default: 2000].
+    meshdns_forward_timeout: u64 = 2000 => "meshdns-forward-timeout" "MS" one(v::forward_timeout);
+    /// Forwarded answers mesh DNS keeps for their TTL, at most [default: 10000; 0: none].
+    meshdns_cache: usize = 10_000 => "meshdns-cache" "ENTRIES" one(v::cache_entries);
 }

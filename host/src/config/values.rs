@@ -231,3 +231,25 @@ pub fn join_timeout(s: &str) -> Result<u64, String> {
         .filter(|n| (1..=7 * 24 * 3600).contains(n))
         .ok_or_else(|| "must be 1-604800 seconds".into())
 }
+
+/// A DNS server: `IP` (port 53) or `IP:PORT`.
+pub fn dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    socket_addr(s).map_err(|_| "must be IP, IP:PORT or [IPv6]:PORT".into())
+}
+
+pub fn forward_timeout(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|n| (10..=30_000).contains(n))
+        .ok_or_else(|| "must be 10-30000 milliseconds".into())
+}
+
+pub fn cache_entries(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n <= 1_000_000)
+        .ok_or_else(|| "must be 0-1000000 entries".into())
+}

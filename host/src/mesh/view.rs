@@ -159,6 +159,30 @@ impl MeshView {
     }
 
     /// Nodes with a primary endpoint (publicly reachable).
+    /// `ip:port` of the mesh DNS servers among the nodes (IPv4 then IPv6 of each),
+    /// leaving out `except` (the asker itself).
+    pub fn dns_servers(&self, except: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.nodes.values().filter(|n| {
+            n.id != except
+                && n.meshdns_port > 0
+                && n.features
+                    .contains(&(webmesh_api::v1::Feature::MeshDns as i32))
+        }) {
+            if let Ok(v4) = n.private_ipv4.parse::<Ipv4Net>() {
+                out.push(format!("{}:{}", v4.addr(), n.meshdns_port));
+            }
+            if let Ok(v6) = n.private_ipv6.parse::<Ipv6Net>() {
+                out.push(format!(
+                    "[{}]:{}",
+                    super::ipam::ipv6_host(v6),
+                    n.meshdns_port
+                ));
+            }
+        }
+        out
+    }
+
     pub fn public_nodes(&self) -> impl Iterator<Item = &MeshNode> {
         self.nodes
             .values()

@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, warn};
 use webmesh_api::v1::WireGuardPeer;
 
 use crate::mesh::peers::{self, PeerPlan};
-use crate::mesh::view::Section;
-use crate::raft::{RaftNode, StateEvent};
-use crate::store::views::load_view;
+use crate::raft::RaftNode;
+use crate::raft::follow::ViewFollower;
 pub use reconciler::KEEPALIVE_SECS;
 use reconciler::{Action, Desired, HostState, Reconciler};
 use wireguard::{Interface, PeerConfig};
@@ -42,7 +41,7 @@ impl MeshNet {
         initial: Vec<WireGuardPeer>,
     ) -> MeshNet {
         let (tx, rx) = watch::channel(0);
-        let events = raft.subscribe();
+        let follower = ViewFollower::new(&raft);
         let worker = Worker {
             iface: iface.clone(),
             me: raft.name.clone(),
@@ -53,7 +52,7 @@ impl MeshNet {
             host_state: Default::default(),
         };
         let host_state = worker.host_state.clone();
-        let task = tokio::spawn(worker.run(raft, events, initial).in_current_span());
+        let task = tokio::spawn(worker.run(follower, initial).in_current_span());
         MeshNet {
             iface,
             applied: rx,
@@ -104,12 +103,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(
-        mut self,
-        raft: RaftNode,
-        mut events: broadcast::Receiver<StateEvent>,
-        initial: Vec<WireGuardPeer>,
-    ) {
+    async fn run(mut self, mut follower: ViewFollower, initial: Vec<WireGuardPeer>) {
         // Said at start-up, not only when an ACL needs it: an operator should know
         // before writing one.
         if !tokio::task::spawn_blocking(routing::nft_available)
@@ -120,9 +114,7 @@ impl Worker {
                 "nft (nftables) is not available: network ACLs that name protocols or ports will NOT be enforced on this node"
             );
         }
-        let mut view = load_view(&raft.engine);
-        let mut index = raft.metrics().last_applied.map(|l| l.index).unwrap_or(0);
-        if !view.nodes.contains_key(&self.me) && !initial.is_empty() {
+        if !follower.view.nodes.contains_key(&self.me) && !initial.is_empty() {
             let plan = PeerPlan {
                 peers: initial,
                 ..Default::default()
@@ -135,56 +127,23 @@ impl Worker {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = tokio::time::interval(Duration::from_secs(1));
         loop {
+            let view = &follower.view;
             if dirty && view.nodes.contains_key(&self.me) {
                 let started = Instant::now();
-                let plan = peers::compute(&view, &self.me);
-                let filter = crate::mesh::filter::ruleset(&view, &self.me, &self.iface.name);
+                let plan = peers::compute(view, &self.me);
+                let filter = crate::mesh::filter::ruleset(view, &self.me, &self.iface.name);
                 self.reconcile(Desired::from_plan(&plan, &self.my_zone, filter))
                     .await;
+                let index = follower.index;
                 debug!(index, peers = plan.peers.len(), took = ?started.elapsed(), "peers applied");
                 self.applied_tx.send_replace(index);
                 dirty = false;
             }
             tokio::select! {
-                ev = events.recv() => {
-                    // Take every event already queued before recomputing once.
-                    let mut next = Some(ev);
-                    while let Some(ev) = next.take() {
-                        match ev {
-                            Ok(StateEvent::Applied { index: i, changes, .. }) => {
-                                index = i;
-                                for c in changes.iter() {
-                                    let value = match c {
-                                        crate::store::ops::Change::Put { value, .. } => Some(value.as_str()),
-                                        crate::store::ops::Change::Delete { .. } => None,
-                                    };
-                                    match view.apply(c.key(), value) {
-                                        Ok(Section::Other) => {}
-                                        Ok(_) => dirty = true,
-                                        Err(e) => warn!(error = %e, "skipping an undecodable record"),
-                                    }
-                                }
-                            }
-                            Ok(StateEvent::Reset { index: i }) => {
-                                index = i;
-                                view = load_view(&raft.engine);
-                                dirty = true;
-                            }
-                            Err(broadcast::error::RecvError::Lagged(n)) => {
-                                debug!(missed = n, "state events lagged; reloading");
-                                view = load_view(&raft.engine);
-                                index = raft.metrics().last_applied.map(|l| l.index).unwrap_or(index);
-                                dirty = true;
-                            }
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
-                        next = match events.try_recv() {
-                            Ok(e) => Some(Ok(e)),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
-                            Err(_) => None,
-                        };
-                    }
-                }
+                changed = follower.next() => match changed {
+                    Some(c) => dirty |= c,
+                    None => return,
+                },
                 _ = resync.tick() => {
                     self.resync().await;
                     dirty = true;

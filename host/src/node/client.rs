@@ -137,7 +137,7 @@ pub(super) fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
         public_key: key.public_key().to_string(),
         raft_port: i32::from(cfg.raft_port),
         grpc_port: i32::from(cfg.grpc_listen.port()),
-        meshdns_port: 0,
+        meshdns_port: cfg.meshdns_listen.map_or(0, |a| i32::from(a.port())),
         primary_endpoint: cfg.endpoint.map(|e| e.to_string()).unwrap_or_default(),
         wireguard_endpoints: wg_endpoints,
         zone_awareness_id: cfg.zone.clone().unwrap_or_default(),
@@ -146,16 +146,43 @@ pub(super) fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
         as_voter: cfg.voter,
         routes: cfg.route.clone(),
         direct_peers: vec![],
-        features: [
-            Feature::Nodes,
-            Feature::LeaderProxy,
-            Feature::MeshApi,
-            Feature::AdminApi,
-            Feature::PeerDiscovery,
-        ]
-        .map(|f| f as i32)
-        .to_vec(),
+        features: features(cfg).into_iter().map(|f| f as i32).collect(),
     }
+}
+
+/// What this node serves, as advertised in its record and reported by Status.
+pub(super) fn features(cfg: &Config) -> Vec<Feature> {
+    let mut f = vec![
+        Feature::Nodes,
+        Feature::LeaderProxy,
+        Feature::MeshApi,
+        Feature::AdminApi,
+        Feature::PeerDiscovery,
+    ];
+    if let Some(dns) = dns_settings(cfg) {
+        f.push(Feature::MeshDns);
+        if !dns.forwarders.is_empty() {
+            f.push(Feature::ForwardMeshDns);
+        }
+    }
+    f
+}
+
+/// Mesh DNS settings, when it is on: forwarders from the settings or resolv.conf.
+pub(super) fn dns_settings(cfg: &Config) -> Option<crate::dns::Settings> {
+    let listen = cfg.meshdns_listen?;
+    let forwarders = if cfg.meshdns_no_forward {
+        vec![]
+    } else {
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        crate::dns::Settings::forwarders_from(&cfg.meshdns_forwarder, &resolv, listen)
+    };
+    Some(crate::dns::Settings {
+        listen,
+        forwarders,
+        forward_timeout: std::time::Duration::from_millis(cfg.meshdns_forward_timeout),
+        cache: cfg.meshdns_cache,
+    })
 }
 
 /// What a join answered: the response, and the voters with their keys (response
@@ -187,6 +214,7 @@ pub(super) async fn join_mesh(
                     let role = if cfg.voter { "voter" } else { "non-voter" };
                     info!("joined as {role} via {addr}");
                     info!(
+                        dns_servers = ?joined.resp.dns_servers,
                         "address {} {}",
                         joined.resp.address_ipv4, joined.resp.address_ipv6
                     );

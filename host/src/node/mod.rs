@@ -64,6 +64,8 @@ pub enum NodeError {
     Usage(String),
     #[error(transparent)]
     Plugin(#[from] crate::plugins::StartError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     #[error("start-up interrupted (SIGTERM or SIGINT)")]
     Cancelled,
 }
@@ -344,6 +346,9 @@ impl Node {
                 place.bootstrap_v6,
             )
             .await?;
+        }
+        if let Some(dns) = client::dns_settings(cfg) {
+            crate::dns::serve(dns, &raft, &mut parts.tasks).await?;
         }
         let plugins = parts.plugins.as_mut().expect("started above");
         plugins.start_duties(&raft);

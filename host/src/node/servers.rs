@@ -145,7 +145,6 @@ pub(super) async fn serve_api(
     use std::time::{Instant, SystemTime};
 
     use tracing::{info, warn};
-    use webmesh_api::v1::Feature;
 
     use crate::services;
 
@@ -159,13 +158,7 @@ pub(super) async fn serve_api(
     let info = Arc::new(services::node::NodeInfo {
         started_at: SystemTime::now(),
         started: Instant::now(),
-        features: vec![
-            Feature::Nodes,
-            Feature::LeaderProxy,
-            Feature::MeshApi,
-            Feature::AdminApi,
-            Feature::PeerDiscovery,
-        ],
+        features: super::client::features(cfg),
     });
     // Calls to other members (the leader, above all): one channel per member.
     let channels = Arc::new(services::Channels::new(

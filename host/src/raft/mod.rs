@@ -1,5 +1,6 @@
 //! Raft: openraft on the node's RocksDB, with an internal gRPC transport.
 
+pub mod follow;
 pub mod network;
 pub mod server;
 pub mod storage;

@@ -1,0 +1,85 @@
+//! A decoded view of the mesh kept current from state events: what every follower of
+//! the state (the peer manager, mesh DNS) needs, written once.
+
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use super::{RaftNode, StateEvent};
+use crate::mesh::view::{MeshView, Section};
+use crate::store::ops::Change;
+use crate::store::views::load_view;
+
+pub struct ViewFollower {
+    pub view: MeshView,
+    /// The Raft index the view reflects.
+    pub index: u64,
+    raft: RaftNode,
+    events: broadcast::Receiver<StateEvent>,
+}
+
+impl ViewFollower {
+    /// Subscribes before reading, so no change falls between the read and the events.
+    pub fn new(raft: &RaftNode) -> ViewFollower {
+        let events = raft.subscribe();
+        let view = load_view(&raft.engine);
+        let index = raft.metrics().last_applied.map(|l| l.index).unwrap_or(0);
+        ViewFollower {
+            view,
+            index,
+            raft: raft.clone(),
+            events,
+        }
+    }
+
+    /// Waits for state events and applies every one already queued. Returns whether a
+    /// mesh object changed; `None` once Raft is gone. Cancel-safe: the only await is
+    /// the first receive.
+    pub async fn next(&mut self) -> Option<bool> {
+        let mut next = Some(self.events.recv().await);
+        let mut changed = false;
+        while let Some(ev) = next.take() {
+            match ev {
+                Ok(StateEvent::Applied { index, changes, .. }) => {
+                    self.index = index;
+                    for c in changes.iter() {
+                        let value = match c {
+                            Change::Put { value, .. } => Some(value.as_str()),
+                            Change::Delete { .. } => None,
+                        };
+                        match self.view.apply(c.key(), value) {
+                            Ok(Section::Other) => {}
+                            Ok(_) => changed = true,
+                            Err(e) => warn!(error = %e, "skipping an undecodable record"),
+                        }
+                    }
+                }
+                Ok(StateEvent::Reset { index }) => {
+                    self.index = index;
+                    self.reload();
+                    changed = true;
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    debug!(missed = n, "state events lagged; reloading");
+                    self.reload();
+                    self.index = (self.raft.metrics().last_applied)
+                        .map(|l| l.index)
+                        .unwrap_or(self.index);
+                    changed = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+            next = match self.events.try_recv() {
+                Ok(e) => Some(Ok(e)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Some(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(_) => None,
+            };
+        }
+        Some(changed)
+    }
+
+    fn reload(&mut self) {
+        self.view = load_view(&self.raft.engine);
+    }
+}

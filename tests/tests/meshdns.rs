@@ -1,0 +1,312 @@
+//! Mesh DNS against real nodes in network namespaces, read with `dig` (dnsutils): every
+//! record kind, answers following joins, leaves and a leader's death, forwarding to a
+//! stub upstream (dnsmasq) in another namespace, and malformed packets. Needs root.
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use webmesh_api::v1::{Feature, UpdateRequest};
+use webmesh_e2e::netns::{Host, TestNet, v4, v6};
+use webmesh_e2e::wait_for;
+
+const READY: Duration = Duration::from_secs(60);
+const PORT: &str = "5353";
+const DOMAIN: &str = "webmesh.internal";
+
+/// `dig` run in `from`'s namespace against `server`; returns the answer lines
+/// (`+short`), or with `status` the whole output.
+fn dig(from: &Host, server: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = vec!["dig", "+time=2", "+tries=1", "-p", PORT];
+    let at = format!("@{server}");
+    cmd.push(&at);
+    cmd.extend_from_slice(args);
+    let out = from.exec(&cmd)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn short(from: &Host, server: &str, name: &str, qtype: &str) -> Result<Vec<String>> {
+    let out = dig(from, server, &["+short", name, qtype])?;
+    Ok(out
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+fn status(from: &Host, server: &str, args: &[&str]) -> Result<String> {
+    let out = dig(from, server, args)?;
+    Ok(out
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("(no answer)")
+        .to_string())
+}
+
+fn fqdn(id: &str) -> String {
+    format!("{id}.{DOMAIN}")
+}
+
+/// A process in a namespace, killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mesh_dns_answers_for_the_mesh_follows_it_and_forwards_the_rest() -> Result<()> {
+    let mut net = TestNet::new()?;
+    // The upstream resolver: dnsmasq with one name, in a namespace of its own.
+    let up = net.add_host("up")?;
+    let up_ip = up.ip.to_string();
+    let _dnsmasq = Daemon(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &up.ns,
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+            ])
+            .args([
+                "--bind-interfaces",
+                "--listen-address",
+                &up_ip,
+                "--port",
+                "53",
+            ])
+            .args(["--address=/stub.example/192.0.2.77", "--log-facility=-"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("dnsmasq (apt-get install dnsmasq)")?,
+    );
+
+    let h = net.add_host("h1")?;
+    let ip = h.ip.to_string();
+    h.args = [
+        "--bootstrap",
+        "--endpoint",
+        &ip,
+        "--meshdns-listen",
+        ":5353",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    h.args.extend(["--meshdns-forwarder".into(), up_ip.clone()]);
+    h.start()?;
+    h.wait_ready(READY).await?;
+    let via = net.grpc("h1");
+    for (id, extra) in [
+        (
+            "h2",
+            &["--meshdns-listen", ":5353", "--meshdns-no-forward"][..],
+        ),
+        ("h3", &[][..]),
+    ] {
+        let h = net.add_host(id)?;
+        h.args = vec![
+            "--join".into(),
+            via.clone(),
+            "--endpoint".into(),
+            h.ip.to_string(),
+        ];
+        h.args.extend(extra.iter().map(|s| s.to_string()));
+        h.start()?;
+    }
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(READY).await?;
+        net.hosts["h1"]
+            .client()
+            .await?
+            .update(UpdateRequest {
+                id: id.into(),
+                as_voter: true,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("promote {id}"))?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+
+    // What each node advertises: the port, and exactly the DNS features it serves.
+    let feats = |id: &str| nodes[id].features.clone();
+    ensure!(
+        nodes["h1"].meshdns_port == 5353 && nodes["h2"].meshdns_port == 5353,
+        "{nodes:?}"
+    );
+    ensure!(nodes["h3"].meshdns_port == 0);
+    ensure!(
+        feats("h1").contains(&(Feature::MeshDns as i32))
+            && feats("h1").contains(&(Feature::ForwardMeshDns as i32))
+    );
+    ensure!(
+        feats("h2").contains(&(Feature::MeshDns as i32))
+            && !feats("h2").contains(&(Feature::ForwardMeshDns as i32))
+    );
+    ensure!(!feats("h3").contains(&(Feature::MeshDns as i32)));
+    let st = net.hosts["h1"].status().await?;
+    ensure!(st.features.contains(&(Feature::MeshDns as i32)), "{st:?}");
+    // The joiners were told where mesh DNS is.
+    let h1_dns = format!("{}:5353", v4(&nodes["h1"]));
+    ensure!(
+        net.hosts["h3"].log_text().contains(&h1_dns),
+        "h3 was given {h1_dns}: {}",
+        net.hosts["h3"].log_text()
+    );
+
+    // h3 (no DNS of its own) asks h1 and h2 over the mesh.
+    let h3 = &net.hosts["h3"];
+    let (s1, s2) = (v4(&nodes["h1"]), v6(&nodes["h2"]));
+    for server in [s1.as_str(), s2.as_str()] {
+        wait_for("mesh DNS through the tunnel", READY, || async {
+            short(h3, server, &fqdn("h2"), "A")
+                .ok()
+                .filter(|a| !a.is_empty())
+        })
+        .await
+        .with_context(|| net.logs())?;
+        ensure!(short(h3, server, &fqdn("h2"), "A")? == [v4(&nodes["h2"])]);
+        ensure!(short(h3, server, &fqdn("H2"), "AAAA")? == [v6(&nodes["h2"])]);
+        let txt = short(h3, server, &fqdn("h2"), "TXT")?.join(" ");
+        ensure!(
+            txt.contains("\"id=h2\"")
+                && txt.contains(&format!("primary_endpoint={}", net.hosts["h2"].ip)),
+            "{txt}"
+        );
+        ensure!(
+            txt.contains("grpc_port=") && txt.contains("meshdns_port=5353"),
+            "{txt}"
+        );
+        let leader = short(h3, server, &format!("leader.{DOMAIN}"), "A")?;
+        ensure!(
+            leader == [format!("{}.", fqdn("h1")), v4(&nodes["h1"])],
+            "{leader:?}"
+        );
+        let mut voters = short(h3, server, &format!("voters.{DOMAIN}"), "A")?;
+        voters.sort();
+        let mut want: Vec<String> = ["h1", "h2", "h3"]
+            .iter()
+            .map(|id| v4(&nodes[*id]))
+            .collect();
+        want.sort();
+        ensure!(voters == want, "{voters:?}");
+        ensure!(status(h3, server, &[&fqdn("nobody"), "A"])? == "NXDOMAIN");
+        ensure!(status(h3, server, &["+tcp", &fqdn("h1"), "A"])? == "NOERROR");
+        let axfr = dig(h3, server, &[DOMAIN, "AXFR"])?;
+        ensure!(
+            axfr.contains("Transfer failed") && !axfr.contains("\tIN\t"),
+            "{axfr}"
+        );
+    }
+    let ptr = dig(h3, &s1, &["+short", "-x", &v4(&nodes["h2"])])?;
+    ensure!(ptr.trim() == format!("{}.", fqdn("h2")), "{ptr}");
+
+    // Other names: h1 forwards to dnsmasq; h2 forwards nothing.
+    ensure!(
+        short(h3, &s1, "stub.example", "A")? == ["192.0.2.77"],
+        "{}",
+        net.logs()
+    );
+    ensure!(
+        short(h3, &s1, "stub.example", "A")? == ["192.0.2.77"],
+        "again, from the cache"
+    );
+    ensure!(status(h3, &s1, &["+tcp", "stub.example", "A"])? == "NOERROR");
+    ensure!(status(h3, &s2, &["stub.example", "A"])? == "REFUSED");
+    // A host that is not a member gets nothing from the underlay, mesh names included.
+    let stranger = &net.hosts["up"];
+    let underlay = net.hosts["h1"].ip.to_string();
+    ensure!(status(stranger, &underlay, &[&fqdn("h2"), "A"])? == "REFUSED");
+    ensure!(
+        status(stranger, &underlay, &["stub.example", "A"])? == "REFUSED",
+        "not an open resolver"
+    );
+
+    // Malformed packets from outside: a header alone, a question cut short, a name
+    // whose compression pointer loops, 64 KiB of noise, a response. Answered with
+    // FORMERR or dropped; the server keeps serving.
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let to = format!("{underlay}:{PORT}");
+    let mut loopy = vec![0x11, 0x22, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    loopy.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    let mut noise = vec![0x33, 0x44, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    noise.resize(65_000, 0xc0);
+    let bad: [&[u8]; 5] = [
+        &[0u8; 5],
+        &[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'a'],
+        &loopy,
+        &noise,
+        &[0x55, 0x66, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0],
+    ];
+    for b in bad {
+        sock.send_to(b, &to)?;
+        let mut buf = [0u8; 512];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            ensure!(n >= 12 && buf[2] & 0x80 != 0, "a reply is a DNS response");
+            ensure!(buf[..2] == b[..2], "with the query's ID");
+        }
+    }
+    ensure!(
+        short(h3, &s1, &fqdn("h3"), "A")? == [v4(&nodes["h3"])],
+        "still serving after the noise"
+    );
+
+    // A join is answered within one apply; a leave likewise.
+    let h4 = net.add_host("h4")?;
+    h4.args = vec!["--join".into(), via.clone(), "--leave-on-shutdown".into()];
+    let started = Instant::now();
+    h4.start()?;
+    let h3 = &net.hosts["h3"];
+    wait_for("h4 in mesh DNS", READY, || async {
+        short(h3, &s2, &fqdn("h4"), "A")
+            .ok()
+            .filter(|a| a.len() == 1)
+    })
+    .await?;
+    let joined_after = started.elapsed();
+    net.host("h4").wait_ready(READY).await?;
+    let removed = Instant::now();
+    net.host("h4").signal_term();
+    let h3 = &net.hosts["h3"];
+    wait_for("h4 gone from mesh DNS", Duration::from_secs(15), || async {
+        (status(h3, &s2, &[&fqdn("h4"), "A"]).ok()? == "NXDOMAIN").then_some(())
+    })
+    .await
+    .with_context(|| net.logs())?;
+    eprintln!(
+        "h4 resolvable {joined_after:?} after its start; gone {:?} after SIGTERM",
+        removed.elapsed()
+    );
+    net.host("h4").stop(Duration::from_secs(10));
+
+    // The leader dies: leader.<domain> names the new one.
+    net.host("h1").kill9();
+    let h3 = &net.hosts["h3"];
+    let new = wait_for(
+        "a new leader in mesh DNS",
+        Duration::from_secs(30),
+        || async {
+            let a = short(h3, &s2, &format!("leader.{DOMAIN}"), "CNAME").ok()?;
+            a.first().filter(|l| !l.starts_with("h1.")).cloned()
+        },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    ensure!(
+        new == format!("{}.", fqdn("h2")) || new == format!("{}.", fqdn("h3")),
+        "{new}"
+    );
+    Ok(())
+}
