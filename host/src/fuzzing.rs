@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_file", config_file),
     ("plugin_handshake", plugin_handshake),
     ("proof_header", proof_header),
+    ("dns_queries", dns_queries),
 ];
 
 /// Join, Update and Leave requests as the Node service validates them.
@@ -169,6 +170,16 @@ pub fn proof_header(data: &[u8]) {
     }
 }
 
+/// A DNS query as mesh DNS answers it, every way (UDP, TCP, member or not), with the
+/// fast path checked against the general one.
+pub fn dns_queries(data: &[u8]) {
+    let mut v = view();
+    v.mesh_domain = "webmesh.internal".into();
+    if let Ok(zone) = crate::dns::zone::Zone::build(&v, 1, Some("a"), &["a".into()]) {
+        crate::dns::zone::answer_every_way(&zone, data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Replays every input the fuzzers found (and the seeds) through its target.
@@ -254,6 +265,13 @@ mod tests {
             ..Default::default()
         };
         put("snapshot", "one", snap.encode_to_vec());
+        // "a.webmesh.internal A", plain and with EDNS (4096).
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(b"\x01a\x07webmesh\x08internal\x00\x00\x01\x00\x01");
+        put("dns_queries", "a", q.clone());
+        q[11] = 1;
+        q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        put("dns_queries", "a-edns", q);
         put(
             "config_file",
             "file",

@@ -20,6 +20,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::fast::FastPath;
 use crate::mesh::ipam;
 use crate::mesh::view::MeshView;
 
@@ -52,6 +53,7 @@ pub struct Zone {
     /// Names of the nodes serving mesh DNS (the zone's NS records).
     servers: Vec<String>,
     networks: Vec<IpNet>,
+    fast: FastPath,
 }
 
 impl Zone {
@@ -74,6 +76,8 @@ impl Zone {
         let mut hosts: HashMap<String, Host> = HashMap::with_capacity(view.nodes.len());
         let mut by_addr = HashMap::with_capacity(view.nodes.len() * 2);
         let mut servers = Vec::new();
+        let mut fast = FastPath::default();
+        let apex = domain.trim_end_matches('.');
         for n in view.nodes.values() {
             let key = n.id.to_ascii_lowercase();
             if hosts.contains_key(&key) {
@@ -112,6 +116,9 @@ impl Zone {
                     txt.push(format!("{k}={v}"));
                 }
             }
+            if key != "leader" && key != "voters" {
+                fast.add(&format!("{}.{apex}", n.id), TTL, v4, v6, &txt);
+            }
             hosts.insert(
                 key,
                 Host {
@@ -139,6 +146,7 @@ impl Zone {
             voters: voters.to_vec(),
             servers,
             networks,
+            fast,
         })
     }
 
@@ -318,7 +326,7 @@ pub enum Outcome {
     Drop,
 }
 
-/// Why a query got the answer it got (for logs and metrics).
+/// How the query came: UDP answers are bounded by what the client can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Udp,
@@ -328,6 +336,50 @@ pub enum Transport {
 /// Answers one query. `member`: the source is loopback or a mesh address (only they
 /// get answers); `forwarding`: names outside the zone may be forwarded.
 pub fn answer(
+    zone: &Zone,
+    bytes: &[u8],
+    member: bool,
+    forwarding: bool,
+    transport: Transport,
+) -> Outcome {
+    if member {
+        let (limit, max) = match transport {
+            Transport::Udp => (CLASSIC_UDP, usize::from(MAX_UDP)),
+            Transport::Tcp => (usize::from(u16::MAX), usize::from(u16::MAX)),
+        };
+        if let Some(b) = zone.fast.answer(bytes, forwarding, limit, max) {
+            return Outcome::Reply(b);
+        }
+    }
+    answer_general(zone, bytes, member, forwarding, transport)
+}
+
+/// Answers `bytes` every way the server can and checks that the fast path, when it
+/// answers, says what the general path says (fuzzing's differential check).
+pub(crate) fn answer_every_way(zone: &Zone, bytes: &[u8]) {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        for (member, forwarding) in [(true, true), (true, false), (false, true)] {
+            let _ = answer(zone, bytes, member, forwarding, transport);
+        }
+        let (limit, max) = match transport {
+            Transport::Udp => (CLASSIC_UDP, usize::from(MAX_UDP)),
+            Transport::Tcp => (usize::from(u16::MAX), usize::from(u16::MAX)),
+        };
+        if let Some(fast) = zone.fast.answer(bytes, true, limit, max) {
+            let Outcome::Reply(general) = answer_general(zone, bytes, true, true, transport) else {
+                panic!("the fast path answered what the general path does not");
+            };
+            assert_eq!(
+                Message::from_vec(&fast).ok(),
+                Message::from_vec(&general).ok(),
+                "the fast and general paths differ"
+            );
+        }
+    }
+}
+
+/// [`answer`] for every query: decoded into a message, answered, encoded.
+fn answer_general(
     zone: &Zone,
     bytes: &[u8],
     member: bool,

@@ -297,3 +297,68 @@ fn answers_too_large_for_udp_are_truncated_and_whole_over_tcp() {
         edns.to_vec().unwrap().len()
     );
 }
+
+#[test]
+fn the_fast_path_answers_exactly_as_the_general_one() {
+    let z = zone();
+    let mut fast_hits = 0;
+    for name in [
+        "alpha",
+        "ALPHA",
+        "Beta",
+        "gamma.lab",
+        "nobody",
+        "leader",
+        "voters",
+    ] {
+        for t in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::TXT,
+            RecordType::MX,
+            RecordType::ANY,
+        ] {
+            for (rd, cd, edns) in [
+                (true, false, None),
+                (false, true, Some(4096)),
+                (true, false, Some(100)),
+            ] {
+                let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
+                q.metadata.recursion_desired = rd;
+                q.metadata.checking_disabled = cd;
+                q.add_query(Query::query(
+                    Name::from_ascii(format!("{name}.WebMesh.internal.")).unwrap(),
+                    t,
+                ));
+                if let Some(size) = edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(size);
+                    q.set_edns(e);
+                }
+                let raw = q.to_vec().unwrap();
+                for transport in [Transport::Udp, Transport::Tcp] {
+                    for forwarding in [true, false] {
+                        let general = answer_general(&z, &raw, true, forwarding, transport);
+                        let Outcome::Reply(g) = general else {
+                            panic!("{name} {t}")
+                        };
+                        let (limit, max) = match transport {
+                            Transport::Udp => (512, 1232),
+                            Transport::Tcp => (65535, 65535),
+                        };
+                        if let Some(f) = z.fast.answer(&raw, forwarding, limit, max) {
+                            fast_hits += 1;
+                            assert_eq!(
+                                Message::from_vec(&f).unwrap(),
+                                Message::from_vec(&g).unwrap(),
+                                "{name} {t} rd={rd} cd={cd} edns={edns:?} {transport:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A, AAAA and TXT of the four spellings of three nodes, every variant.
+    assert_eq!(fast_hits, 4 * 3 * 3 * 2 * 2);
+}
