@@ -310,3 +310,99 @@ async fn mesh_dns_answers_for_the_mesh_follows_it_and_forwards_the_rest() -> Res
     );
     Ok(())
 }
+
+/// Removes the namespace's own /etc/netns files when dropped.
+struct NetnsEtc(std::path::PathBuf);
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn use_meshdns_points_the_host_at_mesh_dns_and_puts_resolv_conf_back() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let h = net.add_host("h1")?;
+    h.args = [
+        "--bootstrap",
+        "--endpoint",
+        &h.ip.to_string(),
+        "--meshdns-listen",
+        ":53",
+        "--meshdns-no-forward",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    h.start()?;
+    h.wait_ready(READY).await?;
+    let via = net.grpc("h1");
+    let h2 = net.add_host("h2")?;
+    // `ip netns exec` gives the namespace /etc/netns/<ns>/resolv.conf as /etc/resolv.conf:
+    // the node's and the test's view of the file, apart from the machine's.
+    let etc = NetnsEtc(std::path::Path::new("/etc/netns").join(&h2.ns));
+    std::fs::create_dir_all(&etc.0)?;
+    let file = etc.0.join("resolv.conf");
+    let original = "nameserver 192.0.2.1\nsearch corp.example\noptions timeout:1\n";
+    std::fs::write(&file, original)?;
+    h2.args = vec!["--join".into(), via, "--use-meshdns".into()];
+    h2.start()?;
+    h2.wait_ready(READY).await?;
+    let nodes = net.hosts["h1"].nodes().await?;
+    let h1v4 = v4(&nodes["h1"]);
+    let text = std::fs::read_to_string(&file)?;
+    ensure!(
+        text.lines().next().is_some_and(|l| l.starts_with('#')),
+        "{text}"
+    );
+    ensure!(
+        text.contains(&format!("nameserver {h1v4}\n")) && text.contains("nameserver 192.0.2.1"),
+        "{text}"
+    );
+    ensure!(
+        text.contains("search webmesh.internal corp.example"),
+        "{text}"
+    );
+    // The host's own resolver (glibc) finds mesh names, short ones through the search list.
+    let h2 = &net.hosts["h2"];
+    for name in [fqdn("h1"), "h1".into()] {
+        let out = wait_for(
+            &format!("getent hosts {name}"),
+            Duration::from_secs(15),
+            || async {
+                let o = h2.exec(&["getent", "ahostsv4", &name]).ok()?;
+                let s = String::from_utf8_lossy(&o.stdout).into_owned();
+                s.contains(&h1v4).then_some(s)
+            },
+        )
+        .await
+        .with_context(|| net.logs())?;
+        ensure!(out.contains(&h1v4), "{out}");
+    }
+    // A clean stop puts the file back.
+    net.host("h2").stop(Duration::from_secs(10));
+    ensure!(
+        std::fs::read_to_string(&file)? == original,
+        "restored on exit"
+    );
+    // A crash leaves it changed; the next start puts it back before anything else.
+    net.host("h2").start()?;
+    net.host("h2").wait_ready(READY).await?;
+    ensure!(std::fs::read_to_string(&file)?.contains(&h1v4));
+    net.host("h2").kill9();
+    ensure!(
+        std::fs::read_to_string(&file)?.contains(&h1v4),
+        "a crash cannot restore"
+    );
+    net.host("h2").args.retain(|a| a != "--use-meshdns");
+    net.host("h2").start()?;
+    net.host("h2").wait_ready(READY).await?;
+    ensure!(
+        std::fs::read_to_string(&file)? == original,
+        "restored after the crash"
+    );
+    let log = net.hosts["h2"].log_text();
+    ensure!(log.contains("restored /etc/resolv.conf"), "{log}");
+    Ok(())
+}

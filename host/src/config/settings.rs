@@ -188,6 +188,9 @@ settings! {
     meshdns_no_forward: bool = false => "meshdns-no-forward" "BOOL" switch(v::boolean);
     /// How long mesh DNS waits for each forwarder, in milliseconds [default: 2000].
     meshdns_forward_timeout: u64 = 2000 => "meshdns-forward-timeout" "MS" one(v::forward_timeout);
+    /// Point this host's resolver at mesh DNS for the mesh domain (systemd-resolved
+    /// when it runs, else /etc/resolv.conf, restored when the node stops).
+    use_meshdns: bool = false => "use-meshdns" "BOOL" switch(v::boolean);
     /// Forwarded answers mesh DNS keeps for their TTL, at most [default: 10000; 0: none].
     meshdns_cache: usize = 10_000 => "meshdns-cache" "ENTRIES" one(v::cache_entries);
 }

@@ -9,6 +9,7 @@
 
 pub mod cache;
 mod fast;
+pub mod resolver;
 pub mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -46,6 +47,8 @@ pub enum DnsError {
     },
     #[error("mesh DNS zone: {0}")]
     Zone(String),
+    #[error("use-meshdns: {0}")]
+    Resolver(String),
 }
 
 /// What the server needs from the settings.

@@ -149,6 +149,7 @@ struct Parts {
     raft: Option<RaftNode>,
     plugins: Option<Plugins>,
     net: Option<MeshNet>,
+    resolver: Option<crate::dns::resolver::HostResolver>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -157,6 +158,9 @@ impl Parts {
     async fn teardown(mut self) {
         if let Some(stop) = &self.stop {
             let _ = stop.send(true);
+        }
+        if let Some(r) = self.resolver.take() {
+            let _ = tokio::task::spawn_blocking(move || r.restore()).await;
         }
         if let Some(net) = self.net.take() {
             // Undoing host changes and removing the interface both block.
@@ -188,6 +192,9 @@ struct Place {
     bootstrap_v6: Option<Ipv6Net>,
     /// The voters and their keys a join answer named.
     voters: Vec<(String, String)>,
+    /// `ip:port` of the mesh's DNS servers, and the mesh domain.
+    dns_servers: Vec<String>,
+    mesh_domain: String,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -211,6 +218,8 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let dir = DataDir::open(&cfg.data_dir)?;
         let name = dir.node_id(cfg.node_id.as_deref())?;
+        // A run that died with --use-meshdns left its resolv.conf behind.
+        crate::dns::resolver::restore_after_crash(&cfg.data_dir);
         let span = info_span!("node", id = %name);
         async move {
             let mut parts = Parts::default();
@@ -347,8 +356,23 @@ impl Node {
             )
             .await?;
         }
-        if let Some(dns) = client::dns_settings(cfg) {
-            crate::dns::serve(dns, &raft, &mut parts.tasks).await?;
+        let own_dns = match client::dns_settings(cfg) {
+            Some(dns) => Some(crate::dns::serve(dns, &raft, &mut parts.tasks).await?.addr),
+            None => None,
+        };
+        if cfg.use_meshdns {
+            let servers = crate::dns::resolver::choose(own_dns, &place.dns_servers);
+            let iface = (!cfg.no_wireguard).then_some(cfg.interface.as_str());
+            match crate::dns::resolver::configure(
+                iface,
+                &place.mesh_domain,
+                &servers,
+                &cfg.data_dir,
+            ) {
+                Ok(r) => parts.resolver = Some(r),
+                // The mesh works without it: say so rather than refuse to start.
+                Err(e) => warn!(error = %e, "the host resolver is left as it was"),
+            }
         }
         let plugins = parts.plugins.as_mut().expect("started above");
         plugins.start_duties(&raft);
@@ -437,6 +461,8 @@ impl Node {
                 },
                 bootstrap_v6: None,
                 voters: vec![],
+                dns_servers: view.dns_servers(name),
+                mesh_domain: view.mesh_domain.clone(),
             });
         }
         if let Mode::Bootstrap { .. } = mode {
@@ -447,6 +473,8 @@ impl Node {
                 zone,
                 bootstrap_v6: Some(v6net),
                 voters: vec![],
+                dns_servers: vec![],
+                mesh_domain: cfg.mesh_domain.clone(),
             });
         }
         let client::Joined { resp, voters } = client::join_mesh(cfg, name, key, creds).await?;
@@ -469,6 +497,8 @@ impl Node {
             zone,
             bootstrap_v6: None,
             voters,
+            dns_servers: resp.dns_servers,
+            mesh_domain: resp.mesh_domain,
         })
     }
 
