@@ -404,5 +404,24 @@ async fn use_meshdns_points_the_host_at_mesh_dns_and_puts_resolv_conf_back() -> 
     );
     let log = net.hosts["h2"].log_text();
     ensure!(log.contains("restored /etc/resolv.conf"), "{log}");
+    // Restarted with mesh DNS on, the node's record says so (an Update on resume).
+    net.host("h2").stop(Duration::from_secs(10));
+    net.host("h2")
+        .args
+        .extend(["--meshdns-listen".to_string(), ":5353".into()]);
+    net.host("h2").start()?;
+    net.host("h2").wait_ready(READY).await?;
+    let h1 = &net.hosts["h1"];
+    wait_for(
+        "h2's record to advertise mesh DNS",
+        Duration::from_secs(30),
+        || async {
+            let n = h1.nodes().await.ok()?.remove("h2")?;
+            (n.meshdns_port == 5353 && n.features.contains(&(Feature::MeshDns as i32)))
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| net.logs())?;
     Ok(())
 }

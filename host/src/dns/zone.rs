@@ -23,6 +23,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::fast::FastPath;
 use crate::mesh::ipam;
 use crate::mesh::view::MeshView;
+use webmesh_api::v1::Feature;
 
 /// TTL of mesh records: short, so that a join, leave or new leader reaches clients
 /// within seconds even through caches.
@@ -91,7 +92,7 @@ impl Zone {
             {
                 by_addr.insert(a, n.id.clone());
             }
-            if n.meshdns_port > 0 {
+            if n.meshdns_port > 0 && n.features.contains(&(Feature::MeshDns as i32)) {
                 servers.push(n.id.clone());
             }
             let mut txt = vec![

@@ -9,7 +9,7 @@ use defguard_wireguard_rs::key::Key;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 use webmesh_api::v1::node_client::NodeClient;
-use webmesh_api::v1::{Feature, JoinRequest, JoinResponse, LeaveRequest};
+use webmesh_api::v1::{Feature, JoinRequest, JoinResponse, LeaveRequest, UpdateRequest};
 use webmesh_client::proof::Signer;
 use webmesh_client::signing::Signed;
 
@@ -118,6 +118,73 @@ pub(super) async fn leave_mesh(
         }
     }
     Err(last)
+}
+
+/// After a resume: brings the mesh's record of this node in line with this run's
+/// settings (ports, endpoints, features such as mesh DNS) through an Update, retried
+/// until a leader takes it (at most a minute).
+pub(super) async fn refresh_record(
+    raft: RaftNode,
+    want: JoinRequest,
+    join: Vec<String>,
+    creds: Credentials,
+) {
+    let view = crate::store::views::load_view(&raft.engine);
+    let Some(have) = view.nodes.get(&raft.name) else {
+        return;
+    };
+    let req = UpdateRequest {
+        id: raft.name.clone(),
+        raft_port: want.raft_port,
+        grpc_port: want.grpc_port,
+        meshdns_port: want.meshdns_port,
+        primary_endpoint: want.primary_endpoint.clone(),
+        wireguard_endpoints: want.wireguard_endpoints.clone(),
+        zone_awareness_id: want.zone_awareness_id.clone(),
+        features: want.features.clone(),
+        ..Default::default()
+    };
+    let new = crate::mesh::membership::updated_record(have, &req);
+    if new == *have {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let result = if raft.is_leader() {
+            crate::services::membership::update(&raft, &req)
+                .await
+                .map_err(|s| s.message().to_string())
+        } else {
+            let mut targets: Vec<String> = raft.leader().map(|l| l.grpc_addr).into_iter().collect();
+            targets.extend(join.iter().cloned());
+            let mut r = Err("no leader known yet".to_string());
+            for t in targets {
+                let attempt = async {
+                    let ch = creds.signed(&t, Duration::from_secs(5))?;
+                    NodeClient::new(ch)
+                        .update(creds.request(req.clone()))
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| format!("{t}: {}", s.message()))
+                };
+                r = attempt.await;
+                if r.is_ok() {
+                    break;
+                }
+            }
+            r
+        };
+        match result {
+            Ok(()) => {
+                info!("the mesh's record of this node follows this run's settings");
+                return;
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    warn!(error = %last, "the mesh's record of this node still shows the previous settings");
 }
 
 /// The request this node joins with.

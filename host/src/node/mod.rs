@@ -386,6 +386,17 @@ impl Node {
         parts
             .tasks
             .extend(servers::serve_api(api, grpc_incoming, stop_rx).await?);
+        if mode == Mode::Resume {
+            parts.tasks.push(tokio::spawn(
+                client::refresh_record(
+                    raft.clone(),
+                    client::join_request(cfg, name, &key),
+                    cfg.join.iter().chain(&cfg.discover).cloned().collect(),
+                    creds.clone(),
+                )
+                .in_current_span(),
+            ));
+        }
         info!(grpc = %grpc_addr, raft = %raft_addr, "node ready");
         Ok(Node {
             raft,

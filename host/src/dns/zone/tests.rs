@@ -1,6 +1,6 @@
 use super::*;
 use hickory_proto::op::Query;
-use webmesh_api::v1::MeshNode;
+use webmesh_api::v1::{Feature, MeshNode};
 
 fn view() -> MeshView {
     let mut v = MeshView {
@@ -24,6 +24,11 @@ fn view() -> MeshView {
             grpc_port: 8443,
             raft_port: 9443,
             meshdns_port: if i == 0 { 53 } else { 0 },
+            features: if i == 0 {
+                vec![Feature::MeshDns as i32]
+            } else {
+                vec![]
+            },
             ..Default::default()
         });
     }
