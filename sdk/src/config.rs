@@ -53,6 +53,22 @@ impl Config {
             .ok_or_else(|| Error::invalid_argument(format!("config key {key} is required")))
     }
 
+    /// A file setting that defaults to `file` in the plugin's private directory (the
+    /// one the node gives it, [`crate::data_dir`]).
+    pub fn path_or_default(&self, key: &str, file: &str) -> Result<String, Error> {
+        if let Some(p) = self.str(key)?.filter(|s| !s.is_empty()) {
+            return Ok(p);
+        }
+        crate::data_dir()
+            .map(|d| d.join(file).display().to_string())
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "config key {key} is required when no node gives this plugin a directory \
+                     (started by hand)"
+                ))
+            })
+    }
+
     pub fn u64(&self, key: &str) -> Result<Option<u64>, Error> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),

@@ -81,6 +81,26 @@ pub const HANDSHAKE_PREFIX: &str = "webmesh-plugin|1|unix|";
 /// The environment variable through which the node hands a process plugin its socket.
 pub const SOCKET_ENV: &str = "WEBMESH_PLUGIN_SOCKET";
 
+/// The environment variable through which the node hands a process plugin its private
+/// directory (`<data-dir>/plugins/<name>`, mode 0700): where it keeps files by default.
+pub const DATA_DIR_ENV: &str = "WEBMESH_PLUGIN_DATA_DIR";
+
+/// The private directory the node gave this plugin, if it was started by a node.
+pub fn data_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os(DATA_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// One setting of a plugin, for `--help`: its key, its default (empty: none) and what
+/// it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
 /// Exports a plugin from a library crate built for `wasm32-wasip2`: the same value a
 /// process plugin passes to [`serve`]. Expands to nothing on other targets, so the one
 /// library serves both.
@@ -139,6 +159,11 @@ pub struct IpVersions {
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
     fn info(&self) -> Info;
+
+    /// The settings the plugin reads in [`Plugin::configure`], for `--help`.
+    fn settings(&self) -> &'static [Setting] {
+        &[]
+    }
 
     /// The plugin's settings (`--plugin-config NAME.KEY=VALUE` or the config file). An
     /// error stops the node's start-up with its message, so name the key.

@@ -18,7 +18,7 @@ use webmesh_api::v1::{
     storage_plugin_server, watch_plugin_server,
 };
 
-use crate::{Config, Error, HANDSHAKE_PREFIX, Plugin, SOCKET_ENV, plugin_info};
+use crate::{Config, DATA_DIR_ENV, Error, HANDSHAKE_PREFIX, Plugin, SOCKET_ENV, plugin_info};
 
 /// Runs `plugin` as a process until SIGTERM or SIGINT: on the socket the node named in
 /// `WEBMESH_PLUGIN_SOCKET`, or, started by hand, on `--listen PATH` (a unix socket; the
@@ -27,6 +27,15 @@ use crate::{Config, Error, HANDSHAKE_PREFIX, Plugin, SOCKET_ENV, plugin_info};
 /// process's exit code.
 pub fn serve(plugin: impl Plugin) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", usage(&plugin));
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        let info = plugin.info();
+        println!("{} {}", info.name, info.version);
+        return ExitCode::SUCCESS;
+    }
     let socket = match socket_path(std::env::var_os(SOCKET_ENV), args.clone().into_iter()) {
         Ok(s) => s,
         Err(e) => {
@@ -79,6 +88,48 @@ pub fn serve(plugin: impl Plugin) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `--help` prints: what the plugin is and does, its settings, how it is run.
+pub fn usage(plugin: &dyn Plugin) -> String {
+    let info = plugin.info();
+    let caps: Vec<&str> = [
+        (plugin.auth().is_some(), "auth"),
+        (plugin.ipam().is_some(), "ipam"),
+        (plugin.storage().is_some(), "storage"),
+        (plugin.watch().is_some(), "watch"),
+    ]
+    .into_iter()
+    .filter_map(|(on, c)| on.then_some(c))
+    .collect();
+    let mut out = format!(
+        "{} {}: {}\n\nCapabilities: {}\n",
+        info.name,
+        info.version,
+        info.description,
+        caps.join(", ")
+    );
+    let settings = plugin.settings();
+    if settings.is_empty() {
+        out += "\nSettings: none\n";
+    } else {
+        out +=
+            "\nSettings (webmesh --plugin-config NAME.KEY=VALUE, or the config file's plugins:):\n";
+        let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+        for s in settings {
+            out += &format!("  {:width$}  {}", s.key, s.help);
+            if !s.default.is_empty() {
+                out += &format!(" [default: {}]", s.default);
+            }
+            out += "\n";
+        }
+    }
+    out += &format!(
+        "\nRun by a node: webmesh --plugin NAME=PATH (the node sets {SOCKET_ENV} and\n\
+         {DATA_DIR_ENV}). By hand: --listen /path/to.sock, or --listen tcp://HOST:PORT\n\
+         [--tls-cert FILE --tls-key FILE]. --version prints the version.\n"
+    );
+    out
 }
 
 fn socket_path(

@@ -415,6 +415,70 @@ async fn joiners_get_their_addresses_from_the_ipam_sqlite_plugin() -> Result<()>
     Ok(())
 }
 
+#[tokio::test]
+async fn the_readme_command_runs_ipam_sqlite_in_its_own_directory() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // `webmesh --bootstrap --plugin ipam=./ipam-sqlite`, nothing more (the host adds
+    // only its ID, data dir, interface and admin socket).
+    let mut net = TestNet::new()?;
+    let h1 = net.add_host("h1")?;
+    h1.args = vec![
+        "--bootstrap".into(),
+        "--plugin".into(),
+        format!("ipam={}", bin("ipam-sqlite").display()),
+    ];
+    h1.start()?;
+    h1.wait_ready(Duration::from_secs(60)).await?;
+    let dir = net.hosts["h1"].data_dir.join("plugins/ipam");
+    let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o700, "{} has mode {mode:o}", dir.display());
+    let rows = sqlite_rows(&dir.join("ipam.db"))?;
+    let nodes = net.hosts["h1"].nodes().await?;
+    ensure!(
+        rows.contains(&("h1".to_string(), nodes["h1"].private_ipv4.clone())),
+        "the bootstrap node's address is in the plugin's file: {rows:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_plugin_binary_answers_help_and_version() -> Result<()> {
+    for (name, keys) in [
+        ("auth-basic", &["htpasswd"][..]),
+        ("auth-mtls", &["ca"]),
+        ("auth-allowlist", &["tokens"]),
+        ("ipam-sqlite", &["path"]),
+        ("storage-sqlite", &["path"]),
+        ("watch-webhook", &["url", "retries", "timeout", "queue"]),
+    ] {
+        let help = std::process::Command::new(bin(name))
+            .arg("--help")
+            .output()?;
+        let text = String::from_utf8_lossy(&help.stdout);
+        ensure!(help.status.success(), "{name} --help: {help:?}");
+        ensure!(
+            text.starts_with(name) && text.contains("Capabilities:"),
+            "{name}: {text}"
+        );
+        for k in keys {
+            ensure!(
+                text.lines().any(|l| l.trim_start().starts_with(k)),
+                "{name} --help lists {k}: {text}"
+            );
+        }
+        let version = std::process::Command::new(bin(name))
+            .arg("--version")
+            .output()?;
+        ensure!(version.status.success());
+        ensure!(
+            String::from_utf8_lossy(&version.stdout).trim()
+                == format!("{name} {}", env!("CARGO_PKG_VERSION")),
+            "{name} --version: {version:?}"
+        );
+    }
+    Ok(())
+}
+
 /// The node's whole state, from its Snapshot RPC (on its admin socket).
 async fn node_state(node: &LocalNode) -> Result<Vec<(String, String)>> {
     use prost::Message;

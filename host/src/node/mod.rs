@@ -283,7 +283,7 @@ impl Node {
             Plugins::start(
                 &cfg.plugins,
                 raft.engine.clone(),
-                Some(cfg.data_dir.join("wasm-cache")),
+                Some(cfg.data_dir.clone()),
             )
             .await?,
         );

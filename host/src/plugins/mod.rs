@@ -201,13 +201,13 @@ impl Plugins {
     pub async fn start(
         settings: &BTreeMap<String, PluginSettings>,
         engine: Engine,
-        cache_dir: Option<PathBuf>,
+        data_dir: Option<PathBuf>,
     ) -> Result<Plugins, StartError> {
         let mut plugins = Plugins::none();
         if settings.is_empty() {
             return Ok(plugins);
         }
-        match plugins.start_all(settings, engine, cache_dir).await {
+        match plugins.start_all(settings, engine, data_dir).await {
             Ok(()) => Ok(plugins),
             Err(e) => {
                 plugins.shutdown().await;
@@ -220,8 +220,9 @@ impl Plugins {
         &mut self,
         settings: &BTreeMap<String, PluginSettings>,
         engine: Engine,
-        cache_dir: Option<PathBuf>,
+        data_dir: Option<PathBuf>,
     ) -> Result<(), StartError> {
+        let cache_dir = data_dir.as_ref().map(|d| d.join("wasm-cache"));
         let mut caps = Vec::new();
         for (name, s) in settings {
             let t0 = Instant::now();
@@ -236,7 +237,13 @@ impl Plugins {
             let handle = match &s.target {
                 PluginTarget::Process(path) => {
                     let dir = self.socket_dir()?;
-                    let launched = process::launch(name, path, &dir, HANDSHAKE_TIMEOUT).await?;
+                    let state = match &data_dir {
+                        Some(d) => Some(process::state_dir(d, name)?),
+                        None => None,
+                    };
+                    let launched =
+                        process::launch(name, path, &dir, state.as_deref(), HANDSHAKE_TIMEOUT)
+                            .await?;
                     let handle = self
                         .connect(name, s, unix_channel_at(&launched.socket), cache_ttl)
                         .await?;
@@ -244,6 +251,7 @@ impl Plugins {
                         handle: handle.clone(),
                         path: path.clone(),
                         dir,
+                        state,
                         config: PluginConfig(s.config.clone()),
                         engine: engine.clone(),
                         stop: self.stop.clone(),

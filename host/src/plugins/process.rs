@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdout, Command};
-use webmesh_plugin_sdk::{HANDSHAKE_PREFIX, SOCKET_ENV};
+use webmesh_plugin_sdk::{DATA_DIR_ENV, HANDSHAKE_PREFIX, SOCKET_ENV};
 
 use super::StartError;
 
@@ -79,17 +79,41 @@ pub struct Launched {
     pub socket: PathBuf,
 }
 
-/// Starts `path` with its socket in `dir`, forwards its output into the log, and waits
-/// up to `timeout` for the handshake line.
+/// The private directory of plugin `name` under the node's data dir
+/// (`plugins/<name>`, mode 0700), created if missing: where a plugin keeps its files
+/// unless told otherwise.
+pub fn state_dir(data_dir: &Path, name: &str) -> Result<PathBuf, StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = data_dir.join("plugins").join(name);
+    let err = |e: std::io::Error| StartError::Spawn {
+        plugin: name.to_string(),
+        path: dir.clone(),
+        reason: format!("its data directory: {e}"),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(err)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(dir)
+}
+
+/// Starts `path` with its socket in `dir` (and its private directory `state`, if any),
+/// forwards its output into the log, and waits up to `timeout` for the handshake line.
 pub async fn launch(
     name: &str,
     path: &Path,
     dir: &Path,
+    state: Option<&Path>,
     timeout: Duration,
 ) -> Result<Launched, StartError> {
     let socket = dir.join(format!("{name}.sock"));
     let _ = std::fs::remove_file(&socket);
     let mut cmd = Command::new(path);
+    if let Some(state) = state {
+        cmd.env(DATA_DIR_ENV, state);
+    }
     cmd.env(SOCKET_ENV, &socket)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

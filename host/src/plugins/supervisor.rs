@@ -22,6 +22,8 @@ pub(super) struct Supervisor {
     pub(super) handle: Arc<PluginHandle>,
     pub(super) path: PathBuf,
     pub(super) dir: PathBuf,
+    /// The plugin's private directory under the data dir.
+    pub(super) state: Option<PathBuf>,
     pub(super) config: PluginConfig,
     pub(super) engine: Engine,
     pub(super) stop: Arc<watch::Sender<bool>>,
@@ -73,8 +75,14 @@ impl Supervisor {
     }
 
     async fn restart(&self) -> Result<tokio::process::Child, StartError> {
-        let launched =
-            process::launch(&self.handle.name, &self.path, &self.dir, HANDSHAKE_TIMEOUT).await?;
+        let launched = process::launch(
+            &self.handle.name,
+            &self.path,
+            &self.dir,
+            self.state.as_deref(),
+            HANDSHAKE_TIMEOUT,
+        )
+        .await?;
         let mut child = launched.child;
         let configured = async {
             self.handle.get_info().await?;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use webmesh_plugin_sdk::{AuthPlugin, Config, Error, Info, Plugin, async_trait, v1};
+use webmesh_plugin_sdk::{AuthPlugin, Config, Error, Info, Plugin, Setting, async_trait, v1};
 
 /// The plugin: token → identity.
 #[derive(Default)]
@@ -71,6 +71,14 @@ impl Plugin for Allowlist {
             env!("CARGO_PKG_VERSION"),
             "bearer tokens from a list",
         )
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: "tokens",
+            default: "",
+            help: "the identities and their bearer tokens: id:token,... or a map",
+        }]
     }
 
     async fn configure(&self, config: Config) -> Result<(), Error> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use webmesh_plugin_sdk::{AuthPlugin, Config, Error, Info, Plugin, async_trait, v1};
+use webmesh_plugin_sdk::{AuthPlugin, Config, Error, Info, Plugin, Setting, async_trait, v1};
 
 const USER: &str = "x-webmesh-basic-auth-username";
 const PASSWORD: &str = "x-webmesh-basic-auth-password";
@@ -146,6 +146,14 @@ impl Plugin for Basic {
             env!("CARGO_PKG_VERSION"),
             "usernames and bcrypt passwords from an htpasswd file",
         )
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: "htpasswd",
+            default: "",
+            help: "the htpasswd file (bcrypt entries, `htpasswd -B`); re-read when it changes",
+        }]
     }
 
     async fn configure(&self, config: Config) -> Result<(), Error> {

@@ -4,7 +4,7 @@ use std::sync::RwLock;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use webmesh_plugin_sdk::{AuthPlugin, Config, Error, Info, Plugin, async_trait, v1};
+use webmesh_plugin_sdk::{AuthPlugin, Config, Error, Info, Plugin, Setting, async_trait, v1};
 
 #[derive(Default)]
 pub struct Mtls {
@@ -72,6 +72,14 @@ impl Plugin for Mtls {
             env!("CARGO_PKG_VERSION"),
             "client certificates; the identity is the common name",
         )
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: "ca",
+            default: "",
+            help: "PEM file of the CA certificates that sign client certificates",
+        }]
     }
 
     async fn configure(&self, config: Config) -> Result<(), Error> {

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use webmesh_plugin_sdk::{Config, Error, Info, IpamPlugin, Plugin, async_trait, querier, v1};
+use webmesh_plugin_sdk::{
+    Config, Error, Info, IpamPlugin, Plugin, Setting, async_trait, querier, v1,
+};
 
 use v1::allocate_ip_request::IpVersion;
 
@@ -158,8 +160,16 @@ impl Plugin for Sqlite {
         )
     }
 
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: "path",
+            default: "ipam.db in the directory the node gives the plugin",
+            help: "the SQLite file (created if missing; may be shared by nodes on one host)",
+        }]
+    }
+
     async fn configure(&self, config: Config) -> Result<(), Error> {
-        let path = config.required_str("path")?;
+        let path = config.path_or_default("path", "ipam.db")?;
         let c = open(&path)?;
         *self.db.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
         Ok(())

@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use webmesh_plugin_sdk::{
-    Config, Error, Info, Plugin, StoragePlugin, async_trait, decode_snapshot, v1,
+    Config, Error, Info, Plugin, Setting, StoragePlugin, async_trait, decode_snapshot, v1,
 };
 
 #[derive(Default)]
@@ -85,8 +85,16 @@ impl Plugin for Store {
         )
     }
 
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: "path",
+            default: "state.db in the directory the node gives the plugin",
+            help: "the SQLite file (created if missing)",
+        }]
+    }
+
     async fn configure(&self, config: Config) -> Result<(), Error> {
-        let c = open(&config.required_str("path")?)?;
+        let c = open(&config.path_or_default("path", "state.db")?)?;
         *self.db.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
         Ok(())
     }

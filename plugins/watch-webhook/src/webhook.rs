@@ -5,7 +5,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use webmesh_plugin_sdk::{Config, Error, Info, Plugin, WatchPlugin, async_trait, v1};
+use webmesh_plugin_sdk::{Config, Error, Info, Plugin, Setting, WatchPlugin, async_trait, v1};
 
 #[derive(Default)]
 struct Counters {
@@ -73,6 +73,31 @@ impl Plugin for Webhook {
             env!("CARGO_PKG_VERSION"),
             "POSTs mesh events as JSON to a URL",
         )
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[
+            Setting {
+                key: "url",
+                default: "",
+                help: "where events are POSTed (http://, or https:// with the tls feature)",
+            },
+            Setting {
+                key: "retries",
+                default: "5",
+                help: "attempts per event after the first (at most 20)",
+            },
+            Setting {
+                key: "timeout",
+                default: "5",
+                help: "seconds per attempt (1-300)",
+            },
+            Setting {
+                key: "queue",
+                default: "1000",
+                help: "events waiting to be sent, at most; more are dropped and counted",
+            },
+        ]
     }
 
     async fn configure(&self, config: Config) -> Result<(), Error> {
