@@ -141,7 +141,20 @@ async fn an_independent_grpc_client_reads_status_via_reflection() -> anyhow::Res
         .iter()
         .filter_map(|s| s.as_str())
         .collect();
-    assert!(services.contains(&"v1.Node"), "{services:?}");
+    // Exactly what the port serves: no AppDaemon, WebRTC, Campfire or plugin services.
+    let mut services = services;
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "v1.Admin",
+            "v1.Mesh",
+            "v1.Node",
+            "v1.PeerDiscovery"
+        ]
+    );
     assert_eq!(v["status"]["id"], "reflect-1");
     assert_eq!(v["status"]["clusterStatus"], "CLUSTER_LEADER");
     assert!(

@@ -133,6 +133,16 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Longest any unary call may take on the server (joins wait for Raft at most this).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The services of the API port, as reflection lists them.
+const SERVED: &[&str] = &[
+    webmesh_api::v1::node_server::SERVICE_NAME,
+    webmesh_api::v1::mesh_server::SERVICE_NAME,
+    webmesh_api::v1::admin_server::SERVICE_NAME,
+    webmesh_api::v1::peer_discovery_server::SERVICE_NAME,
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// The public gRPC API on the listen address (with TLS if configured) and on the admin
 /// socket: layers (identity, then the leader proxy) around the Node, Admin, Mesh and
 /// PeerDiscovery services and server reflection.
@@ -190,12 +200,19 @@ pub(super) async fn serve_api(
     let proxy = services::forwarding::LeaderProxyLayer::new(raft.clone(), channels, trust, max);
     // One router per listener, over the same services.
     let router = |server: tonic::transport::Server| -> Result<_, NodeError> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
+        // Reflection names exactly what this port serves, not every service of the
+        // API's files (AppDaemon, WebRTC, Campfire, the plugin services live elsewhere).
+        let reflection_of = || {
+            SERVED.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET),
+                |b, name| b.with_service_name(*name),
+            )
+        };
+        let reflection = reflection_of()
             .build_v1()
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
-        let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET)
+        let reflection_alpha = reflection_of()
             .build_v1alpha()
             .map_err(|e| NodeError::Bootstrap(format!("reflection: {e}")))?;
         Ok(server
