@@ -17,6 +17,8 @@ APT_PACKAGES=(
   bind9-dnsutils    # dig: reading mesh DNS in tests
   dnsmasq-base      # a stub upstream resolver in tests, the DNS benchmark's reference
   dnsperf           # the DNS benchmark
+  prometheus        # a real Prometheus server (and promtool) scraping nodes in tests
+  curl              # fetching a node's metrics page in tests
 )
 PIP_MODULES=(grpc grpc_reflection google.protobuf)   # the independent gRPC test client
 PIP_PACKAGES=(grpcio grpcio-reflection protobuf)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 const MODULES: &[&str] = &[
     "version", "config", "mesh", "store", "trust", "raft", "net", "tls", "plugins", "services",
-    "node", "fuzzing", "dns",
+    "node", "fuzzing", "dns", "metrics",
 ];
 
 fn sources(p: &Path) -> Vec<PathBuf> {

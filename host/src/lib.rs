@@ -8,6 +8,7 @@ pub mod config;
 pub mod dns;
 pub mod fuzzing;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod plugins;

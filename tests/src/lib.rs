@@ -147,6 +147,10 @@ impl LocalNode {
             "--admin-socket".into(),
             self.socket.display().to_string(),
         ];
+        // Nodes on loopback share one port space: metrics only where a test asks.
+        if !self.extra_args.iter().any(|a| a == "--metrics-listen") {
+            a.extend(["--metrics-listen".into(), "off".into()]);
+        }
         a.extend(self.extra_args.iter().cloned());
         a
     }

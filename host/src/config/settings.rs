@@ -178,6 +178,13 @@ settings! {
     join_timeout: u64 = 600 => "join-timeout" "SECONDS" one(v::join_timeout);
     /// Largest request the API reads, in bytes [default: 4194304].
     max_request_bytes: usize = 4 << 20 => "max-request-bytes" "N" one(v::request_bytes);
+    /// Serve Prometheus metrics at http://ADDR/metrics; `off` disables them
+    /// [default: [::]:8080].
+    metrics_listen: Option<SocketAddr> = Some(SocketAddr::from(([0u16; 8], 8080)))
+        => "metrics-listen" "ADDR|off" one(v::optional_listen);
+    /// A network whose hosts may scrape the metrics, besides loopback and the mesh
+    /// (repeatable).
+    metrics_allow: Vec<ipnet::IpNet> = vec![] => "metrics-allow" "CIDR" many(v::cidr) omit_empty;
     /// Serve mesh DNS on this UDP and TCP address (e.g. [::]:53; its port is
     /// advertised to the mesh); unset: no DNS server.
     meshdns_listen: Option<SocketAddr> = None => "meshdns-listen" "ADDR" opt(v::listen) omit_empty;

@@ -253,3 +253,22 @@ pub fn cache_entries(s: &str) -> Result<usize, String> {
         .filter(|n| *n <= 1_000_000)
         .ok_or_else(|| "must be 0-1000000 entries".into())
 }
+
+/// A listen address, or `off` (or empty) for none.
+pub fn optional_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    match s {
+        "" | "off" | "none" => Ok(None),
+        a => listen(a).map(Some).map_err(|e| format!("{e}, or off")),
+    }
+}
+
+/// A network in CIDR form (host bits clear).
+pub fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let net: ipnet::IpNet = s
+        .parse()
+        .map_err(|_| "must be a CIDR such as 10.0.0.0/8".to_string())?;
+    if net.trunc() != net {
+        return Err(format!("has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}

@@ -241,11 +241,14 @@ fn serve_udp(
         let member = z.is_member_source(src.ip());
         match zone::answer(&z, &buf[..n], member, fwd.enabled(), Transport::Udp) {
             Outcome::Reply(b) => {
+                crate::metrics::get().dns_answer(&b);
                 let _ = sock.send_to(&b, src);
             }
             Outcome::Forward(req) => {
                 let Ok(permit) = fwd.inflight.clone().try_acquire_owned() else {
-                    let _ = sock.send_to(&zone::servfail_to(&req), src);
+                    let b = zone::servfail_to(&req);
+                    crate::metrics::get().dns_answer(&b);
+                    let _ = sock.send_to(&b, src);
                     continue;
                 };
                 let raw = buf[..n].to_vec();
@@ -253,6 +256,7 @@ fn serve_udp(
                 rt.spawn(async move {
                     let out = fwd.resolve(&req, &raw, false).await;
                     drop(permit);
+                    crate::metrics::get().dns_answer(&out);
                     let _ = sock.send_to(&out, src);
                 });
             }
@@ -309,6 +313,7 @@ async fn serve_tcp_client(
             Outcome::Forward(req) => fwd.resolve(&req, &buf[..len], true).await,
             Outcome::Drop => return Ok(()),
         };
+        crate::metrics::get().dns_answer(&out);
         let Ok(n) = u16::try_from(out.len()) else {
             return Ok(());
         };
@@ -335,8 +340,10 @@ impl Forwarder {
     /// gives one in time; SERVFAIL when none does.
     async fn resolve(&self, req: &Message, raw: &[u8], tcp: bool) -> Vec<u8> {
         if let Some(hit) = self.cache().get(req, Instant::now()) {
+            crate::metrics::get().dns_cache_hits.inc();
             return hit;
         }
+        crate::metrics::get().dns_forwarded.inc();
         for up in &self.upstreams {
             let asked = tokio::time::timeout(self.timeout, ask(*up, raw, tcp)).await;
             let mut bytes = match asked {

@@ -226,6 +226,9 @@ pub(super) fn features(cfg: &Config) -> Vec<Feature> {
         Feature::AdminApi,
         Feature::PeerDiscovery,
     ];
+    if cfg.metrics_listen.is_some() {
+        f.push(Feature::Metrics);
+    }
     if let Some(dns) = dns_settings(cfg) {
         f.push(Feature::MeshDns);
         if !dns.forwarders.is_empty() {

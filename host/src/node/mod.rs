@@ -374,6 +374,7 @@ impl Node {
                 Err(e) => warn!(error = %e, "the host resolver is left as it was"),
             }
         }
+        servers::serve_metrics(cfg, &raft, iface.clone(), &mut parts.tasks).await?;
         let plugins = parts.plugins.as_mut().expect("started above");
         plugins.start_duties(&raft);
         let api = servers::Api {

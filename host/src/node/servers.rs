@@ -198,6 +198,7 @@ pub(super) async fn serve_api(
         cfg.join_rate,
     );
     let proxy = services::forwarding::LeaderProxyLayer::new(raft.clone(), channels, trust, max);
+    let metrics = crate::metrics::grpc::GrpcMetricsLayer::new(webmesh_api::FILE_DESCRIPTOR_SET);
     // One router per listener, over the same services.
     let router = |server: tonic::transport::Server| -> Result<_, NodeError> {
         // Reflection names exactly what this port serves, not every service of the
@@ -222,6 +223,7 @@ pub(super) async fn serve_api(
             .http2_max_pending_accept_reset_streams(Some(20))
             .http2_max_local_error_reset_streams(Some(1024))
             .timeout(REQUEST_TIMEOUT)
+            .layer(metrics.clone())
             .layer(identity.clone())
             .layer(proxy.clone())
             .add_service(
@@ -278,4 +280,46 @@ pub(super) async fn serve_api(
         tasks.push(spawn_server("admin socket", unix));
     }
     Ok(tasks)
+}
+
+/// Prometheus metrics on `--metrics-listen`, read at scrape time from Raft and the
+/// interface; scrapers: loopback, the mesh, `--metrics-allow`.
+pub(super) async fn serve_metrics(
+    cfg: &crate::config::Config,
+    raft: &crate::raft::RaftNode,
+    iface: Option<std::sync::Arc<crate::net::wireguard::Interface>>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), NodeError> {
+    use std::sync::Arc;
+
+    use crate::metrics::{Sources, server};
+    let Some(listen) = cfg.metrics_listen else {
+        return Ok(());
+    };
+    let r = raft.clone();
+    let members = raft.state_machine.members();
+    let sources = Sources {
+        raft: Arc::new(move || r.figures()),
+        interface: Arc::new(move || iface.as_ref().and_then(|i| i.metrics().ok())),
+        owner: Arc::new(move |key| {
+            let m = members.read().ok()?;
+            m.owner_of(key).map(str::to_string)
+        }),
+    };
+    let engine = raft.engine.clone();
+    let allowed = server::Allowed {
+        mesh: Arc::new(move || {
+            [crate::mesh::keys::MESH_IPV4, crate::mesh::keys::MESH_IPV6]
+                .iter()
+                .filter_map(|k| engine.get(k).ok().flatten()?.value.parse().ok())
+                .collect()
+        }),
+        extra: cfg.metrics_allow.clone(),
+    };
+    let (_, task) = server::serve(listen, sources, allowed)
+        .await
+        .map_err(|e| NodeError::Usage(e.to_string()))?;
+    tasks.push(task);
+    tasks.push(raft.spawn_leader_watch());
+    Ok(())
 }

@@ -40,7 +40,8 @@ macro_rules! call {
      grpc: |$ch:ident, $r:ident| $grpc:expr,
      wasm: |$w:ident, $bytes:ident| $wasm:expr) => {{
         let timeout = $timeout;
-        match &$self.backend {
+        let started = std::time::Instant::now();
+        let result = match &$self.backend {
             Backend::Grpc($ch) => {
                 let $r = $self.request($req, timeout);
                 $self.bounded($what, timeout, $grpc).await
@@ -60,7 +61,9 @@ macro_rules! call {
                 })??;
                 Decode::decode_from(&$self.name, $what, out)
             }
-        }
+        };
+        crate::metrics::get().plugin_call(&$self.name, $what, started.elapsed(), result.is_ok());
+        result
     }};
 }
 

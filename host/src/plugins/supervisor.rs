@@ -49,6 +49,12 @@ impl Supervisor {
                         Ok(c) => {
                             child = c;
                             started = Instant::now();
+                            crate::metrics::get()
+                                .plugin_restarts
+                                .get_or_create(&crate::metrics::PluginName {
+                                    plugin: name.clone(),
+                                })
+                                .inc();
                             tracing::info!(plugin = %name, "plugin restarted");
                         }
                         Err(e) => {

@@ -96,6 +96,7 @@ fn spawn_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued
                 let (proposals, replies): (Vec<Proposal>, Vec<_>) =
                     queued.into_iter().map(|q| (q.proposal, q.reply)).unzip();
                 let n = proposals.len();
+                crate::metrics::get().raft_batch_proposals.observe(n as f64);
                 match raft.client_write(Batch { proposals }).await {
                     Ok(resp) => {
                         let index = resp.log_id.index;
@@ -251,6 +252,43 @@ impl RaftNode {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Raft's figures for the metrics.
+    pub fn figures(&self) -> crate::metrics::RaftFigures {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().count() as u64;
+        let nodes = membership.nodes().count() as u64;
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        crate::metrics::RaftFigures {
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed: storage::committed_index(&self.engine)
+                .unwrap_or(0)
+                .max(applied),
+            applied,
+            leader: m.state == ServerState::Leader && m.current_leader == Some(self.id),
+            voters,
+            learners: nodes.saturating_sub(voters),
+        }
+    }
+
+    /// Counts leader changes as this node sees them, for as long as Raft runs.
+    pub fn spawn_leader_watch(&self) -> tokio::task::JoinHandle<()> {
+        let mut rx = self.raft.metrics();
+        tokio::spawn(async move {
+            let mut leader = rx.borrow().current_leader;
+            while rx.changed().await.is_ok() {
+                let now = rx.borrow().current_leader;
+                if now != leader {
+                    if now.is_some() {
+                        crate::metrics::get().raft_leader_changes.inc();
+                    }
+                    leader = now;
+                }
+            }
+        })
+    }
+
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -287,11 +325,19 @@ impl RaftNode {
             ops,
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
+        let started = std::time::Instant::now();
         self.proposals
             .send(Queued { proposal, reply })
             .map_err(|_| ProposeError::Unavailable("raft stopped".into()))?;
-        rx.await
-            .map_err(|_| ProposeError::Unavailable("raft stopped".into()))?
+        let committed = rx
+            .await
+            .map_err(|_| ProposeError::Unavailable("raft stopped".into()))?;
+        if committed.is_ok() {
+            crate::metrics::get()
+                .raft_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        committed
     }
 
     /// Applies a membership change, retrying while another one is in flight.

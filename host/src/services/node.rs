@@ -352,6 +352,7 @@ impl Node for NodeService {
             .forwarder
             .clone()
             .unwrap_or_else(|| self.raft.name.clone());
+        let started = std::time::Instant::now();
         let resp = membership_svc::join(
             &self.raft,
             &join,
@@ -361,6 +362,9 @@ impl Node for NodeService {
             self.admission,
         )
         .await?;
+        crate::metrics::get()
+            .join_seconds
+            .observe(started.elapsed().as_secs_f64());
         let mut resp = Response::new(resp);
         if let Ok(v) = self.voter_keys().parse() {
             resp.metadata_mut().insert(VOTERS_HEADER, v);

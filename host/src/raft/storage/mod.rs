@@ -61,5 +61,14 @@ fn meta<T: DeserializeOwned>(engine: &Engine, key: &str) -> Result<Option<T>, SE
         .transpose()
 }
 
+/// The highest index the log store knows committed (what the leader last told it).
+pub fn committed_index(engine: &Engine) -> Option<u64> {
+    meta::<Option<openraft::LogId<super::NodeId>>>(engine, COMMITTED)
+        .ok()
+        .flatten()
+        .flatten()
+        .map(|l| l.index)
+}
+
 #[cfg(test)]
 mod tests;
