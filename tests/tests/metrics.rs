@@ -101,6 +101,21 @@ async fn prometheus_scrapes_every_family_from_a_three_node_mesh() -> Result<()> 
     })
     .await?;
 
+    // `wmctl status` says where the metrics and mesh DNS are.
+    let wmctl = bin("wmctl").display().to_string();
+    let out = h1.exec(&[&wmctl, "-s", &h1.admin_server(), "status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("METRICS")
+            && text.contains("http://[::]:8080/metrics")
+            && text.contains("MESH-DNS"),
+        "{text}"
+    );
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("FEATURES") && l.contains("METRICS") && l.contains("MESH_DNS")),
+        "{text}"
+    );
     // A stranger on the underlay (the test itself, on the bridge) is refused.
     let underlay = format!("{}:8080", net.hosts["h1"].ip);
     let (code, body) = get(&underlay, "/metrics")?;

@@ -83,11 +83,23 @@ fn admin_kind(k: GetKind) -> Option<Kind> {
 }
 
 async fn status(cli: &Cli, conn: &Conn, id: String) -> Result<(), Fail> {
-    let status = NodeClient::new(conn.channel.clone())
+    let resp = NodeClient::new(conn.channel.clone())
         .get_status(conn.req(GetStatusRequest { id }))
         .await
-        .map_err(rpc)?
-        .into_inner();
+        .map_err(rpc)?;
+    // The node's other services (metrics, mesh DNS): a header, v1's Status has no field.
+    let endpoints: Vec<String> = resp
+        .metadata()
+        .get("x-webmesh-endpoints")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = resp.into_inner();
     print(cli.output, &status, || {
         let cluster = ClusterStatus::try_from(status.cluster_status)
             .map(|c| c.as_str_name())
@@ -114,6 +126,10 @@ async fn status(cli: &Cli, conn: &Conn, id: String) -> Result<(), Fail> {
             vec!["LAST APPLIED".into(), status.last_applied.to_string()],
             vec!["FEATURES".into(), features.join(",")],
         ];
+        for e in &endpoints {
+            let (what, addr) = e.split_once('=').unwrap_or(("ENDPOINT", e));
+            rows.push(vec![what.to_uppercase(), addr.to_string()]);
+        }
         if let Some(m) = &status.interface_metrics {
             rows.push(vec![
                 "INTERFACE".into(),

@@ -169,6 +169,15 @@ pub(super) async fn serve_api(
         started_at: SystemTime::now(),
         started: Instant::now(),
         features: super::client::features(cfg),
+        endpoints: [
+            cfg.metrics_listen
+                .map(|a| format!("metrics=http://{a}/metrics")),
+            cfg.meshdns_listen.map(|a| format!("mesh-dns={a}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(","),
     });
     // Calls to other members (the leader, above all): one channel per member.
     let channels = Arc::new(services::Channels::new(

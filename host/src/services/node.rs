@@ -28,7 +28,14 @@ pub struct NodeInfo {
     pub started_at: SystemTime,
     pub started: Instant,
     pub features: Vec<Feature>,
+    /// The node's other services and where they listen (`metrics=[::]:8080`, ...), for
+    /// operators: v1's Status has no field for them, so they travel in the
+    /// `x-webmesh-endpoints` header of a local GetStatus.
+    pub endpoints: String,
 }
+
+/// The response header naming the node's other endpoints.
+pub const ENDPOINTS_HEADER: &str = "x-webmesh-endpoints";
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -424,7 +431,11 @@ impl Node for NodeService {
                 .await
                 .ok()
                 .flatten();
-            return Ok(Response::new(status));
+            let mut resp = Response::new(status);
+            if let Ok(v) = self.info.endpoints.parse() {
+                resp.metadata_mut().insert(ENDPOINTS_HEADER, v);
+            }
+            return Ok(resp);
         }
         ids::validate_node_id(&id).map_err(|why| Status::invalid_argument(format!("id: {why}")))?;
         may_read(
