@@ -26,7 +26,7 @@ for t in "${targets[@]}"; do
   cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
   log=$(mktemp)
   if cargo fuzz run --sanitizer none "$t" "corpus/$t" -- \
-      -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 >"$log" 2>&1; then
+      -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     result=ok
   else
     result=FAILED
