@@ -61,6 +61,8 @@ pub(crate) struct Row {
     pub value_name: &'static str,
     pub help: &'static [&'static str],
     pub kind: Kind,
+    /// Left out of `--print-config` when unset.
+    pub omit_empty: bool,
 }
 
 impl Row {

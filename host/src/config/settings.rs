@@ -66,7 +66,13 @@ macro_rules! settings {
         }
 
         pub(crate) const ROWS: &[Row] = &[
-            $( Row { key: $key, value_name: $value_name, help: &[$($doc),+], kind: kind!($kind) }, )*
+            $( Row {
+                key: $key,
+                value_name: $value_name,
+                help: &[$($doc),+],
+                kind: kind!($kind),
+                omit_empty: omit!($($omit)?),
+            }, )*
         ];
 
         impl Config {
