@@ -71,6 +71,7 @@ macro_rules! settings {
                 value_name: $value_name,
                 help: &[$($doc),+],
                 kind: kind!($kind),
+                #[cfg(test)]
                 omit_empty: omit!($($omit)?),
             }, )*
         ];
