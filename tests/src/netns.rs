@@ -69,6 +69,8 @@ pub struct Host {
     /// The node's admin socket (filesystem sockets cross namespaces).
     pub socket: PathBuf,
     pub args: Vec<String>,
+    /// Environment of the node process besides the harness's (e.g. a PATH with fakes).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -166,6 +168,7 @@ impl TestNet {
             log: self.dir.path().join(format!("{id}.log")),
             socket: self.dir.path().join(format!("{id}.sock")),
             args: vec![],
+            env: vec![],
             child: None,
         };
         self.hosts.insert(id.to_string(), host);
@@ -357,6 +360,7 @@ impl Host {
             .arg(bin("webmesh"))
             .args(self.node_args())
             .env("WEBMESH_LOG_LEVEL", crate::test_log_level())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -425,3 +425,76 @@ async fn use_meshdns_points_the_host_at_mesh_dns_and_puts_resolv_conf_back() -> 
     .with_context(|| net.logs())?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn use_meshdns_goes_through_systemd_resolved_when_it_runs() -> Result<()> {
+    let mut net = TestNet::new()?;
+    let h = net.add_host("h1")?;
+    h.args = [
+        "--bootstrap",
+        "--endpoint",
+        &h.ip.to_string(),
+        "--meshdns-listen",
+        ":5353",
+        "--meshdns-no-forward",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    h.start()?;
+    h.wait_ready(READY).await?;
+    let via = net.grpc("h1");
+    // A resolvectl that answers and writes down what it is asked: resolved, as far as
+    // the node can tell, without touching this machine's resolver.
+    let fake = net.path().join("fake-bin");
+    std::fs::create_dir_all(&fake)?;
+    let calls = net.path().join("resolvectl.calls");
+    let script = fake.join("resolvectl");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", calls.display()),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let h2 = net.add_host("h2")?;
+    let etc = NetnsEtc(std::path::Path::new("/etc/netns").join(&h2.ns));
+    std::fs::create_dir_all(&etc.0)?;
+    let file = etc.0.join("resolv.conf");
+    std::fs::write(&file, "nameserver 192.0.2.1\n")?;
+    h2.args = vec!["--join".into(), via, "--use-meshdns".into()];
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    h2.env.push(("PATH".into(), path));
+    h2.start()?;
+    h2.wait_ready(READY).await?;
+    let nodes = net.hosts["h1"].nodes().await?;
+    let iface = net.hosts["h2"].ifname.clone();
+    let said = std::fs::read_to_string(&calls)?;
+    for want in [
+        format!(
+            "dns {iface} {}:5353 [{}]:5353",
+            v4(&nodes["h1"]),
+            v6(&nodes["h1"])
+        ),
+        format!("domain {iface} ~{DOMAIN}"),
+        format!("default-route {iface} false"),
+    ] {
+        ensure!(
+            said.lines().any(|l| l == want),
+            "resolvectl {want:?} in:\n{said}"
+        );
+    }
+    ensure!(
+        std::fs::read_to_string(&file)? == "nameserver 192.0.2.1\n",
+        "resolv.conf left alone"
+    );
+    net.host("h2").stop(Duration::from_secs(10));
+    let said = std::fs::read_to_string(&calls)?;
+    ensure!(
+        said.lines().any(|l| l == format!("revert {iface}")),
+        "{said}"
+    );
+    Ok(())
+}

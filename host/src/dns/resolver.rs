@@ -14,8 +14,6 @@ use tracing::{info, warn};
 use super::DnsError;
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
-/// resolved's varlink socket: present while systemd-resolved runs.
-const RESOLVED: &str = "/run/systemd/resolve/io.systemd.Resolve";
 /// glibc reads at most this many nameservers.
 const MAXNS: usize = 3;
 
@@ -79,6 +77,17 @@ pub fn resolv_conf(original: &str, domain: &str, servers: &[IpAddr]) -> String {
     out
 }
 
+/// Whether systemd-resolved answers (`resolvectl` finds it), not merely is installed.
+fn resolved_runs() -> bool {
+    Command::new("resolvectl")
+        .arg("status")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Puts back the resolv.conf a node that did not stop cleanly left behind.
 pub fn restore_after_crash(data_dir: &Path) {
     let backup = backup_path(data_dir);
@@ -104,7 +113,7 @@ pub fn configure(
     if servers.is_empty() {
         return Err(fail("no member of the mesh serves mesh DNS yet".into()));
     }
-    if let Some(iface) = iface.filter(|_| Path::new(RESOLVED).exists()) {
+    if let Some(iface) = iface.filter(|_| resolved_runs()) {
         let mut dns = vec!["dns".to_string(), iface.to_string()];
         dns.extend(servers.iter().map(|s| s.to_string()));
         let steps = [
