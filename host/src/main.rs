@@ -60,6 +60,9 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    if cfg.app_daemon_listen.is_some() {
+        return Ok(webmesh::node::daemon::run(cfg).await?);
+    }
     // Handlers first: a signal during start-up (say, while joining) must end it in an
     // orderly way, not with the default instant exit.
     let mut term = signal(SignalKind::terminate())?;

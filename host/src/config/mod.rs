@@ -339,6 +339,28 @@ impl Config {
         Ok(cfg)
     }
 
+    /// These settings with `overrides` (keys as in the config file) laid over them: an
+    /// AppDaemon's Connect.
+    pub fn with_overrides(
+        &self,
+        overrides: &serde_json::Map<String, Value>,
+    ) -> Result<Config, ConfigError> {
+        let path = Path::new("Connect config");
+        let mut merged = parse_file(&self.to_yaml(), path)?;
+        for (k, v) in overrides {
+            merged.insert(k.clone(), v.clone());
+        }
+        Self::build(
+            Sources {
+                matches: None,
+                file: merged,
+                path: path.to_path_buf(),
+            },
+            &[],
+            &[],
+        )
+    }
+
     /// The TLS settings, gathered from the `tls-*` rows.
     pub fn tls(&self) -> TlsSettings {
         TlsSettings {

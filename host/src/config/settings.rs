@@ -185,6 +185,9 @@ settings! {
     join_timeout: u64 = 600 => "join-timeout" "SECONDS" one(v::join_timeout);
     /// Largest request the API reads, in bytes [default: 4194304].
     max_request_bytes: usize = 4 << 20 => "max-request-bytes" "N" one(v::request_bytes);
+    /// Serve the AppDaemon (applications drive this node) on unix:///PATH, e.g.
+    /// unix:///var/run/webmesh/webmesh.sock; guarded like the admin socket.
+    app_daemon_listen: Option<PathBuf> = None => "app-daemon-listen" "unix:///PATH" opt(v::app_daemon) omit_empty;
     /// Serve Prometheus metrics at http://ADDR/metrics; `off` disables them
     /// [default: [::]:8080].
     metrics_listen: Option<SocketAddr> = Some(SocketAddr::from(([0u16; 8], 8080)))

@@ -272,3 +272,16 @@ pub fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
     }
     Ok(net)
 }
+
+/// The AppDaemon's socket: `unix:///PATH` (or the bare absolute path). `tcp://` is not
+/// served: the socket's file and the caller's credentials are what guard it.
+pub fn app_daemon(s: &str) -> Result<PathBuf, String> {
+    let p = s.strip_prefix("unix://").unwrap_or(s);
+    if p.starts_with('/') {
+        return Ok(PathBuf::from(p));
+    }
+    if s.starts_with("tcp://") {
+        return Err("tcp:// is not served; use unix:///PATH (guarded by file mode, group and the caller's credentials)".into());
+    }
+    Err("must be unix:///PATH, e.g. unix:///var/run/webmesh/webmesh.sock".into())
+}

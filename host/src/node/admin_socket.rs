@@ -28,7 +28,7 @@ fn err(path: &Path, reason: impl ToString) -> NodeError {
 }
 
 /// The gid of group `name`, from the group database.
-fn group_gid(name: &str) -> Option<u32> {
+pub(super) fn group_gid(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');

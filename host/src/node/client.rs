@@ -70,7 +70,7 @@ impl Credentials {
     }
 
     /// A channel to `addr` whose every request carries this node's proof of key.
-    fn signed(&self, addr: &str, timeout: Duration) -> Result<Signed<Channel>, String> {
+    pub(super) fn signed(&self, addr: &str, timeout: Duration) -> Result<Signed<Channel>, String> {
         Ok(Signed::new(
             self.dialer.channel(addr, Some(timeout))?,
             self.signer.clone(),

@@ -10,6 +10,7 @@
 mod admin_socket;
 mod bootstrap;
 mod client;
+pub mod daemon;
 mod datadir;
 mod servers;
 pub mod start;
@@ -579,6 +580,17 @@ impl Node {
         }
         raft.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(())
+    }
+
+    /// This node's own API address as a local client dials it.
+    fn local_api(&self) -> String {
+        let a = self.grpc_addr;
+        let ip = match a.ip() {
+            IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, a.port()).to_string()
     }
 
     /// Leaves the mesh if asked to, then stops the servers, WireGuard and Raft.

@@ -173,6 +173,9 @@ pub(super) async fn serve_api(
             cfg.metrics_listen
                 .map(|a| format!("metrics=http://{a}/metrics")),
             cfg.meshdns_listen.map(|a| format!("mesh-dns={a}")),
+            cfg.app_daemon_listen
+                .as_ref()
+                .map(|p| format!("app-daemon=unix://{}", p.display())),
         ]
         .into_iter()
         .flatten()

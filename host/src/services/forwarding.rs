@@ -66,12 +66,14 @@ pub enum Route {
 
 /// Leader-only: Admin writes and the Node writes that change membership (Join, Update,
 /// Leave). Reads of Admin, Mesh and PeerDiscovery follow the prefer-leader header.
-/// `Node.Apply` answers on a follower with the leader's address instead (a voter's raw
-/// write goes to the leader directly).
+/// `Node.Apply` goes to the leader too (an AppDaemon's Publish on a follower).
 pub fn route(path: &str, prefer_leader: bool) -> Route {
     if path.starts_with("/v1.Admin/Put")
         || path.starts_with("/v1.Admin/Delete")
-        || matches!(path, "/v1.Node/Join" | "/v1.Node/Update" | "/v1.Node/Leave")
+        || matches!(
+            path,
+            "/v1.Node/Join" | "/v1.Node/Update" | "/v1.Node/Leave" | "/v1.Node/Apply"
+        )
     {
         return Route::LeaderOnly;
     }
@@ -250,6 +252,6 @@ mod tests {
         assert_eq!(route("/v1.Mesh/GetMeshGraph", true), Route::PreferLeader);
         assert_eq!(route("/v1.PeerDiscovery/ListPeers", false), Route::Local);
         assert_eq!(route("/v1.Node/GetStatus", true), Route::Local);
-        assert_eq!(route("/v1.Node/Apply", false), Route::Local);
+        assert_eq!(route("/v1.Node/Apply", false), Route::LeaderOnly);
     }
 }

@@ -1,0 +1,496 @@
+//! The AppDaemon (`--app-daemon-listen unix:///PATH`): an unprivileged application on
+//! the host drives the node through it — connect to the mesh and disconnect, read and
+//! watch the state, publish keys, read the interface's figures. The socket is guarded
+//! like the admin socket (file mode and group, SO_PEERCRED: root, this user, the
+//! `--admin-group`).
+//!
+//! A node started with join or bootstrap settings connects at once; one started with
+//! the AppDaemon alone waits for `Connect`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, broadcast, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use webmesh_api::v1::app_daemon_server::{AppDaemon, AppDaemonServer};
+use webmesh_api::v1::node_client::NodeClient;
+use webmesh_api::v1::query_request::QueryCommand;
+use webmesh_api::v1::status_response::ConnectionStatus;
+use webmesh_api::v1::{
+    ConnectRequest, ConnectResponse, DisconnectRequest, DisconnectResponse, LeaveCampfireRequest,
+    LeaveCampfireResponse, MetricsRequest, MetricsResponse, PublishRequest, QueryRequest,
+    QueryResponse, RaftCommandType, RaftLogEntry, StartCampfireRequest, StartCampfireResponse,
+    StatusRequest, StatusResponse, SubscribeRequest, SubscriptionEvent,
+};
+
+use super::{Node, NodeError};
+use crate::config::Config;
+use crate::mesh::{keys, limits};
+use crate::raft::StateEvent;
+
+/// Keys apps may not publish: the mesh's own records.
+const RESERVED: &[&str] = &["/registry/"];
+/// Entries a LIST or ITER returns at most.
+const MAX_QUERY_ENTRIES: usize = 10_000;
+
+pub struct Daemon {
+    base: Config,
+    node: Mutex<Option<Node>>,
+    status: AtomicI32,
+    /// Stops a Connect that is still starting the node.
+    cancel: std::sync::Mutex<Option<watch::Sender<bool>>>,
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl Daemon {
+    pub fn new(base: Config) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            base,
+            node: Mutex::new(None),
+            status: AtomicI32::new(ConnectionStatus::Disconnected as i32),
+            cancel: Default::default(),
+        })
+    }
+
+    fn set(&self, s: ConnectionStatus) {
+        self.status.store(s as i32, Ordering::SeqCst);
+    }
+
+    /// Starts the node with the base settings and `overrides`.
+    async fn connect(&self, req: &ConnectRequest) -> Result<ConnectResponse, Status> {
+        if !req.campfire_uri.is_empty() {
+            return Err(Status::unimplemented(
+                "campfire_uri: joining through a campfire is not built yet",
+            ));
+        }
+        let mut node = self.node.try_lock().map_err(|_| {
+            Status::failed_precondition("a Connect or Disconnect is under way; wait for it")
+        })?;
+        if node.is_some() {
+            return Err(Status::failed_precondition(
+                "already connected; Disconnect first",
+            ));
+        }
+        let overrides = req
+            .config
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or_default();
+        let overrides = match overrides {
+            serde_json::Value::Object(m) => m,
+            serde_json::Value::Null => Default::default(),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "config: expected an object of settings, got {other}"
+                )));
+            }
+        };
+        let mut cfg = self
+            .base
+            .with_overrides(&overrides)
+            .map_err(|e| Status::invalid_argument(format!("config: {e}")))?;
+        if req.disable_bootstrap {
+            cfg.bootstrap = false;
+        }
+        let (tx, rx) = watch::channel(false);
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        self.set(ConnectionStatus::Connecting);
+        let started = Node::start(cfg, rx).await;
+        self.cancel.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match started {
+            Ok(n) => {
+                let me = crate::store::views::load_view(&n.raft.engine)
+                    .nodes
+                    .get(&n.raft.name)
+                    .cloned()
+                    .unwrap_or_default();
+                let view_domain = n
+                    .raft
+                    .engine
+                    .get(keys::MESH_DOMAIN)
+                    .ok()
+                    .flatten()
+                    .map(|e| e.value)
+                    .unwrap_or_default();
+                let resp = ConnectResponse {
+                    node_id: n.raft.name.clone(),
+                    mesh_domain: view_domain,
+                    ipv4: me.private_ipv4,
+                    ipv6: me.private_ipv6,
+                };
+                *node = Some(n);
+                self.set(ConnectionStatus::Connected);
+                info!(node = %resp.node_id, "AppDaemon: connected");
+                Ok(resp)
+            }
+            Err(e) => {
+                self.set(ConnectionStatus::Disconnected);
+                Err(match e {
+                    NodeError::Usage(m) => Status::invalid_argument(m),
+                    NodeError::Cancelled => Status::aborted("Disconnect stopped the Connect"),
+                    other => Status::unavailable(other.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Stops the node (it stays a member: a later Connect resumes it).
+    pub async fn disconnect(&self) -> Result<(), Status> {
+        if let Some(c) = self
+            .cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = c.send(true);
+        }
+        let mut node = self.node.lock().await;
+        let Some(n) = node.take() else {
+            return Err(Status::failed_precondition("not connected"));
+        };
+        n.shutdown().await;
+        self.set(ConnectionStatus::Disconnected);
+        info!("AppDaemon: disconnected");
+        Ok(())
+    }
+
+    /// Runs `f` on the connected node.
+    async fn with_node<T>(&self, f: impl FnOnce(&Node) -> T) -> Result<T, Status> {
+        let node = self.node.lock().await;
+        node.as_ref()
+            .map(f)
+            .ok_or_else(|| Status::failed_precondition("not connected; Connect first"))
+    }
+}
+
+/// The AppDaemon service over a shared [`Daemon`].
+#[derive(Clone)]
+pub struct Service(pub Arc<Daemon>);
+
+fn query_key(q: &str) -> Result<&str, Status> {
+    if q.is_empty() || q.len() > limits::MAX_KEY_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "query: a key or prefix of 1-{} bytes",
+            limits::MAX_KEY_BYTES
+        )));
+    }
+    Ok(q)
+}
+
+#[tonic::async_trait]
+impl AppDaemon for Service {
+    async fn connect(
+        &self,
+        req: Request<ConnectRequest>,
+    ) -> Result<Response<ConnectResponse>, Status> {
+        self.0.connect(req.get_ref()).await.map(Response::new)
+    }
+
+    async fn disconnect(
+        &self,
+        _: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectResponse>, Status> {
+        self.0.disconnect().await?;
+        Ok(Response::new(DisconnectResponse {}))
+    }
+
+    async fn start_campfire(
+        &self,
+        _: Request<StartCampfireRequest>,
+    ) -> Result<Response<StartCampfireResponse>, Status> {
+        Err(Status::unimplemented("Campfire is not built yet"))
+    }
+
+    async fn leave_campfire(
+        &self,
+        _: Request<LeaveCampfireRequest>,
+    ) -> Result<Response<LeaveCampfireResponse>, Status> {
+        Err(Status::unimplemented("Campfire is not built yet"))
+    }
+
+    type QueryStream = Stream_<QueryResponse>;
+
+    async fn query(
+        &self,
+        req: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let req = req.into_inner();
+        let key = query_key(&req.query)?.to_string();
+        let engine = self.0.with_node(|n| n.raft.engine.clone()).await?;
+        let err = |e: crate::store::engine::StoreError| Status::internal(e.to_string());
+        let out: Vec<Result<QueryResponse, Status>> = match QueryCommand::try_from(req.command) {
+            Ok(QueryCommand::Get) => {
+                let e = engine.get(&key).map_err(err)?;
+                vec![Ok(QueryResponse {
+                    key: key.clone(),
+                    value: e.iter().map(|e| e.value.clone()).collect(),
+                    error: if e.is_none() {
+                        "not found".into()
+                    } else {
+                        String::new()
+                    },
+                })]
+            }
+            Ok(QueryCommand::List) => {
+                let entries = engine.list(&key).map_err(err)?;
+                vec![Ok(QueryResponse {
+                    key: key.clone(),
+                    value: entries
+                        .into_iter()
+                        .take(MAX_QUERY_ENTRIES)
+                        .map(|e| e.key)
+                        .collect(),
+                    error: String::new(),
+                })]
+            }
+            Ok(QueryCommand::Iter) => {
+                let entries = engine.list(&key).map_err(err)?;
+                let mut out: Vec<_> = entries
+                    .into_iter()
+                    .take(MAX_QUERY_ENTRIES)
+                    .map(|e| {
+                        Ok(QueryResponse {
+                            key: e.key,
+                            value: vec![e.value],
+                            error: String::new(),
+                        })
+                    })
+                    .collect();
+                out.push(Ok(QueryResponse {
+                    key: String::new(),
+                    value: vec![],
+                    error: "EOF".into(),
+                }));
+                out
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "command: {} is not GET (0), LIST (1) or ITER (2)",
+                    req.command
+                )));
+            }
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    async fn metrics(
+        &self,
+        _: Request<MetricsRequest>,
+    ) -> Result<Response<MetricsResponse>, Status> {
+        let iface = self
+            .0
+            .with_node(|n| n.parts.net.as_ref().map(|m| m.iface.clone()))
+            .await?;
+        let mut interfaces = HashMap::new();
+        if let Some(i) = iface {
+            let m = tokio::task::spawn_blocking(move || i.metrics())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::unavailable(format!("the interface: {e}")))?;
+            interfaces.insert(m.device_name.clone(), m);
+        }
+        Ok(Response::new(MetricsResponse { interfaces }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let status = self.0.status.load(Ordering::SeqCst);
+        let node = {
+            // A Connect in progress holds the lock: say CONNECTING without waiting.
+            match self.0.node.try_lock() {
+                Ok(n) => n.as_ref().and_then(|n| {
+                    crate::store::views::load_view(&n.raft.engine)
+                        .nodes
+                        .get(&n.raft.name)
+                        .cloned()
+                }),
+                Err(_) => None,
+            }
+        };
+        Ok(Response::new(StatusResponse {
+            connection_status: status,
+            node,
+        }))
+    }
+
+    type SubscribeStream = Stream_<SubscriptionEvent>;
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let prefix = req.into_inner().prefix;
+        if prefix.len() > limits::MAX_KEY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "prefix: at most {} bytes",
+                limits::MAX_KEY_BYTES
+            )));
+        }
+        let mut events = self.0.with_node(|n| n.raft.subscribe()).await?;
+        let stream = async_stream(move |tx| async move {
+            loop {
+                match events.recv().await {
+                    Ok(StateEvent::Applied { changes, .. }) => {
+                        for c in changes.iter().filter(|c| c.key().starts_with(&prefix)) {
+                            let value = match c {
+                                crate::store::ops::Change::Put { value, .. } => value.clone(),
+                                crate::store::ops::Change::Delete { .. } => String::new(),
+                            };
+                            let ev = SubscriptionEvent {
+                                key: c.key().to_string(),
+                                value,
+                            };
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(StateEvent::Reset { .. }) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "{n} changes were missed; subscribe again"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<()>, Status> {
+        let req = req.into_inner();
+        if !req.key.starts_with('/') || req.key.len() > limits::MAX_KEY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "key: a path of at most {} bytes, starting with /",
+                limits::MAX_KEY_BYTES
+            )));
+        }
+        if let Some(r) = RESERVED.iter().find(|r| req.key.starts_with(*r)) {
+            return Err(Status::invalid_argument(format!(
+                "key: {r} is reserved for the mesh's own records"
+            )));
+        }
+        let (creds, addr) = self
+            .0
+            .with_node(|n| (n.creds.clone(), n.local_api()))
+            .await?;
+        let entry = RaftLogEntry {
+            r#type: RaftCommandType::Put as i32,
+            key: req.key,
+            value: req.value,
+            ttl: req.ttl,
+        };
+        // As this node, through its own API: the write is checked and forwarded to the
+        // leader as any node's Apply is.
+        let ch = creds
+            .signed(&addr, Duration::from_secs(10))
+            .map_err(Status::unavailable)?;
+        NodeClient::new(ch)
+            .apply(creds.request(entry))
+            .await
+            .map(|_| Response::new(()))
+    }
+}
+
+/// A stream fed by a task.
+fn async_stream<T: Send + 'static, F, Fut>(f: F) -> Stream_<T>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Serves the AppDaemon on its socket until `stop`; connects at once when the settings
+/// say to join or bootstrap.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    path: PathBuf,
+    group: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    private_dir(&path, group)?;
+    let sock = super::admin_socket::bind(&path, group)?;
+    info!(socket = %path.display(), group, "AppDaemon");
+    let svc = AppDaemonServer::new(Service(daemon.clone()));
+    let server = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(sock.incoming(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, "AppDaemon server stopped");
+        }
+    });
+    let b = &daemon.base;
+    if b.bootstrap || !b.join.is_empty() || !b.discover.is_empty() {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.connect(&ConnectRequest::default()).await {
+                warn!(error = %e.message(), "AppDaemon: connecting at start failed; waiting for Connect");
+            }
+        });
+    }
+    Ok(task)
+}
+
+/// The socket's directory: made 0750 with the group when the daemon creates it.
+fn private_dir(path: &std::path::Path, group: &str) -> Result<(), NodeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    let err =
+        |e: std::io::Error| NodeError::Usage(format!("app-daemon-listen {}: {e}", path.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
+    if let Some(gid) = super::admin_socket::group_gid(group) {
+        std::os::unix::fs::chown(dir, None, Some(gid)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The process with an AppDaemon: serves it until SIGTERM or SIGINT, then stops the
+/// node if it runs.
+pub async fn run(cfg: Config) -> Result<(), NodeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig = |e: std::io::Error| NodeError::Usage(format!("signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(sig)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(sig)?;
+    let Some(path) = cfg.app_daemon_listen.clone() else {
+        return Err(NodeError::Usage("app-daemon-listen is not set".into()));
+    };
+    let group = cfg.admin_group.clone();
+    let daemon = Daemon::new(cfg);
+    let (stop, stopped) = watch::channel(false);
+    let task = serve(daemon.clone(), path, &group, stopped).await?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutting down");
+    let _ = daemon.disconnect().await;
+    let _ = stop.send(true);
+    let _ = task.await;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! A minimal AppDaemon client for tests (run as other users with setpriv): one call,
+//! its answer as JSON lines on stdout; an error as `CODE: message` on stderr, exit 1.
+//!
+//!   app-client SOCKET connect [CONFIG-JSON] [--disable-bootstrap]
+//!   app-client SOCKET disconnect | status | metrics
+//!   app-client SOCKET query get|list|iter KEY
+//!   app-client SOCKET subscribe PREFIX COUNT     # the first COUNT events
+//!   app-client SOCKET publish KEY VALUE [TTL-SECONDS]
+
+use std::process::ExitCode;
+
+use webmesh_api::v1::app_daemon_client::AppDaemonClient;
+use webmesh_api::v1::*;
+
+fn json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
+async fn call(args: &[String]) -> Result<(), tonic::Status> {
+    let ch = webmesh_client::tls::unix_channel(&args[0], Some(std::time::Duration::from_secs(5)))
+        .map_err(tonic::Status::unavailable)?;
+    let mut c = AppDaemonClient::new(ch);
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match arg(1).as_str() {
+        "connect" => {
+            let config = args
+                .get(2)
+                .filter(|a| !a.starts_with("--"))
+                .map(|j| serde_json::from_str(j).expect("config JSON"));
+            let r = c
+                .connect(ConnectRequest {
+                    config,
+                    disable_bootstrap: args.iter().any(|a| a == "--disable-bootstrap"),
+                    campfire_uri: String::new(),
+                })
+                .await?;
+            json(r.get_ref());
+        }
+        "disconnect" => {
+            c.disconnect(DisconnectRequest {}).await?;
+        }
+        "status" => json(c.status(StatusRequest {}).await?.get_ref()),
+        "metrics" => json(c.metrics(MetricsRequest {}).await?.get_ref()),
+        "query" => {
+            let command = match arg(2).as_str() {
+                "get" => 0,
+                "list" => 1,
+                _ => 2,
+            };
+            let mut s = c
+                .query(QueryRequest {
+                    command,
+                    query: arg(3),
+                })
+                .await?
+                .into_inner();
+            while let Some(r) = s.message().await? {
+                json(&r);
+            }
+        }
+        "subscribe" => {
+            let count: usize = arg(3).parse().unwrap_or(1);
+            let mut s = c
+                .subscribe(SubscribeRequest { prefix: arg(2) })
+                .await?
+                .into_inner();
+            println!("subscribed");
+            for _ in 0..count {
+                match s.message().await? {
+                    Some(ev) => json(&ev),
+                    None => break,
+                }
+            }
+        }
+        "publish" => {
+            let ttl = args.get(4).map(|s| webmesh_api::wkt::Duration {
+                seconds: s.parse().unwrap_or(0),
+                nanos: 0,
+            });
+            c.publish(PublishRequest {
+                key: arg(2),
+                value: arg(3),
+                ttl,
+            })
+            .await?;
+        }
+        other => {
+            return Err(tonic::Status::invalid_argument(format!(
+                "unknown command {other:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 2 {
+        eprintln!("usage: app-client SOCKET COMMAND [ARGS]");
+        return ExitCode::from(2);
+    }
+    match call(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(s) => {
+            eprintln!("{:?}: {}", s.code(), s.message());
+            ExitCode::FAILURE
+        }
+    }
+}
