@@ -389,3 +389,13 @@ where
 pub fn test_log_level() -> String {
     std::env::var("WEBMESH_TEST_LOG").unwrap_or_else(|_| "info".into())
 }
+
+/// A helper process (a stub server, Prometheus, a subscriber), killed when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

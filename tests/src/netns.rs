@@ -232,6 +232,59 @@ impl TestNet {
         format!("{}:8443", self.hosts[id].ip)
     }
 
+    /// Adds host `id` as the bootstrap node of a new mesh (with its endpoint and
+    /// `extra` flags), starts it and waits until it is ready.
+    pub async fn bootstrap(&mut self, id: &str, extra: &[&str]) -> Result<()> {
+        let h = self.add_host(id)?;
+        h.args = vec!["--bootstrap".into(), "--endpoint".into(), h.ip.to_string()];
+        h.args.extend(extra.iter().map(|s| s.to_string()));
+        h.start()?;
+        h.wait_ready(Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// Adds hosts `ids` joining through `via`'s node (with endpoints when `public`, and
+    /// `extra` flags), starts them and waits until all are ready.
+    pub async fn join(
+        &mut self,
+        ids: &[&str],
+        via: &str,
+        public: bool,
+        extra: &[&str],
+    ) -> Result<()> {
+        let join = self.grpc(via);
+        for id in ids {
+            let h = self.add_host(id)?;
+            h.args = vec!["--join".into(), join.clone()];
+            if public {
+                h.args.extend(["--endpoint".into(), h.ip.to_string()]);
+            }
+            h.args.extend(extra.iter().map(|s| s.to_string()));
+            h.start()?;
+        }
+        for id in ids {
+            self.host(id).wait_ready(Duration::from_secs(60)).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes `ids` voters, asked of `by`'s node through its admin socket (the admin).
+    pub async fn promote(&self, by: &str, ids: &[&str]) -> Result<()> {
+        for id in ids {
+            self.hosts[by]
+                .client()
+                .await?
+                .update(webmesh_api::v1::UpdateRequest {
+                    id: id.to_string(),
+                    as_voter: true,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("promote {id}"))?;
+        }
+        Ok(())
+    }
+
     /// Every node's log and network state, for failure messages.
     pub fn logs(&self) -> String {
         self.hosts

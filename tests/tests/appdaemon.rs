@@ -9,7 +9,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use webmesh_api::v1::UpdateRequest;
 use webmesh_e2e::netns::TestNet;
 use webmesh_e2e::{bin, wait_for};
 
@@ -57,10 +56,7 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
     let sock = socket.display().to_string();
 
     let mut net = TestNet::new()?;
-    let h = net.add_host("h1")?;
-    h.args = vec!["--bootstrap".into(), "--endpoint".into(), h.ip.to_string()];
-    h.start()?;
-    h.wait_ready(READY).await?;
+    net.bootstrap("h1", &[]).await?;
     let via = net.grpc("h1");
     // h2 has the AppDaemon and no join settings: it waits for Connect.
     let h2 = net.add_host("h2")?;
@@ -135,15 +131,7 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
     ensure!(m.contains(&net.hosts["h2"].ifname), "{m}");
 
     // Publishing writes through Raft, which takes raw writes from voters.
-    net.hosts["h1"]
-        .client()
-        .await?
-        .update(UpdateRequest {
-            id: "h2".into(),
-            as_voter: true,
-            ..Default::default()
-        })
-        .await?;
+    net.promote("h1", &["h2"]).await?;
     // A subscriber sees a publish and a join.
     let mut sub = Command::new("setpriv")
         .args(MEMBER)

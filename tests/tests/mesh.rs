@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use webmesh_api::v1::{LeaveRequest, UpdateRequest};
+use webmesh_api::v1::LeaveRequest;
 use webmesh_e2e::netns::{TestNet, unix_now, v4, v6, wait_full_mesh};
 use webmesh_e2e::wait_for;
 
@@ -139,18 +139,7 @@ async fn leader_loss_among_three_voters_elects_a_new_leader() -> Result<()> {
     for id in ["h2", "h3", "h4", "h5"] {
         net.host(id).wait_ready(READY).await?;
     }
-    for id in ["h2", "h3"] {
-        net.hosts["h1"]
-            .client()
-            .await?
-            .update(UpdateRequest {
-                id: id.into(),
-                as_voter: true,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("promote {id}"))?;
-    }
+    net.promote("h1", &["h2", "h3"]).await?;
     // h2 and h3 become voters once caught up.
     wait_for("3 voters", READY, || async {
         let mut voters = 0;

@@ -3,13 +3,13 @@
 //! stub upstream (dnsmasq) in another namespace, and malformed packets. Needs root.
 
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use webmesh_api::v1::{Feature, UpdateRequest};
+use webmesh_api::v1::Feature;
 use webmesh_e2e::netns::{Host, TestNet, v4, v6};
-use webmesh_e2e::wait_for;
+use webmesh_e2e::{KillOnDrop, wait_for};
 
 const READY: Duration = Duration::from_secs(60);
 const PORT: &str = "5353";
@@ -49,23 +49,13 @@ fn fqdn(id: &str) -> String {
     format!("{id}.{DOMAIN}")
 }
 
-/// A process in a namespace, killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mesh_dns_answers_for_the_mesh_follows_it_and_forwards_the_rest() -> Result<()> {
     let mut net = TestNet::new()?;
     // The upstream resolver: dnsmasq with one name, in a namespace of its own.
     let up = net.add_host("up")?;
     let up_ip = up.ip.to_string();
-    let _dnsmasq = Daemon(
+    let _dnsmasq = KillOnDrop(
         Command::new("ip")
             .args([
                 "netns",
@@ -91,52 +81,21 @@ async fn mesh_dns_answers_for_the_mesh_follows_it_and_forwards_the_rest() -> Res
             .context("dnsmasq (apt-get install dnsmasq)")?,
     );
 
-    let h = net.add_host("h1")?;
-    let ip = h.ip.to_string();
-    h.args = [
-        "--bootstrap",
-        "--endpoint",
-        &ip,
-        "--meshdns-listen",
-        ":5353",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    h.args.extend(["--meshdns-forwarder".into(), up_ip.clone()]);
-    h.start()?;
-    h.wait_ready(READY).await?;
+    net.bootstrap(
+        "h1",
+        &["--meshdns-listen", ":5353", "--meshdns-forwarder", &up_ip],
+    )
+    .await?;
     let via = net.grpc("h1");
-    for (id, extra) in [
-        (
-            "h2",
-            &["--meshdns-listen", ":5353", "--meshdns-no-forward"][..],
-        ),
-        ("h3", &[][..]),
-    ] {
-        let h = net.add_host(id)?;
-        h.args = vec![
-            "--join".into(),
-            via.clone(),
-            "--endpoint".into(),
-            h.ip.to_string(),
-        ];
-        h.args.extend(extra.iter().map(|s| s.to_string()));
-        h.start()?;
-    }
-    for id in ["h2", "h3"] {
-        net.host(id).wait_ready(READY).await?;
-        net.hosts["h1"]
-            .client()
-            .await?
-            .update(UpdateRequest {
-                id: id.into(),
-                as_voter: true,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("promote {id}"))?;
-    }
+    net.join(
+        &["h2"],
+        "h1",
+        true,
+        &["--meshdns-listen", ":5353", "--meshdns-no-forward"],
+    )
+    .await?;
+    net.join(&["h3"], "h1", true, &[]).await?;
+    net.promote("h1", &["h2", "h3"]).await?;
     let nodes = net.hosts["h1"].nodes().await?;
 
     // What each node advertises: the port, and exactly the DNS features it serves.
@@ -323,20 +282,8 @@ impl Drop for NetnsEtc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn use_meshdns_points_the_host_at_mesh_dns_and_puts_resolv_conf_back() -> Result<()> {
     let mut net = TestNet::new()?;
-    let h = net.add_host("h1")?;
-    h.args = [
-        "--bootstrap",
-        "--endpoint",
-        &h.ip.to_string(),
-        "--meshdns-listen",
-        ":53",
-        "--meshdns-no-forward",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    h.start()?;
-    h.wait_ready(READY).await?;
+    net.bootstrap("h1", &["--meshdns-listen", ":53", "--meshdns-no-forward"])
+        .await?;
     let via = net.grpc("h1");
     let h2 = net.add_host("h2")?;
     // `ip netns exec` gives the namespace /etc/netns/<ns>/resolv.conf as /etc/resolv.conf:
@@ -429,20 +376,8 @@ async fn use_meshdns_points_the_host_at_mesh_dns_and_puts_resolv_conf_back() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn use_meshdns_goes_through_systemd_resolved_when_it_runs() -> Result<()> {
     let mut net = TestNet::new()?;
-    let h = net.add_host("h1")?;
-    h.args = [
-        "--bootstrap",
-        "--endpoint",
-        &h.ip.to_string(),
-        "--meshdns-listen",
-        ":5353",
-        "--meshdns-no-forward",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    h.start()?;
-    h.wait_ready(READY).await?;
+    net.bootstrap("h1", &["--meshdns-listen", ":5353", "--meshdns-no-forward"])
+        .await?;
     let via = net.grpc("h1");
     // A resolvectl that answers and writes down what it is asked: resolved, as far as
     // the node can tell, without touching this machine's resolver.

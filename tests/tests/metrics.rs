@@ -4,24 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use webmesh_api::v1::Feature;
 use webmesh_e2e::netns::{TestNet, v4};
-use webmesh_e2e::{bin, wait_for};
+use webmesh_e2e::{KillOnDrop, bin, wait_for};
 
 const READY: Duration = Duration::from_secs(60);
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A plain HTTP/1.0 GET; the status code and the body.
 fn get(addr: &str, path: &str) -> Result<(u16, String)> {
@@ -52,33 +43,19 @@ fn escape(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_scrapes_every_family_from_a_three_node_mesh() -> Result<()> {
     let mut net = TestNet::new()?;
-    let h = net.add_host("h1")?;
-    h.args = vec![
-        "--bootstrap".into(),
-        "--endpoint".into(),
-        h.ip.to_string(),
-        "--meshdns-listen".into(),
-        ":5353".into(),
-        "--meshdns-no-forward".into(),
-        "--plugin".into(),
-        format!("ipam={}", bin("ipam-sqlite").display()),
-    ];
-    h.start()?;
-    h.wait_ready(READY).await?;
-    let via = net.grpc("h1");
-    for id in ["h2", "h3"] {
-        let h = net.add_host(id)?;
-        h.args = vec![
-            "--join".into(),
-            via.clone(),
-            "--endpoint".into(),
-            h.ip.to_string(),
-        ];
-        h.start()?;
-    }
-    for id in ["h2", "h3"] {
-        net.host(id).wait_ready(READY).await?;
-    }
+    let ipam = format!("ipam={}", bin("ipam-sqlite").display());
+    net.bootstrap(
+        "h1",
+        &[
+            "--meshdns-listen",
+            ":5353",
+            "--meshdns-no-forward",
+            "--plugin",
+            &ipam,
+        ],
+    )
+    .await?;
+    net.join(&["h2", "h3"], "h1", true, &[]).await?;
     let nodes = net.hosts["h1"].nodes().await?;
     for id in ["h1", "h2", "h3"] {
         ensure!(
@@ -169,7 +146,7 @@ async fn prometheus_scrapes_every_family_from_a_three_node_mesh() -> Result<()> 
     )?;
     let web = format!("{}:9090", net.hosts["h1"].ip);
     let ns = net.hosts["h1"].ns.clone();
-    let _prom = Daemon(
+    let _prom = KillOnDrop(
         Command::new("ip")
             .args(["netns", "exec", &ns, "prometheus"])
             .arg(format!("--config.file={}", conf.display()))

@@ -334,6 +334,16 @@ pub enum Transport {
     Tcp,
 }
 
+impl Transport {
+    /// The largest answer without EDNS, and with it.
+    fn limits(self) -> (usize, usize) {
+        match self {
+            Transport::Udp => (CLASSIC_UDP, usize::from(MAX_UDP)),
+            Transport::Tcp => (usize::from(u16::MAX), usize::from(u16::MAX)),
+        }
+    }
+}
+
 /// Answers one query. `member`: the source is loopback or a mesh address (only they
 /// get answers); `forwarding`: names outside the zone may be forwarded.
 pub fn answer(
@@ -344,10 +354,7 @@ pub fn answer(
     transport: Transport,
 ) -> Outcome {
     if member {
-        let (limit, max) = match transport {
-            Transport::Udp => (CLASSIC_UDP, usize::from(MAX_UDP)),
-            Transport::Tcp => (usize::from(u16::MAX), usize::from(u16::MAX)),
-        };
+        let (limit, max) = transport.limits();
         if let Some(b) = zone.fast.answer(bytes, forwarding, limit, max) {
             return Outcome::Reply(b);
         }
@@ -362,10 +369,7 @@ pub(crate) fn answer_every_way(zone: &Zone, bytes: &[u8]) {
         for (member, forwarding) in [(true, true), (true, false), (false, true)] {
             let _ = answer(zone, bytes, member, forwarding, transport);
         }
-        let (limit, max) = match transport {
-            Transport::Udp => (CLASSIC_UDP, usize::from(MAX_UDP)),
-            Transport::Tcp => (usize::from(u16::MAX), usize::from(u16::MAX)),
-        };
+        let (limit, max) = transport.limits();
         if let Some(fast) = zone.fast.answer(bytes, true, limit, max) {
             let Outcome::Reply(general) = answer_general(zone, bytes, true, true, transport) else {
                 panic!("the fast path answered what the general path does not");

@@ -99,22 +99,33 @@ pub(super) async fn leave_mesh(
             .map_err(|s| s.message().to_string());
     }
     let mut targets: Vec<String> = join.to_vec();
-    if let Some(leader) = raft.leader() {
-        targets.push(leader.grpc_addr);
-    }
+    targets.extend(raft.leader().map(|l| l.grpc_addr));
+    first_taker(&targets, creds, |mut c| {
+        let r = creds.request(req.clone());
+        async move { c.leave(r).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Sends one signed call to each of `targets` in turn until one takes it; the last
+/// refusal otherwise.
+async fn first_taker<F, Fut>(targets: &[String], creds: &Credentials, call: F) -> Result<(), String>
+where
+    F: Fn(NodeClient<Signed<Channel>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
     let mut last = "no leader known and no join address".to_string();
     for t in targets {
-        let attempt = async {
-            let ch = creds.signed(&t, Duration::from_secs(5))?;
-            NodeClient::new(ch)
-                .leave(creds.request(req.clone()))
-                .await
-                .map(|_| ())
-                .map_err(|s| s.message().to_string())
+        let ch = match creds.signed(t, Duration::from_secs(5)) {
+            Ok(ch) => ch,
+            Err(e) => {
+                last = format!("{t}: {e}");
+                continue;
+            }
         };
-        match attempt.await {
+        match call(NodeClient::new(ch)).await {
             Ok(()) => return Ok(()),
-            Err(e) => last = format!("{t}: {e}"),
+            Err(s) => last = format!("{t}: {}", s.message()),
         }
     }
     Err(last)
@@ -158,22 +169,11 @@ pub(super) async fn refresh_record(
         } else {
             let mut targets: Vec<String> = raft.leader().map(|l| l.grpc_addr).into_iter().collect();
             targets.extend(join.iter().cloned());
-            let mut r = Err("no leader known yet".to_string());
-            for t in targets {
-                let attempt = async {
-                    let ch = creds.signed(&t, Duration::from_secs(5))?;
-                    NodeClient::new(ch)
-                        .update(creds.request(req.clone()))
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| format!("{t}: {}", s.message()))
-                };
-                r = attempt.await;
-                if r.is_ok() {
-                    break;
-                }
-            }
-            r
+            first_taker(&targets, &creds, |mut c| {
+                let r = creds.request(req.clone());
+                async move { c.update(r).await.map(|_| ()) }
+            })
+            .await
         };
         match result {
             Ok(()) => {

@@ -9,24 +9,16 @@
 //! first as fast as each server answers (queries per second), then at a fixed rate
 //! with every latency recorded (p50, p99). Needs root, dnsperf and dnsmasq.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use webmesh_e2e::KillOnDrop;
 use webmesh_e2e::netns::{TestNet, v4, v6};
 
 const DOMAIN: &str = "webmesh.internal";
 /// The fixed rate of the latency runs: well under either server's capacity.
 const LATENCY_QPS: u32 = 5_000;
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Run {
     qps: f64,
@@ -111,35 +103,19 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let mut net = TestNet::new()?;
-    let h = net.add_host("h1")?;
-    h.args = [
-        "--bootstrap",
-        "--endpoint",
-        &h.ip.to_string(),
-        "--log-level",
-        "warn",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    h.args
-        .extend(["--meshdns-listen", ":5353", "--meshdns-no-forward"].map(String::from));
-    h.start()?;
-    h.wait_ready(Duration::from_secs(60)).await?;
-    let via = net.grpc("h1");
-    for id in ["h2", "h3"] {
-        let h = net.add_host(id)?;
-        h.args = vec![
-            "--join".into(),
-            via.clone(),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        h.start()?;
-    }
-    for id in ["h2", "h3"] {
-        net.host(id).wait_ready(Duration::from_secs(60)).await?;
-    }
+    let quiet = ["--log-level", "warn"];
+    net.bootstrap(
+        "h1",
+        &[
+            "--meshdns-listen",
+            ":5353",
+            "--meshdns-no-forward",
+            "--log-level",
+            "warn",
+        ],
+    )
+    .await?;
+    net.join(&["h2", "h3"], "h1", false, &quiet).await?;
     let nodes = net.hosts["h1"].nodes().await?;
     let server = v4(&nodes["h1"]);
     let dir = net.path().to_path_buf();
@@ -154,7 +130,7 @@ async fn main() -> Result<()> {
     std::fs::write(&data, queries)?;
     let data = data.display().to_string();
     let ns = net.hosts["h1"].ns.clone();
-    let _dnsmasq = Daemon(
+    let _dnsmasq = KillOnDrop(
         Command::new("ip")
             .args([
                 "netns",

@@ -347,10 +347,7 @@ fn the_fast_path_answers_exactly_as_the_general_one() {
                         let Outcome::Reply(g) = general else {
                             panic!("{name} {t}")
                         };
-                        let (limit, max) = match transport {
-                            Transport::Udp => (512, 1232),
-                            Transport::Tcp => (65535, 65535),
-                        };
+                        let (limit, max) = transport.limits();
                         if let Some(f) = z.fast.answer(&raw, forwarding, limit, max) {
                             fast_hits += 1;
                             assert_eq!(
