@@ -12,6 +12,7 @@ mod bootstrap;
 mod client;
 pub mod daemon;
 mod datadir;
+mod place;
 mod servers;
 pub mod start;
 
@@ -21,21 +22,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use defguard_wireguard_rs::key::Key;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 use tracing::{Instrument, info, info_span, warn};
-use webmesh_api::v1::{MeshNode, WireGuardPeer};
+use webmesh_api::v1::MeshNode;
 
 pub use client::Credentials;
 pub use datadir::DataDir;
 
 use crate::config::Config;
-use crate::mesh::ipam;
 use crate::net::MeshNet;
 use crate::net::wireguard::Interface;
 use crate::plugins::Plugins;
 use crate::raft::{Member, RaftNode};
 use crate::store::engine::Engine;
 use crate::trust::Trust;
+use place::{Addresses, Place};
 use start::{Facts, Mode, Refusal};
 use webmesh_client::proof::Signer;
 
@@ -106,43 +107,6 @@ async fn cancellable<T>(
     }
 }
 
-/// This node's mesh addresses and the networks they sit in.
-#[derive(Debug, Clone)]
-struct Addresses {
-    v4: Option<(Ipv4Addr, Ipv4Net)>,
-    v6: Option<(Ipv6Net, Ipv6Net)>,
-}
-
-impl Addresses {
-    fn from_record(node: &MeshNode, v4net: Option<Ipv4Net>, v6net: Option<Ipv6Net>) -> Addresses {
-        let v4 = node
-            .private_ipv4
-            .parse::<Ipv4Net>()
-            .ok()
-            .zip(v4net)
-            .map(|(a, n)| (a.addr(), n));
-        let v6 = node.private_ipv6.parse::<Ipv6Net>().ok().zip(v6net);
-        Addresses { v4, v6 }
-    }
-
-    /// Interface addresses, with the mesh networks' prefix lengths so that the whole
-    /// mesh routes through the interface.
-    fn interface(&self) -> Vec<(IpAddr, u8)> {
-        let mut out = Vec::new();
-        if let Some((a, n)) = self.v4 {
-            out.push((IpAddr::V4(a), n.prefix_len()));
-        }
-        if let Some((p, n)) = self.v6 {
-            out.push((IpAddr::V6(ipam::ipv6_host(p)), n.prefix_len()));
-        }
-        out
-    }
-
-    fn listen_ips(&self) -> Vec<IpAddr> {
-        self.interface().into_iter().map(|(ip, _)| ip).collect()
-    }
-}
-
 /// What a start has brought up so far. On failure and on shutdown it is taken down
 /// here, in the reverse order of bringing it up.
 #[derive(Default)]
@@ -181,21 +145,6 @@ impl Parts {
             t.abort();
         }
     }
-}
-
-/// Where this node stands in the mesh once it has resumed, bootstrapped or joined.
-struct Place {
-    addrs: Addresses,
-    /// The peers a join answered with (the peer manager starts from them).
-    initial_peers: Vec<WireGuardPeer>,
-    zone: String,
-    /// A new mesh's IPv6 /48.
-    bootstrap_v6: Option<Ipv6Net>,
-    /// The voters and their keys a join answer named.
-    voters: Vec<(String, String)>,
-    /// `ip:port` of the mesh's DNS servers, and the mesh domain.
-    dns_servers: Vec<String>,
-    mesh_domain: String,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
