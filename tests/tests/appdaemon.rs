@@ -162,6 +162,27 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
         .then_some(())
     })
     .await?;
+    // A short TTL is honoured: the key is there, then gone by itself.
+    ok(app(
+        &MEMBER,
+        &sock,
+        &["publish", "/apps/chat/brief", "soon gone", "2"],
+    )?)?;
+    // (Committed on the leader; this node's replica has it within an apply.)
+    wait_for(
+        "the 2 s key on this node",
+        Duration::from_secs(2),
+        || async {
+            let got = ok(app(&MEMBER, &sock, &["query", "get", "/apps/chat/brief"]).ok()?).ok()?;
+            got.contains("soon gone").then_some(())
+        },
+    )
+    .await?;
+    wait_for("the 2 s key to expire", Duration::from_secs(15), || async {
+        let got = ok(app(&MEMBER, &sock, &["query", "get", "/apps/chat/brief"]).ok()?).ok()?;
+        got.contains("not found").then_some(())
+    })
+    .await?;
     let reserved = app(&MEMBER, &sock, &["publish", "/registry/nodes/h9", "{}"])?;
     ensure!(
         String::from_utf8_lossy(&reserved.stderr).contains("reserved"),
