@@ -166,7 +166,7 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
     ok(app(
         &MEMBER,
         &sock,
-        &["publish", "/apps/chat/brief", "soon gone", "2"],
+        &["publish", "/apps/chat/brief", "soon gone", "5"],
     )?)?;
     // (Committed on the leader; this node's replica has it within an apply.)
     wait_for(
@@ -178,7 +178,7 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
         },
     )
     .await?;
-    wait_for("the 2 s key to expire", Duration::from_secs(15), || async {
+    wait_for("the 5 s key to expire", Duration::from_secs(15), || async {
         let got = ok(app(&MEMBER, &sock, &["query", "get", "/apps/chat/brief"]).ok()?).ok()?;
         got.contains("not found").then_some(())
     })
