@@ -170,8 +170,8 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
     )?)?;
     // (Committed on the leader; this node's replica has it within an apply.)
     wait_for(
-        "the 2 s key on this node",
-        Duration::from_secs(2),
+        "the 5 s key on this node",
+        Duration::from_secs(3),
         || async {
             let got = ok(app(&MEMBER, &sock, &["query", "get", "/apps/chat/brief"]).ok()?).ok()?;
             got.contains("soon gone").then_some(())
