@@ -103,6 +103,19 @@ async fn an_application_drives_its_node_through_the_app_daemon() -> Result<()> {
         st.contains("\"CONNECTED\"") && st.contains("\"h2\""),
         "{st}"
     );
+    // Settings that name programs, files or credentials are not the application's.
+    let evil = app(
+        &MEMBER,
+        &sock,
+        &[
+            "connect",
+            "{\"plugins\":{\"x\":{\"target\":\"/tmp/evil\"}}}",
+        ],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&evil.stderr).contains("PermissionDenied"),
+        "{evil:?}"
+    );
     let twice = app(&MEMBER, &sock, &["connect"])?;
     ensure!(
         String::from_utf8_lossy(&twice.stderr).contains("FailedPrecondition"),

@@ -11,6 +11,8 @@ use hickory_proto::rr::{RData, RecordType};
 
 /// Longest we keep anything, whatever the TTL says.
 const MAX_TTL: u32 = 3600;
+/// Larger answers are not kept: the cache's memory stays bounded by its entries.
+const MAX_ENTRY_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -89,6 +91,9 @@ impl Cache {
     /// Keeps `resp`, the forwarders' answer to `req`, if it may be kept.
     pub fn put(&mut self, req: &Message, resp: &Message, now: Instant) {
         if self.capacity == 0 || resp.metadata.truncation {
+            return;
+        }
+        if resp.to_vec().map_or(true, |b| b.len() > MAX_ENTRY_BYTES) {
             return;
         }
         let Some(key) = Key::of(req) else { return };

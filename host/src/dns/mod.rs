@@ -13,6 +13,7 @@ pub mod resolver;
 pub mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,15 +168,30 @@ pub async fn serve(
         inflight: Arc::new(Semaphore::new(MAX_FORWARDS)),
     });
     let udp = Arc::new(udp);
+    let stop = Arc::new(AtomicBool::new(false));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     for i in 0..threads {
         let (udp, zone, fwd) = (udp.clone(), zone_rx.clone(), forwarder.clone());
-        let (span, rt) = (tracing::Span::current(), tokio::runtime::Handle::current());
+        let (span, rt, stop) = (
+            tracing::Span::current(),
+            tokio::runtime::Handle::current(),
+            stop.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("meshdns-udp-{i}"))
-            .spawn(move || span.in_scope(|| serve_udp(&udp, zone, fwd, rt)))
+            .spawn(move || span.in_scope(|| serve_udp(&udp, zone, fwd, rt, &stop)))
             .map_err(bind_err("UDP"))?;
     }
+    // The node stops its tasks by aborting them: this one's end stops the UDP threads at
+    // once (and frees the port for a node started again in this process).
+    let guard = StopThreads {
+        sock: udp.clone(),
+        stop,
+    };
+    tasks.push(tokio::spawn(async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
+    }));
     tasks.push(tokio::spawn(
         serve_tcp(tcp, zone_rx, forwarder.clone()).in_current_span(),
     ));
@@ -215,9 +231,13 @@ fn serve_udp(
     zone: watch::Receiver<Arc<Zone>>,
     fwd: Arc<Forwarder>,
     rt: tokio::runtime::Handle,
+    stop: &AtomicBool,
 ) {
     let mut buf = vec![0u8; 65_535];
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let (n, src) = match sock.recv_from(&mut buf) {
             Ok(r) => r,
             Err(e)
@@ -254,7 +274,7 @@ fn serve_udp(
                 let raw = buf[..n].to_vec();
                 let (sock, fwd) = (sock.clone(), fwd.clone());
                 rt.spawn(async move {
-                    let out = fwd.resolve(&req, &raw, false).await;
+                    let out = zone::fit_udp(&req, fwd.resolve(&req, &raw, false).await);
                     drop(permit);
                     crate::metrics::get().dns_answer(&out);
                     let _ = sock.send_to(&out, src);
@@ -276,6 +296,10 @@ async fn serve_tcp(listener: TcpListener, zone: watch::Receiver<Arc<Zone>>, fwd:
                 continue;
             }
         };
+        // Strangers get no slot (a TCP peer's address is real: the handshake proved it).
+        if !zone.borrow().is_member_source(peer.ip()) {
+            continue;
+        }
         let Ok(permit) = clients.clone().try_acquire_owned() else {
             continue;
         };
@@ -321,6 +345,24 @@ async fn serve_tcp_client(
         framed.extend_from_slice(&n.to_be_bytes());
         framed.extend_from_slice(&out);
         s.write_all(&framed).await?;
+    }
+}
+
+/// Stops the UDP threads when dropped: flags them, and wakes the blocked receives.
+struct StopThreads {
+    sock: Arc<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for StopThreads {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        self.stop.store(true, Ordering::Relaxed);
+        // SAFETY: shutdown on a descriptor this process owns (kept open by the Arc);
+        // Linux wakes receivers blocked on a UDP socket, connected or not.
+        unsafe {
+            libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR);
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! - reverse names (`in-addr.arpa`, `ip6.arpa`) of member addresses: PTR.
 //!
 //! `leader` and `voters` win over node IDs spelled the same. Names compare without
-//! case; when two node IDs differ only in case, the first in order answers.
+//! case; a name two node IDs share (differing in case, which joins now refuse) answers
+//! for neither, and `leader`/`voters` follow Raft's exact IDs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -46,8 +47,10 @@ struct Host {
 pub struct Zone {
     origin: Name,
     serial: u32,
-    /// Lowercase node ID → its records.
+    /// Node ID → its records.
     hosts: HashMap<String, Host>,
+    /// Lowercase name → node ID; names two IDs share (differing in case) are left out.
+    names: HashMap<String, String>,
     by_addr: HashMap<IpAddr, String>,
     leader: Option<String>,
     voters: Vec<String>,
@@ -75,15 +78,21 @@ impl Zone {
             Name::from_ascii(domain).map_err(|e| format!("mesh domain {domain:?}: {e}"))?;
         origin.set_fqdn(true);
         let mut hosts: HashMap<String, Host> = HashMap::with_capacity(view.nodes.len());
+        let mut names: HashMap<String, String> = HashMap::with_capacity(view.nodes.len());
+        let mut ambiguous = std::collections::HashSet::new();
+        for id in view.nodes.keys() {
+            let lower = id.to_ascii_lowercase();
+            if names.insert(lower.clone(), id.clone()).is_some() {
+                ambiguous.insert(lower);
+            }
+        }
+        names.retain(|k, _| !ambiguous.contains(k));
         let mut by_addr = HashMap::with_capacity(view.nodes.len() * 2);
         let mut servers = Vec::new();
         let mut fast = FastPath::default();
         let apex = domain.trim_end_matches('.');
         for n in view.nodes.values() {
             let key = n.id.to_ascii_lowercase();
-            if hosts.contains_key(&key) {
-                continue;
-            }
             let v4 = n.private_ipv4.parse::<Ipv4Net>().ok().map(|n| n.addr());
             let v6 = n.private_ipv6.parse::<Ipv6Net>().ok().map(ipam::ipv6_host);
             for a in [v4.map(IpAddr::V4), v6.map(IpAddr::V6)]
@@ -117,11 +126,11 @@ impl Zone {
                     txt.push(format!("{k}={v}"));
                 }
             }
-            if key != "leader" && key != "voters" {
+            if key != "leader" && key != "voters" && names.contains_key(&key) {
                 fast.add(&format!("{}.{apex}", n.id), TTL, v4, v6, &txt);
             }
             hosts.insert(
-                key,
+                n.id.clone(),
                 Host {
                     id: n.id.clone(),
                     v4,
@@ -142,6 +151,7 @@ impl Zone {
             // The serial only has to grow; wrapping is allowed by RFC 1982.
             serial: index as u32,
             hosts,
+            names,
             by_addr,
             leader: leader.map(str::to_string),
             voters: voters.to_vec(),
@@ -202,8 +212,14 @@ impl Zone {
         }
     }
 
+    /// The node a name (as asked, any case) stands for.
+    fn host_named(&self, name: &str) -> Option<&Host> {
+        self.hosts.get(self.names.get(&name.to_ascii_lowercase())?)
+    }
+
+    /// The node with exactly this ID (Raft's leader and voters).
     fn host(&self, id: &str) -> Option<&Host> {
-        self.hosts.get(&id.to_ascii_lowercase())
+        self.hosts.get(id)
     }
 
     /// The answer for a name inside the zone (or a reverse name of a member address):
@@ -266,7 +282,7 @@ impl Zone {
                 }
             }
             id => {
-                let host = self.host(id)?;
+                let host = self.host_named(id)?;
                 self.addresses(qname, host, qtype, &mut answers);
                 if matches!(qtype, RecordType::TXT | RecordType::ANY) {
                     answers.push(Record::from_rdata(
@@ -503,6 +519,26 @@ fn servfail(m: &Metadata) -> Vec<u8> {
     let mut msg = Message::new(m.id, MessageType::Response, m.op_code);
     msg.metadata.response_code = ResponseCode::ServFail;
     msg.to_vec().unwrap_or_default()
+}
+
+/// A forwarded or cached answer `bytes` to `req`, as a UDP client may take it: whole
+/// when it fits the client's size, else truncated to the header and question (the
+/// client asks again over TCP).
+pub fn fit_udp(req: &Message, bytes: Vec<u8>) -> Vec<u8> {
+    let limit = req
+        .edns
+        .as_ref()
+        .map(|e| usize::from(e.max_payload().clamp(512, MAX_UDP)))
+        .unwrap_or(CLASSIC_UDP);
+    if bytes.len() <= limit {
+        return bytes;
+    }
+    let mut t = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    t.metadata = Metadata::response_from_request(&req.metadata);
+    t.metadata.recursion_available = true;
+    t.metadata.truncation = true;
+    t.add_queries(req.queries.iter().cloned());
+    t.to_vec().unwrap_or_default()
 }
 
 /// A SERVFAIL answer to `req` (the forwarders failed).

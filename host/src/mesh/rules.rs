@@ -120,6 +120,15 @@ pub fn register_node(
         .map(|(v, _)| serde_json::from_str::<MeshNode>(&v))
         .transpose()
         .map_err(|e| format!("{key}: {e}"))?;
+    if existing.is_none()
+        && let Some(twin) = others.iter().find(|o| o.id.eq_ignore_ascii_case(&node.id))
+    {
+        // IDs are DNS names, which ignore case: a twin would take the other's name.
+        return Err(format!(
+            "node ID {:?} differs only in case from node {:?}; choose another ID",
+            node.id, twin.id
+        ));
+    }
     if let Some(old) = &existing {
         // A rejoin keeps the addresses it had.
         if node.private_ipv4.is_empty() {
@@ -267,6 +276,9 @@ mod tests {
         // Another node's address: refused.
         let e = apply(&m, &register("d", &before.private_ipv4), 1).unwrap_err();
         assert!(e.contains("already belongs to node b"), "{e}");
+        // Another node's ID in other letters' case: refused (DNS names ignore case).
+        let e = apply(&m, &register("B", ""), 1).unwrap_err();
+        assert!(e.contains("differs only in case"), "{e}");
         // The /29 holds 6 hosts: after them, the network is full.
         for id in ["d", "e", "f"] {
             let (w, _) = apply(&m, &register(id, ""), 1).unwrap();

@@ -159,12 +159,15 @@ impl MeshView {
     }
 
     /// Nodes with a primary endpoint (publicly reachable).
-    /// `ip:port` of the mesh DNS servers among the nodes (IPv4 then IPv6 of each),
-    /// leaving out `except` (the asker itself).
-    pub fn dns_servers(&self, except: &str) -> Vec<String> {
+    /// `ip:port` of the mesh DNS servers among the `trusted` nodes (IPv4 then IPv6 of
+    /// each), leaving out `except` (the asker itself). A host may send all its lookups
+    /// to these, so they come from nodes the mesh trusts (the voters), not from any
+    /// member that says it serves DNS.
+    pub fn dns_servers(&self, except: &str, trusted: impl Fn(&str) -> bool) -> Vec<String> {
         let mut out = Vec::new();
         for n in self.nodes.values().filter(|n| {
             n.id != except
+                && trusted(&n.id)
                 && n.meshdns_port > 0
                 && n.features
                     .contains(&(webmesh_api::v1::Feature::MeshDns as i32))

@@ -18,6 +18,7 @@ use super::{Sources, registry};
 
 /// Scrapes served at once; more connections wait in the kernel's backlog.
 const MAX_CLIENTS: usize = 32;
+const FORBIDDEN: &str = "this address may not scrape this node (see --metrics-allow)\n";
 /// A connection that sends no complete request for this long is closed.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,12 +63,10 @@ pub async fn serve(
         .map_err(|source| BindError { addr, source })?;
     info!(addr = %bound, "metrics on http://{bound}/metrics");
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let refusals = Arc::new(Semaphore::new(MAX_CLIENTS));
     let task = tokio::spawn(
         async move {
             loop {
-                let Ok(permit) = clients.clone().acquire_owned().await else {
-                    return;
-                };
                 let (stream, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -75,6 +74,17 @@ pub async fn serve(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                };
+                // Refused before they take a slot (a TCP peer's address is real), so
+                // strangers holding connections cannot keep scrapers out.
+                if !allowed.admits(peer.ip()) {
+                    if let Ok(p) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(refuse(stream, p));
+                    }
+                    continue;
+                }
+                let Ok(permit) = clients.clone().try_acquire_owned() else {
+                    continue;
                 };
                 let (sources, allowed) = (sources.clone(), allowed.clone());
                 tokio::spawn(async move {
@@ -100,6 +110,29 @@ pub async fn serve(
         .in_current_span(),
     );
     Ok((bound, task))
+}
+
+/// A 403 for a stranger: its request head read (briefly, boundedly), the answer sent,
+/// the connection closed.
+async fn refuse(mut s: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    let reply = format!(
+        "HTTP/1.1 403 Forbidden\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{FORBIDDEN}",
+        FORBIDDEN.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(reply.as_bytes())).await;
+    let _ = s.shutdown().await;
 }
 
 async fn answer(

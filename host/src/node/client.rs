@@ -102,7 +102,13 @@ pub(super) async fn leave_mesh(
     targets.extend(raft.leader().map(|l| l.grpc_addr));
     first_taker(&targets, creds, |mut c| {
         let r = creds.request(req.clone());
-        async move { c.leave(r).await.map(|_| ()) }
+        async move {
+            match c.leave(r).await {
+                // An earlier attempt that timed out may have been applied.
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
     })
     .await
 }

@@ -34,6 +34,20 @@ use crate::config::Config;
 use crate::mesh::{keys, limits};
 use crate::raft::StateEvent;
 
+/// Settings a Connect may lay over the process's: where and how to join. Nothing that
+/// names a file, a program, a listener or credentials — the caller is an unprivileged
+/// application, the node often root.
+const CONNECT_KEYS: &[&str] = &[
+    "join",
+    "discover",
+    "voter",
+    "endpoint",
+    "wireguard-endpoint",
+    "zone",
+    "route",
+    "leave-on-shutdown",
+];
+
 /// Keys apps may not publish: the mesh's own records.
 const RESERVED: &[&str] = &["/registry/"];
 /// Entries a LIST or ITER returns at most.
@@ -70,14 +84,6 @@ impl Daemon {
                 "campfire_uri: joining through a campfire is not built yet",
             ));
         }
-        let mut node = self.node.try_lock().map_err(|_| {
-            Status::failed_precondition("a Connect or Disconnect is under way; wait for it")
-        })?;
-        if node.is_some() {
-            return Err(Status::failed_precondition(
-                "already connected; Disconnect first",
-            ));
-        }
         let overrides = req
             .config
             .as_ref()
@@ -92,6 +98,23 @@ impl Daemon {
                 )));
             }
         };
+        if let Some(k) = overrides
+            .keys()
+            .find(|k| !CONNECT_KEYS.contains(&k.as_str()))
+        {
+            return Err(Status::permission_denied(format!(
+                "config: {k:?} may not be set through the AppDaemon; it takes {}",
+                CONNECT_KEYS.join(", ")
+            )));
+        }
+        let mut node = self.node.try_lock().map_err(|_| {
+            Status::failed_precondition("a Connect or Disconnect is under way; wait for it")
+        })?;
+        if node.is_some() {
+            return Err(Status::failed_precondition(
+                "already connected; Disconnect first",
+            ));
+        }
         let mut cfg = self
             .base
             .with_overrides(&overrides)

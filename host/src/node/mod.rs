@@ -423,7 +423,7 @@ impl Node {
                 },
                 bootstrap_v6: None,
                 voters: vec![],
-                dns_servers: view.dns_servers(name),
+                dns_servers: view.dns_servers(name, |id| raft.is_voter(id)),
                 mesh_domain: view.mesh_domain.clone(),
             });
         }

@@ -196,7 +196,7 @@ pub async fn join(
         network_ipv6: view.ipv6_network.map(|n| n.to_string()).unwrap_or_default(),
         peers: plan.peers,
         ice_servers: vec![],
-        dns_servers: view.dns_servers(&req.id),
+        dns_servers: view.dns_servers(&req.id, |id| raft.is_voter(id)),
         mesh_domain: view.mesh_domain.clone(),
     })
 }

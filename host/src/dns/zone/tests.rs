@@ -364,3 +364,32 @@ fn the_fast_path_answers_exactly_as_the_general_one() {
     // A, AAAA and TXT of the four spellings of three nodes, every variant.
     assert_eq!(fast_hits, 4 * 3 * 3 * 2 * 2);
 }
+
+#[test]
+fn ids_that_differ_only_in_case_take_no_name_from_each_other() {
+    let mut v = view();
+    let mut twin = v.nodes["alpha"].clone();
+    twin.id = "ALPHA".into();
+    twin.private_ipv4 = "172.16.0.9/32".into();
+    twin.private_ipv6 = "fd00:1:2:9::/64".into();
+    v.insert_node(twin);
+    let z = Zone::build(&v, 1, Some("alpha"), &["alpha".into()]).unwrap();
+    // The shared name answers for neither...
+    for q in ["alpha.webmesh.internal.", "ALPHA.webmesh.internal."] {
+        assert_eq!(
+            ask(&z, q, RecordType::A).metadata.response_code,
+            ResponseCode::NXDomain
+        );
+    }
+    // ...and Raft's roles follow the exact ID.
+    let l = ask(&z, "leader.webmesh.internal.", RecordType::A);
+    assert_eq!(data(&l), ["alpha.webmesh.internal.", "172.16.0.1"]);
+    assert_eq!(
+        data(&ask(&z, "voters.webmesh.internal.", RecordType::A)),
+        ["172.16.0.1"]
+    );
+    assert_eq!(
+        data(&ask(&z, "9.0.16.172.in-addr.arpa.", RecordType::PTR)),
+        ["ALPHA.webmesh.internal."]
+    );
+}
