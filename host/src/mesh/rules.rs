@@ -27,8 +27,9 @@ pub trait StateRead {
     fn nodes(&self) -> Result<Vec<MeshNode>, String>;
 }
 
-/// One write an operation decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One write an operation decides; once applied, the change watchers and storage
+/// mirrors see (`store::ops::Change`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     Put {
         key: String,

@@ -361,13 +361,9 @@ impl AppDaemon for Service {
                 match events.recv().await {
                     Ok(StateEvent::Applied { changes, .. }) => {
                         for c in changes.iter().filter(|c| c.key().starts_with(&prefix)) {
-                            let value = match c {
-                                crate::store::ops::Change::Put { value, .. } => value.clone(),
-                                crate::store::ops::Change::Delete { .. } => String::new(),
-                            };
                             let ev = SubscriptionEvent {
                                 key: c.key().to_string(),
-                                value,
+                                value: c.value().unwrap_or_default().to_string(),
                             };
                             if tx.send(Ok(ev)).await.is_err() {
                                 return;

@@ -328,9 +328,14 @@ pub(super) async fn serve_metrics(
         }),
         extra: cfg.metrics_allow.clone(),
     };
-    let (_, task) = server::serve(listen, sources, allowed)
-        .await
-        .map_err(|e| NodeError::Usage(e.to_string()))?;
+    let (_, task) =
+        server::serve(listen, sources, allowed)
+            .await
+            .map_err(|e| NodeError::Listen {
+                addr: e.addr,
+                what: "metrics-listen",
+                reason: e.source.to_string(),
+            })?;
     tasks.push(task);
     tasks.push(raft.spawn_leader_watch());
     Ok(())

@@ -6,7 +6,6 @@ use tracing::{debug, warn};
 
 use super::{RaftNode, StateEvent};
 use crate::mesh::view::{MeshView, Section};
-use crate::store::ops::Change;
 use crate::store::views::load_view;
 
 pub struct ViewFollower {
@@ -42,11 +41,7 @@ impl ViewFollower {
                 Ok(StateEvent::Applied { index, changes, .. }) => {
                     self.index = index;
                     for c in changes.iter() {
-                        let value = match c {
-                            Change::Put { value, .. } => Some(value.as_str()),
-                            Change::Delete { .. } => None,
-                        };
-                        match self.view.apply(c.key(), value) {
+                        match self.view.apply(c.key(), c.value()) {
                             Ok(Section::Other) => {}
                             Ok(_) => changed = true,
                             Err(e) => warn!(error = %e, "skipping an undecodable record"),

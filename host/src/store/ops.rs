@@ -23,18 +23,9 @@ pub struct Proposal {
     pub ops: Vec<Op>,
 }
 
-/// One effective change to the state, as watchers and storage mirrors see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    Put {
-        key: String,
-        value: String,
-        expires_at_ms: u64,
-    },
-    Delete {
-        key: String,
-    },
-}
+/// One effective change to the state, as watchers and storage mirrors see it: a write
+/// the rules decided, applied.
+pub use crate::mesh::rules::Write as Change;
 
 impl Change {
     pub fn key(&self) -> &str {
