@@ -28,7 +28,9 @@ fn main() {
             format!("{target}/wasm32-wasip2/release/auth_allowlist.wasm")
         });
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = webmesh::store::engine::Engine::open(&dir.path().join("db")).expect("db");
+    let state = webmesh::plugins::StateSlot::new(
+        webmesh::store::engine::Engine::open(&dir.path().join("db")).expect("db"),
+    );
     let cache = dir.path().join("cache");
     let config = v1::PluginConfiguration {
         config: Some(

@@ -399,3 +399,51 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A test CA and what it signs.
+pub struct TestCa {
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Result<TestCa> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate()?;
+        let cert = p.self_signed(&key)?;
+        Ok(TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(p, key),
+        })
+    }
+
+    /// (cert PEM, key PEM) for `cn`; `ip` makes it a server certificate for that IP.
+    pub fn sign(&self, cn: &str, ip: Option<std::net::Ipv4Addr>) -> Result<(String, String)> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let sans = ip.map(|i| vec![i.to_string()]).unwrap_or_default();
+        let mut p = CertificateParams::new(sans)?;
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = if ip.is_some() {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+pub fn write_pair(dir: &Path, name: &str, pair: &(String, String)) -> Result<(PathBuf, PathBuf)> {
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, &pair.0)?;
+    std::fs::write(&k, &pair.1)?;
+    Ok((c, k))
+}

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use webmesh_api::v1::GetStatusRequest;
 use webmesh_api::v1::node_client::NodeClient;
 use webmesh_e2e::netns::TestNet;
-use webmesh_e2e::{LocalNode, bin, htpasswd, wait_for, wasm_component};
+use webmesh_e2e::{LocalNode, TestCa, bin, htpasswd, wait_for, wasm_component, write_pair};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
@@ -842,54 +842,6 @@ async fn a_wasm_plugin_that_loops_or_hoards_memory_is_stopped_and_the_node_stays
     assert!(net.host("n1").running(), "the node went down");
     eprintln!("loop stopped after {took:?}");
     Ok(())
-}
-
-/// A test CA and what it signs.
-struct TestCa {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Result<TestCa> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate()?;
-        let cert = p.self_signed(&key)?;
-        Ok(TestCa {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(p, key),
-        })
-    }
-
-    /// (cert PEM, key PEM) for `cn`; `ip` makes it a server certificate for that IP.
-    fn sign(&self, cn: &str, ip: Option<std::net::Ipv4Addr>) -> Result<(String, String)> {
-        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-        let sans = ip.map(|i| vec![i.to_string()]).unwrap_or_default();
-        let mut p = CertificateParams::new(sans)?;
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = if ip.is_some() {
-            vec![ExtendedKeyUsagePurpose::ServerAuth]
-        } else {
-            vec![ExtendedKeyUsagePurpose::ClientAuth]
-        };
-        let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-}
-
-fn write_pair(dir: &Path, name: &str, pair: &(String, String)) -> Result<(PathBuf, PathBuf)> {
-    let (c, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, &pair.0)?;
-    std::fs::write(&k, &pair.1)?;
-    Ok((c, k))
 }
 
 /// A TLS call to `ip:8443`, trusting `ca`, presenting `client` if given.

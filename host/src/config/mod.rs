@@ -21,7 +21,7 @@ use serde_json::Value;
 pub use plugins::{PluginSettings, PluginTarget};
 pub use settings::Config;
 pub use tls::TlsSettings;
-pub use values::DefaultPolicy;
+pub use values::{AppDaemonListen, DefaultPolicy};
 
 /// A bad setting: which key, which value, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +336,7 @@ impl Config {
             _ => {}
         }
         cfg.plugins = plugins::layer(file_plugins, plugin_flags, plugin_settings)?;
+        cfg.validate_app_daemon()?;
         Ok(cfg)
     }
 
@@ -359,6 +360,37 @@ impl Config {
             &[],
             &[],
         )
+    }
+
+    /// A tcp:// AppDaemon needs TLS, an AUTH plugin and the users it admits; CORS
+    /// origins need grpc-web. (Whether a plugin offers AUTH is known once it runs.)
+    fn validate_app_daemon(&self) -> Result<(), ConfigError> {
+        if let Some(l @ values::AppDaemonListen::Tcp(_)) = &self.app_daemon_listen {
+            let why = if self.tls_cert.is_none() {
+                Some(
+                    "tcp:// needs TLS: set --tls-cert and --tls-key (the API's certificate serves it)",
+                )
+            } else if self.plugins.is_empty() {
+                Some("tcp:// needs an AUTH plugin (--plugin NAME=PATH) to authenticate every call")
+            } else if self.app_daemon_users.is_empty() {
+                Some(
+                    "tcp:// needs --app-daemon-users: the identities, as the AUTH plugin names them, that may drive this node",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(invalid("app-daemon-listen", l, why));
+            }
+        }
+        if !self.app_daemon_cors_origin.is_empty() && !self.app_daemon_grpc_web {
+            return Err(invalid(
+                "app-daemon-cors-origin",
+                &self.app_daemon_cors_origin[0],
+                "needs --app-daemon-grpc-web",
+            ));
+        }
+        Ok(())
     }
 
     /// The TLS settings, gathered from the `tls-*` rows.

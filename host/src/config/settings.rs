@@ -185,9 +185,19 @@ settings! {
     join_timeout: u64 = 600 => "join-timeout" "SECONDS" one(v::join_timeout);
     /// Largest request the API reads, in bytes [default: 4194304].
     max_request_bytes: usize = 4 << 20 => "max-request-bytes" "N" one(v::request_bytes);
-    /// Serve the AppDaemon (applications drive this node) on unix:///PATH, e.g.
-    /// unix:///var/run/webmesh/webmesh.sock; guarded like the admin socket.
-    app_daemon_listen: Option<PathBuf> = None => "app-daemon-listen" "unix:///PATH" opt(v::app_daemon) omit_empty;
+    /// Serve the AppDaemon (applications drive this node) on unix:///PATH (e.g.
+    /// unix:///var/run/webmesh/webmesh.sock; guarded like the admin socket) or on
+    /// tcp://ADDR:PORT (TLS with --tls-cert/--tls-key, every call authenticated by the
+    /// AUTH plugin and allowed by --app-daemon-users).
+    app_daemon_listen: Option<v::AppDaemonListen> = None => "app-daemon-listen" "unix:///PATH|tcp://ADDR" opt(v::app_daemon) omit_empty;
+    /// An identity, as the AUTH plugin names it, that may use a tcp:// AppDaemon
+    /// (repeatable; needed for tcp://).
+    app_daemon_users: Vec<String> = vec![] => "app-daemon-users" "ID" many(v::text) omit_empty;
+    /// Accept grpc-web (HTTP/1.1; browser apps) on the AppDaemon besides gRPC.
+    app_daemon_grpc_web: bool = false => "app-daemon-grpc-web" "BOOL" switch(v::boolean);
+    /// A browser origin whose pages may call the AppDaemon through grpc-web
+    /// (repeatable; CORS) [default: none: same origin only].
+    app_daemon_cors_origin: Vec<String> = vec![] => "app-daemon-cors-origin" "ORIGIN" many(v::origin) omit_empty;
     /// Serve Prometheus metrics at http://ADDR/metrics; `off` disables them
     /// [default: [::]:8080].
     metrics_listen: Option<SocketAddr> = Some(SocketAddr::from(([0u16; 8], 8080)))

@@ -273,3 +273,59 @@ fn file_values_are_checked_like_flags_and_name_the_file() {
     assert_eq!(c.mtu, 1400);
     assert!(c.voter);
 }
+
+#[test]
+fn a_tcp_app_daemon_needs_tls_an_auth_plugin_and_users() {
+    let err = |args: &[&str]| match Config::from_matches(&flags(args)) {
+        Err(ConfigError::Invalid { key, reason, .. }) => format!("{key}: {reason}"),
+        other => panic!("{args:?}: {other:?}"),
+    };
+    let tcp = ["--app-daemon-listen", "tcp://[::]:8444"];
+    assert!(err(&tcp).contains("app-daemon-listen: tcp:// needs TLS"));
+    let tls = [&tcp[..], &["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]].concat();
+    assert!(err(&tls).contains("needs an AUTH plugin"));
+    let plugin = [&tls[..], &["--plugin", "auth=/bin/auth"]].concat();
+    assert!(err(&plugin).contains("--app-daemon-users"));
+    let c = Config::from_matches(&flags(
+        &[
+            &plugin[..],
+            &["--app-daemon-users", "alice", "--app-daemon-grpc-web"],
+        ]
+        .concat(),
+    ))
+    .unwrap();
+    assert_eq!(
+        c.app_daemon_listen,
+        Some(AppDaemonListen::Tcp("[::]:8444".parse().unwrap()))
+    );
+    // It prints and reads back as it was given (an AppDaemon's Connect relies on it).
+    let again = c.with_overrides(&Default::default()).unwrap();
+    assert_eq!(again.app_daemon_listen, c.app_daemon_listen);
+    assert_eq!(again.app_daemon_users, ["alice"]);
+    let unix =
+        Config::from_matches(&flags(&["--app-daemon-listen", "unix:///run/app.sock"])).unwrap();
+    assert_eq!(
+        unix.app_daemon_listen,
+        Some(AppDaemonListen::Unix("/run/app.sock".into()))
+    );
+    assert!(
+        err(&[
+            "--app-daemon-listen",
+            "unix:///a",
+            "--app-daemon-cors-origin",
+            "https://x.example"
+        ])
+        .contains("app-daemon-cors-origin: needs --app-daemon-grpc-web")
+    );
+}
+
+#[test]
+fn app_daemon_addresses_and_origins_are_checked() {
+    assert!(values::app_daemon("tcp://host:1").is_err());
+    assert!(values::app_daemon("relative/path").is_err());
+    assert!(values::app_daemon("/abs").is_ok());
+    assert!(values::origin("https://app.example:8443").is_ok());
+    assert!(values::origin("https://app.example/path").is_err());
+    assert!(values::origin("ftp://x").is_err());
+    assert!(values::origin("https://").is_err());
+}

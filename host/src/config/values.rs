@@ -275,13 +275,62 @@ pub fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
 
 /// The AppDaemon's socket: `unix:///PATH` (or the bare absolute path). `tcp://` is not
 /// served: the socket's file and the caller's credentials are what guard it.
-pub fn app_daemon(s: &str) -> Result<PathBuf, String> {
+/// Where the AppDaemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppDaemonListen {
+    /// A unix socket guarded by file mode, group and the caller's credentials.
+    Unix(PathBuf),
+    /// TCP with TLS; every call authenticated by the AUTH plugin.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for AppDaemonListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppDaemonListen::Unix(p) => write!(f, "unix://{}", p.display()),
+            AppDaemonListen::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+impl serde::Serialize for AppDaemonListen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+pub fn app_daemon(s: &str) -> Result<AppDaemonListen, String> {
+    if let Some(a) = s.strip_prefix("tcp://") {
+        return a
+            .parse()
+            .map(AppDaemonListen::Tcp)
+            .map_err(|_| "tcp:// takes an IP address and port, e.g. tcp://[::]:8444".to_string());
+    }
     let p = s.strip_prefix("unix://").unwrap_or(s);
     if p.starts_with('/') {
-        return Ok(PathBuf::from(p));
+        return Ok(AppDaemonListen::Unix(PathBuf::from(p)));
     }
-    if s.starts_with("tcp://") {
-        return Err("tcp:// is not served; use unix:///PATH (guarded by file mode, group and the caller's credentials)".into());
+    Err(
+        "must be unix:///PATH (e.g. unix:///var/run/webmesh/webmesh.sock) or tcp://ADDR:PORT"
+            .into(),
+    )
+}
+
+/// A browser origin: scheme, host and optional port, nothing after.
+pub fn origin(s: &str) -> Result<String, String> {
+    let bad =
+        || "must be an origin such as https://app.example.com or http://localhost:3000".to_string();
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    if rest.is_empty()
+        || rest.len() > 253
+        || !rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
+        return Err(bad());
     }
-    Err("must be unix:///PATH, e.g. unix:///var/run/webmesh/webmesh.sock".into())
+    Ok(s.to_string())
 }

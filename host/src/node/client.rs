@@ -26,6 +26,8 @@ pub struct Credentials {
         tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     )>,
     dialer: crate::tls::Dialer,
+    /// For calls to this node's own API, which speaks TLS when `tls-cert` is set.
+    own: crate::tls::Dialer,
     signer: Arc<Signer>,
 }
 
@@ -33,6 +35,7 @@ impl Credentials {
     pub(super) fn load(cfg: &Config, signer: Arc<Signer>) -> Result<Credentials, NodeError> {
         let mut c = Credentials {
             dialer: crate::tls::Dialer::for_joining(&cfg.tls()).map_err(NodeError::Usage)?,
+            own: crate::tls::Dialer::for_members(&cfg.tls()).map_err(NodeError::Usage)?,
             headers: Vec::new(),
             signer,
         };
@@ -73,6 +76,18 @@ impl Credentials {
     pub(super) fn signed(&self, addr: &str, timeout: Duration) -> Result<Signed<Channel>, String> {
         Ok(Signed::new(
             self.dialer.channel(addr, Some(timeout))?,
+            self.signer.clone(),
+        ))
+    }
+
+    /// [`Credentials::signed`] to this node's own API at `addr`.
+    pub(super) fn signed_own(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Signed<Channel>, String> {
+        Ok(Signed::new(
+            self.own.channel(addr, Some(timeout))?,
             self.signer.clone(),
         ))
     }

@@ -1,14 +1,17 @@
-//! The AppDaemon (`--app-daemon-listen unix:///PATH`): an unprivileged application on
-//! the host drives the node through it — connect to the mesh and disconnect, read and
-//! watch the state, publish keys, read the interface's figures. The socket is guarded
-//! like the admin socket (file mode and group, SO_PEERCRED: root, this user, the
-//! `--admin-group`).
+//! The AppDaemon (`--app-daemon-listen unix:///PATH` or `tcp://ADDR`): an application
+//! drives the node through it — connect to the mesh and disconnect, read and watch the
+//! state, publish keys, read the interface's figures. The unix socket is guarded like
+//! the admin socket (file mode and group, SO_PEERCRED: root, this user, the
+//! `--admin-group`); on TCP the API's TLS certificate serves it and every call is
+//! authenticated by the AUTH plugin and must name one of `--app-daemon-users`. With
+//! `--app-daemon-grpc-web` browsers reach it through grpc-web.
 //!
-//! A node started with join or bootstrap settings connects at once; one started with
-//! the AppDaemon alone waits for `Connect`.
+//! The process's plugins start once, with the daemon, and outlive the nodes it starts
+//! and stops. A node started with join or bootstrap settings connects at once; one
+//! started with the AppDaemon alone waits for `Connect`.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -23,15 +26,16 @@ use webmesh_api::v1::node_client::NodeClient;
 use webmesh_api::v1::query_request::QueryCommand;
 use webmesh_api::v1::status_response::ConnectionStatus;
 use webmesh_api::v1::{
-    ConnectRequest, ConnectResponse, DisconnectRequest, DisconnectResponse, LeaveCampfireRequest,
-    LeaveCampfireResponse, MetricsRequest, MetricsResponse, PublishRequest, QueryRequest,
-    QueryResponse, RaftCommandType, RaftLogEntry, StartCampfireRequest, StartCampfireResponse,
-    StatusRequest, StatusResponse, SubscribeRequest, SubscriptionEvent,
+    AuthenticationRequest, ConnectRequest, ConnectResponse, DisconnectRequest, DisconnectResponse,
+    LeaveCampfireRequest, LeaveCampfireResponse, MetricsRequest, MetricsResponse, PublishRequest,
+    QueryRequest, QueryResponse, RaftCommandType, RaftLogEntry, StartCampfireRequest,
+    StartCampfireResponse, StatusRequest, StatusResponse, SubscribeRequest, SubscriptionEvent,
 };
 
 use super::{Node, NodeError};
-use crate::config::Config;
+use crate::config::{AppDaemonListen, Config};
 use crate::mesh::{keys, limits};
+use crate::plugins::{PluginHandle, Plugins};
 use crate::raft::StateEvent;
 
 /// Settings a Connect may lay over the process's: where and how to join. Nothing that
@@ -55,6 +59,7 @@ const MAX_QUERY_ENTRIES: usize = 10_000;
 
 pub struct Daemon {
     base: Config,
+    plugins: Arc<Plugins>,
     node: Mutex<Option<Node>>,
     status: AtomicI32,
     /// Stops a Connect that is still starting the node.
@@ -64,9 +69,10 @@ pub struct Daemon {
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Daemon {
-    pub fn new(base: Config) -> Arc<Daemon> {
+    pub fn new(base: Config, plugins: Arc<Plugins>) -> Arc<Daemon> {
         Arc::new(Daemon {
             base,
+            plugins,
             node: Mutex::new(None),
             status: AtomicI32::new(ConnectionStatus::Disconnected as i32),
             cancel: Default::default(),
@@ -125,7 +131,7 @@ impl Daemon {
         let (tx, rx) = watch::channel(false);
         *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         self.set(ConnectionStatus::Connecting);
-        let started = Node::start(cfg, rx).await;
+        let started = Node::start_with(cfg, rx, Some(self.plugins.clone())).await;
         self.cancel.lock().unwrap_or_else(|p| p.into_inner()).take();
         match started {
             Ok(n) => {
@@ -193,9 +199,65 @@ impl Daemon {
     }
 }
 
+/// Who may call. The unix socket checked the caller's uid when it accepted the
+/// connection; on TCP every call is authenticated by the AUTH plugin.
+#[derive(Clone)]
+pub enum Guard {
+    Socket,
+    Plugin {
+        auth: Arc<PluginHandle>,
+        users: Arc<HashSet<String>>,
+    },
+}
+
 /// The AppDaemon service over a shared [`Daemon`].
 #[derive(Clone)]
-pub struct Service(pub Arc<Daemon>);
+pub struct Service {
+    daemon: Arc<Daemon>,
+    guard: Guard,
+}
+
+impl Service {
+    pub fn new(daemon: Arc<Daemon>, guard: Guard) -> Service {
+        Service { daemon, guard }
+    }
+
+    /// Lets the call through, or says why not: the AUTH plugin's refusal
+    /// (Unauthenticated) or an identity that `--app-daemon-users` does not name.
+    async fn admit<T>(&self, req: &Request<T>) -> Result<&Daemon, Status> {
+        let Guard::Plugin { auth, users } = &self.guard else {
+            return Ok(&self.daemon);
+        };
+        let mut headers =
+            crate::services::identity::auth_headers(&req.metadata().clone().into_headers());
+        if let Some(r) = req.remote_addr() {
+            headers.insert(
+                crate::services::identity::REMOTE_ADDR_HEADER.into(),
+                r.ip().to_string(),
+            );
+        }
+        let request = AuthenticationRequest {
+            headers,
+            certificates: req
+                .peer_certs()
+                .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+                .unwrap_or_default(),
+        };
+        let id = auth.authenticate(request).await?;
+        if id.is_empty() {
+            return Err(Status::unauthenticated(format!(
+                "plugin {} authenticated the caller without naming it",
+                auth.name
+            )));
+        }
+        if !users.contains(&id) {
+            return Err(Status::permission_denied(format!(
+                "{id:?} may not use this AppDaemon: app-daemon-users names who may"
+            )));
+        }
+        Ok(&self.daemon)
+    }
+}
 
 fn query_key(q: &str) -> Result<&str, Status> {
     if q.is_empty() || q.len() > limits::MAX_KEY_BYTES {
@@ -213,28 +275,31 @@ impl AppDaemon for Service {
         &self,
         req: Request<ConnectRequest>,
     ) -> Result<Response<ConnectResponse>, Status> {
-        self.0.connect(req.get_ref()).await.map(Response::new)
+        let d = self.admit(&req).await?;
+        d.connect(req.get_ref()).await.map(Response::new)
     }
 
     async fn disconnect(
         &self,
-        _: Request<DisconnectRequest>,
+        req: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectResponse>, Status> {
-        self.0.disconnect().await?;
+        self.admit(&req).await?.disconnect().await?;
         Ok(Response::new(DisconnectResponse {}))
     }
 
     async fn start_campfire(
         &self,
-        _: Request<StartCampfireRequest>,
+        req: Request<StartCampfireRequest>,
     ) -> Result<Response<StartCampfireResponse>, Status> {
+        self.admit(&req).await?;
         Err(Status::unimplemented("Campfire is not built yet"))
     }
 
     async fn leave_campfire(
         &self,
-        _: Request<LeaveCampfireRequest>,
+        req: Request<LeaveCampfireRequest>,
     ) -> Result<Response<LeaveCampfireResponse>, Status> {
+        self.admit(&req).await?;
         Err(Status::unimplemented("Campfire is not built yet"))
     }
 
@@ -244,9 +309,10 @@ impl AppDaemon for Service {
         &self,
         req: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let req = req.into_inner();
+        let d = self.admit(&req).await?;
+        let req = req.get_ref();
         let key = query_key(&req.query)?.to_string();
-        let engine = self.0.with_node(|n| n.raft.engine.clone()).await?;
+        let engine = d.with_node(|n| n.raft.engine.clone()).await?;
         let err = |e: crate::store::engine::StoreError| Status::internal(e.to_string());
         let out: Vec<Result<QueryResponse, Status>> = match QueryCommand::try_from(req.command) {
             Ok(QueryCommand::Get) => {
@@ -305,10 +371,11 @@ impl AppDaemon for Service {
 
     async fn metrics(
         &self,
-        _: Request<MetricsRequest>,
+        req: Request<MetricsRequest>,
     ) -> Result<Response<MetricsResponse>, Status> {
         let iface = self
-            .0
+            .admit(&req)
+            .await?
             .with_node(|n| n.parts.net.as_ref().map(|m| m.iface.clone()))
             .await?;
         let mut interfaces = HashMap::new();
@@ -322,11 +389,15 @@ impl AppDaemon for Service {
         Ok(Response::new(MetricsResponse { interfaces }))
     }
 
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let status = self.0.status.load(Ordering::SeqCst);
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let d = self.admit(&req).await?;
+        let status = d.status.load(Ordering::SeqCst);
         let node = {
             // A Connect in progress holds the lock: say CONNECTING without waiting.
-            match self.0.node.try_lock() {
+            match d.node.try_lock() {
                 Ok(n) => n.as_ref().and_then(|n| {
                     crate::store::views::load_view(&n.raft.engine)
                         .nodes
@@ -348,14 +419,15 @@ impl AppDaemon for Service {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let prefix = req.into_inner().prefix;
+        let d = self.admit(&req).await?;
+        let prefix = req.get_ref().prefix.clone();
         if prefix.len() > limits::MAX_KEY_BYTES {
             return Err(Status::invalid_argument(format!(
                 "prefix: at most {} bytes",
                 limits::MAX_KEY_BYTES
             )));
         }
-        let mut events = self.0.with_node(|n| n.raft.subscribe()).await?;
+        let mut events = d.with_node(|n| n.raft.subscribe()).await?;
         let stream = async_stream(move |tx| async move {
             loop {
                 match events.recv().await {
@@ -387,7 +459,8 @@ impl AppDaemon for Service {
     }
 
     async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<()>, Status> {
-        let req = req.into_inner();
+        let d = self.admit(&req).await?;
+        let req = req.get_ref().clone();
         if !req.key.starts_with('/') || req.key.len() > limits::MAX_KEY_BYTES {
             return Err(Status::invalid_argument(format!(
                 "key: a path of at most {} bytes, starting with /",
@@ -399,10 +472,7 @@ impl AppDaemon for Service {
                 "key: {r} is reserved for the mesh's own records"
             )));
         }
-        let (creds, addr) = self
-            .0
-            .with_node(|n| (n.creds.clone(), n.local_api()))
-            .await?;
+        let (creds, addr) = d.with_node(|n| (n.creds.clone(), n.local_api())).await?;
         let entry = RaftLogEntry {
             r#type: RaftCommandType::Put as i32,
             key: req.key,
@@ -412,10 +482,10 @@ impl AppDaemon for Service {
         // As this node, through its own API: the write is checked and forwarded to the
         // leader as any node's Apply is.
         let ch = creds
-            .signed(&addr, Duration::from_secs(10))
+            .signed_own(&addr, Duration::from_secs(10))
             .map_err(Status::unavailable)?;
         NodeClient::new(ch)
-            .apply(creds.request(entry))
+            .apply(Request::new(entry))
             .await
             .map(|_| Response::new(()))
     }
@@ -432,30 +502,79 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Serves the AppDaemon on its socket until `stop`; connects at once when the settings
-/// say to join or bootstrap.
+/// Serves the AppDaemon until `stop`; connects at once when the settings say to join
+/// or bootstrap.
 pub async fn serve(
     daemon: Arc<Daemon>,
-    path: PathBuf,
-    group: &str,
+    listen: &AppDaemonListen,
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, NodeError> {
-    private_dir(&path, group)?;
-    let sock = super::admin_socket::bind(&path, group)?;
-    info!(socket = %path.display(), group, "AppDaemon");
-    let svc = AppDaemonServer::new(Service(daemon.clone()));
-    let server = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(sock.incoming(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+    let cfg = &daemon.base;
+    let guard = match listen {
+        AppDaemonListen::Unix(_) => Guard::Socket,
+        AppDaemonListen::Tcp(_) => Guard::Plugin {
+            auth: daemon.plugins.auth().ok_or_else(|| {
+                NodeError::Usage(format!(
+                    "app-daemon-listen {listen}: tcp:// needs an AUTH plugin; none of the \
+                     plugins ({}) offers AUTH",
+                    daemon
+                        .plugins
+                        .handles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+            users: Arc::new(cfg.app_daemon_users.iter().cloned().collect()),
+        },
+    };
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(64))
+        .http2_max_header_list_size(Some(16 * 1024))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .accept_http1(cfg.app_daemon_grpc_web);
+    if let AppDaemonListen::Tcp(_) = listen {
+        let tls = crate::tls::server_config(&cfg.tls())
+            .map_err(NodeError::Usage)?
+            .ok_or_else(|| {
+                NodeError::Usage(format!(
+                    "app-daemon-listen {listen}: tcp:// needs --tls-cert and --tls-key"
+                ))
+            })?;
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| NodeError::Usage(format!("invalid tls-cert: {e}")))?;
+    }
+    let cors = cors(&cfg.app_daemon_cors_origin)?;
+    let web = cfg.app_daemon_grpc_web.then(tonic_web::GrpcWebLayer::new);
+    let router = builder
+        .layer(tower::util::option_layer(cors))
+        .layer(tower::util::option_layer(web))
+        .add_service(AppDaemonServer::new(Service::new(daemon.clone(), guard)));
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+        match listen {
+            AppDaemonListen::Unix(path) => {
+                private_dir(path, &cfg.admin_group)?;
+                let sock = super::admin_socket::bind(path, &cfg.admin_group)?;
+                Box::pin(router.serve_with_incoming_shutdown(sock.incoming(), shutdown))
+            }
+            AppDaemonListen::Tcp(addr) => {
+                let (_, incoming) = super::servers::bind_all(&[*addr], "AppDaemon").await?;
+                Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown))
+            }
+        };
+    info!(listen = %listen, group = %cfg.admin_group, grpc_web = cfg.app_daemon_grpc_web, "AppDaemon");
     let task = tokio::spawn(async move {
         if let Err(e) = server.await {
             warn!(error = %e, "AppDaemon server stopped");
         }
     });
-    let b = &daemon.base;
-    if b.bootstrap || !b.join.is_empty() || !b.discover.is_empty() {
+    if cfg.bootstrap || !cfg.join.is_empty() || !cfg.discover.is_empty() {
         let d = daemon.clone();
         tokio::spawn(async move {
             if let Err(e) = d.connect(&ConnectRequest::default()).await {
@@ -466,8 +585,35 @@ pub async fn serve(
     Ok(task)
 }
 
+/// CORS for grpc-web calls from the pages of `origins`; none: same origin only.
+fn cors(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, NodeError> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let values = origins
+        .iter()
+        .map(|o| {
+            http::HeaderValue::from_str(o).map_err(|_| {
+                NodeError::Usage(format!("app-daemon-cors-origin {o}: not a header value"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(values))
+            .allow_methods([http::Method::POST])
+            .allow_headers(Any)
+            .expose_headers([
+                http::HeaderName::from_static("grpc-status"),
+                http::HeaderName::from_static("grpc-message"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
 /// The socket's directory: made 0750 with the group when the daemon creates it.
-fn private_dir(path: &std::path::Path, group: &str) -> Result<(), NodeError> {
+fn private_dir(path: &Path, group: &str) -> Result<(), NodeError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let Some(dir) = path.parent() else {
         return Ok(());
@@ -489,20 +635,28 @@ fn private_dir(path: &std::path::Path, group: &str) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// The process with an AppDaemon: serves it until SIGTERM or SIGINT, then stops the
-/// node if it runs.
+/// The process with an AppDaemon: starts the plugins, serves until SIGTERM or SIGINT,
+/// then stops the node if it runs, and the plugins.
 pub async fn run(cfg: Config) -> Result<(), NodeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |e: std::io::Error| NodeError::Usage(format!("signal handlers: {e}"));
     let mut term = signal(SignalKind::terminate()).map_err(sig)?;
     let mut int = signal(SignalKind::interrupt()).map_err(sig)?;
-    let Some(path) = cfg.app_daemon_listen.clone() else {
+    let Some(listen) = cfg.app_daemon_listen.clone() else {
         return Err(NodeError::Usage("app-daemon-listen is not set".into()));
     };
-    let group = cfg.admin_group.clone();
-    let daemon = Daemon::new(cfg);
+    // The plugins' private directories live in the data dir: check it is ours first.
+    super::datadir::DataDir::open(&cfg.data_dir)?;
+    let plugins = Arc::new(Plugins::start(&cfg.plugins, None, Some(cfg.data_dir.clone())).await?);
+    let daemon = Daemon::new(cfg, plugins.clone());
     let (stop, stopped) = watch::channel(false);
-    let task = serve(daemon.clone(), path, &group, stopped).await?;
+    let task = match serve(daemon.clone(), &listen, stopped).await {
+        Ok(t) => t,
+        Err(e) => {
+            plugins.shutdown().await;
+            return Err(e);
+        }
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -511,5 +665,6 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let _ = daemon.disconnect().await;
     let _ = stop.send(true);
     let _ = task.await;
+    plugins.shutdown().await;
     Ok(())
 }

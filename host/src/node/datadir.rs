@@ -25,7 +25,14 @@ pub struct DataDir {
 
 /// What a data dir of ours holds; a non-empty directory with none of it belongs to
 /// something else, and the node will not take it over (nor chmod it).
-const OURS: &[&str] = &["node-id", "wireguard.key", "raft", "wasm-cache", "left"];
+const OURS: &[&str] = &[
+    "node-id",
+    "wireguard.key",
+    "raft",
+    "wasm-cache",
+    "plugins",
+    "left",
+];
 
 impl DataDir {
     pub fn open(root: &Path) -> Result<DataDir, NodeError> {

@@ -112,7 +112,9 @@ async fn cancellable<T>(
 #[derive(Default)]
 struct Parts {
     raft: Option<RaftNode>,
-    plugins: Option<Plugins>,
+    plugins: Option<Arc<Plugins>>,
+    /// The plugins came from the AppDaemon and outlive this node.
+    shared_plugins: bool,
     net: Option<MeshNet>,
     resolver: Option<crate::dns::resolver::HostResolver>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -138,8 +140,12 @@ impl Parts {
         if let Some(raft) = &self.raft {
             raft.shutdown().await;
         }
-        if let Some(mut plugins) = self.plugins.take() {
-            plugins.shutdown().await;
+        if let Some(plugins) = self.plugins.take() {
+            if self.shared_plugins {
+                plugins.detach();
+            } else {
+                plugins.shutdown().await;
+            }
         }
         for t in self.tasks {
             t.abort();
@@ -164,7 +170,17 @@ impl Node {
     /// `cancel` turning true stops a start that waits (joining, finding a leader).
     pub async fn start(
         cfg: Config,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Node, NodeError> {
+        Self::start_with(cfg, cancel, None).await
+    }
+
+    /// [`Node::start`] with plugins already running (the AppDaemon's, which outlive the
+    /// node); else the node starts its own from the settings.
+    pub async fn start_with(
+        cfg: Config,
         mut cancel: tokio::sync::watch::Receiver<bool>,
+        plugins: Option<Arc<Plugins>>,
     ) -> Result<Node, NodeError> {
         let dir = DataDir::open(&cfg.data_dir)?;
         let name = dir.node_id(cfg.node_id.as_deref())?;
@@ -172,7 +188,11 @@ impl Node {
         crate::dns::resolver::restore_after_crash(&cfg.data_dir);
         let span = info_span!("node", id = %name);
         async move {
-            let mut parts = Parts::default();
+            let mut parts = Parts {
+                shared_plugins: plugins.is_some(),
+                plugins,
+                ..Default::default()
+            };
             match Self::bring_up(&cfg, &dir, &name, &mut parts, &mut cancel).await {
                 Ok(node) => Ok(node),
                 Err(e) => {
@@ -229,14 +249,23 @@ impl Node {
             Duration::from_secs(cfg.max_clock_skew),
         ));
         // Plugins before the mesh: one that cannot start stops us before we join.
-        let plugins = parts.plugins.insert(
-            Plugins::start(
-                &cfg.plugins,
-                raft.engine.clone(),
-                Some(cfg.data_dir.clone()),
-            )
-            .await?,
-        );
+        let plugins = match &parts.plugins {
+            Some(shared) => {
+                shared.attach(raft.engine.clone());
+                shared.clone()
+            }
+            None => parts
+                .plugins
+                .insert(Arc::new(
+                    Plugins::start(
+                        &cfg.plugins,
+                        Some(raft.engine.clone()),
+                        Some(cfg.data_dir.clone()),
+                    )
+                    .await?,
+                ))
+                .clone(),
+        };
         if plugins.auth().is_none() {
             warn!(
                 "no AUTH plugin (open mode): anyone who reaches the API port may join under a \
@@ -247,7 +276,7 @@ impl Node {
         }
         let place = cancellable(
             cancel,
-            Self::find_place(cfg, &raft, name, &key, &creds, plugins, mode),
+            Self::find_place(cfg, &raft, name, &key, &creds, &plugins, mode),
         )
         .await?;
         trust.pin(place.voters.iter().cloned());
@@ -325,12 +354,11 @@ impl Node {
             }
         }
         servers::serve_metrics(cfg, &raft, iface.clone(), &mut parts.tasks).await?;
-        let plugins = parts.plugins.as_mut().expect("started above");
-        plugins.start_duties(&raft);
+        parts.tasks.extend(plugins.start_duties(&raft));
         let api = servers::Api {
             cfg,
             raft: &raft,
-            plugins,
+            plugins: &plugins,
             iface,
             trust,
         };

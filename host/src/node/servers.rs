@@ -175,7 +175,7 @@ pub(super) async fn serve_api(
             cfg.meshdns_listen.map(|a| format!("mesh-dns={a}")),
             cfg.app_daemon_listen
                 .as_ref()
-                .map(|p| format!("app-daemon=unix://{}", p.display())),
+                .map(|l| format!("app-daemon={l}")),
         ]
         .into_iter()
         .flatten()

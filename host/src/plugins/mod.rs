@@ -27,6 +27,7 @@ use webmesh_plugin_sdk::Config as PluginConfig;
 
 use crate::config::{PluginSettings, PluginTarget};
 use crate::store::engine::Engine;
+pub use querier::StateSlot;
 
 use handle::Backend;
 pub use handle::PluginHandle;
@@ -132,12 +133,13 @@ fn tcp_channel(
     Ok(ep.connect_lazy())
 }
 
-/// The node's plugins and their duties.
+/// The process's plugins. A node started on its own owns them; under the AppDaemon
+/// they outlive the nodes it starts and stops, reading each one's replica in turn.
 pub struct Plugins {
     pub handles: BTreeMap<String, Arc<PluginHandle>>,
     pub routes: Routes,
-    supervisors: Vec<tokio::task::JoinHandle<()>>,
-    duties: Vec<tokio::task::JoinHandle<()>>,
+    state: StateSlot,
+    supervisors: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stop: Arc<watch::Sender<bool>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -148,11 +150,21 @@ impl Plugins {
         Plugins {
             handles: BTreeMap::new(),
             routes: Routes::default(),
-            supervisors: Vec::new(),
-            duties: Vec::new(),
+            state: StateSlot::default(),
+            supervisors: Default::default(),
             stop: Arc::new(watch::Sender::new(false)),
             _dir: None,
         }
+    }
+
+    /// Plugins read `engine` from now on (the replica of the node that runs).
+    pub fn attach(&self, engine: Engine) {
+        self.state.set(Some(engine));
+    }
+
+    /// The node stopped: queries answer that it is not connected.
+    pub fn detach(&self) {
+        self.state.set(None);
     }
 
     pub fn auth(&self) -> Option<Arc<PluginHandle>> {
@@ -173,20 +185,23 @@ impl Plugins {
             .map(|n| self.handles[n].clone())
     }
 
-    /// Starts feeding STORE and WATCH plugins from `raft`'s state events.
-    pub fn start_duties(&mut self, raft: &crate::raft::RaftNode) {
-        for name in &self.routes.store {
-            let h = self.handles[name].clone();
-            self.duties.push(duties::spawn_store(h, raft.clone()));
-        }
+    /// Starts feeding STORE and WATCH plugins from `raft`'s state events; the tasks end
+    /// with that node.
+    pub fn start_duties(&self, raft: &crate::raft::RaftNode) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = self
+            .routes
+            .store
+            .iter()
+            .map(|name| duties::spawn_store(self.handles[name].clone(), raft.clone()))
+            .collect();
         let watchers = self
             .routes
             .watch
             .iter()
             .map(|n| self.handles[n].clone())
             .collect();
-        self.duties
-            .extend(duties::spawn_watch(watchers, raft.clone()));
+        tasks.extend(duties::spawn_watch(watchers, raft.clone()));
+        tasks
     }
 
     pub fn ipam(&self) -> Ipam {
@@ -198,16 +213,18 @@ impl Plugins {
 
     /// Starts every configured plugin (in name order), configures it and routes its
     /// capabilities. On any failure the plugins started so far are stopped again.
+    /// `state` is the replica their queries read, if a node runs already.
     pub async fn start(
         settings: &BTreeMap<String, PluginSettings>,
-        engine: Engine,
+        state: Option<Engine>,
         data_dir: Option<PathBuf>,
     ) -> Result<Plugins, StartError> {
         let mut plugins = Plugins::none();
+        plugins.state.set(state);
         if settings.is_empty() {
             return Ok(plugins);
         }
-        match plugins.start_all(settings, engine, data_dir).await {
+        match plugins.start_all(settings, data_dir).await {
             Ok(()) => Ok(plugins),
             Err(e) => {
                 plugins.shutdown().await;
@@ -219,7 +236,6 @@ impl Plugins {
     async fn start_all(
         &mut self,
         settings: &BTreeMap<String, PluginSettings>,
-        engine: Engine,
         data_dir: Option<PathBuf>,
     ) -> Result<(), StartError> {
         let cache_dir = data_dir.as_ref().map(|d| d.join("wasm-cache"));
@@ -253,10 +269,13 @@ impl Plugins {
                         dir,
                         state,
                         config: PluginConfig(s.config.clone()),
-                        engine: engine.clone(),
+                        replica: self.state.clone(),
                         stop: self.stop.clone(),
                     };
-                    self.supervisors.push(tokio::spawn(sup.run(launched.child)));
+                    self.supervisors
+                        .get_mut()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(tokio::spawn(sup.run(launched.child)));
                     handle
                 }
                 PluginTarget::Unix(path) => {
@@ -283,7 +302,7 @@ impl Plugins {
                     let (n, p, st, cache) = (
                         name.clone(),
                         path.clone(),
-                        engine.clone(),
+                        self.state.clone(),
                         cache_dir.clone(),
                     );
                     let plugin = tokio::task::spawn_blocking(move || {
@@ -301,7 +320,7 @@ impl Plugins {
                 }
             };
             if !handle.is_wasm() {
-                querier::open(handle.clone(), engine.clone());
+                querier::open(handle.clone(), self.state.clone());
             }
             tracing::info!(
                 plugin = %name,
@@ -378,10 +397,7 @@ impl Plugins {
     }
 
     /// Close → SIGTERM → SIGKILL for process plugins; Close for the others.
-    pub async fn shutdown(&mut self) {
-        for d in self.duties.drain(..) {
-            d.abort();
-        }
+    pub async fn shutdown(&self) {
         let closes = self.handles.values().map(|h| {
             let h = h.clone();
             async move {
@@ -392,7 +408,9 @@ impl Plugins {
         });
         futures::future::join_all(closes).await;
         self.stop.send_replace(true);
-        for s in self.supervisors.drain(..) {
+        let supervisors =
+            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in supervisors {
             let _ = s.await;
         }
     }

@@ -1,7 +1,7 @@
 //! `Plugin.InjectQuerier`: the node opens the stream; the plugin asks GET / LIST / ITER
 //! over keys and the node answers from its replica. Read-only.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -12,9 +12,29 @@ use webmesh_api::v1::{
 use super::PluginHandle;
 use crate::store::engine::Engine;
 
+/// The replica plugins read. The plugins outlive a node under the AppDaemon, which
+/// starts and stops nodes: empty before a node runs and between a Disconnect and the
+/// next Connect.
+#[derive(Clone, Default)]
+pub struct StateSlot(Arc<RwLock<Option<Engine>>>);
+
+impl StateSlot {
+    pub fn new(engine: Engine) -> StateSlot {
+        StateSlot(Arc::new(RwLock::new(Some(engine))))
+    }
+
+    pub fn set(&self, engine: Option<Engine>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = engine;
+    }
+
+    fn get(&self) -> Option<Engine> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Opens the querier stream to `plugin` and answers its queries until the stream ends
 /// (the plugin stopped, or does not want one).
-pub fn open(plugin: Arc<PluginHandle>, engine: Engine) {
+pub fn open(plugin: Arc<PluginHandle>, state: StateSlot) {
     tokio::spawn(async move {
         let Some(channel) = plugin.channel() else {
             return; // WASM plugins query through an import instead.
@@ -31,7 +51,7 @@ pub fn open(plugin: Arc<PluginHandle>, engine: Engine) {
             }
         };
         while let Ok(Some(q)) = queries.message().await {
-            for r in answer(&engine, q) {
+            for r in answer(&state, q) {
                 if tx.send(r).await.is_err() {
                     return;
                 }
@@ -42,12 +62,19 @@ pub fn open(plugin: Arc<PluginHandle>, engine: Engine) {
 
 /// The results for one query: GET one (or error "key not found"), LIST one with the
 /// keys, ITER one per key then a last one with error "EOF".
-pub fn answer(engine: &Engine, q: PluginQuery) -> Vec<PluginQueryResult> {
+pub fn answer(state: &StateSlot, q: PluginQuery) -> Vec<PluginQueryResult> {
     let result = |key: String, value: Vec<String>, error: String| PluginQueryResult {
         id: q.id.clone(),
         key,
         value,
         error,
+    };
+    let Some(engine) = state.get() else {
+        return vec![result(
+            q.query.clone(),
+            vec![],
+            "the node is not connected to a mesh".into(),
+        )];
     };
     match QueryCommand::try_from(q.command) {
         Ok(QueryCommand::Get) => match engine.get(&q.query) {

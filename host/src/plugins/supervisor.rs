@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use webmesh_plugin_sdk::Config as PluginConfig;
 
-use crate::store::engine::Engine;
-
 use super::*;
 
 /// Resolves once shutdown has begun.
@@ -25,7 +23,7 @@ pub(super) struct Supervisor {
     /// The plugin's private directory under the data dir.
     pub(super) state: Option<PathBuf>,
     pub(super) config: PluginConfig,
-    pub(super) engine: Engine,
+    pub(super) replica: super::querier::StateSlot,
     pub(super) stop: Arc<watch::Sender<bool>>,
 }
 
@@ -102,7 +100,7 @@ impl Supervisor {
                 reason: e.message().to_string(),
             });
         }
-        querier::open(self.handle.clone(), self.engine.clone());
+        querier::open(self.handle.clone(), self.replica.clone());
         Ok(child)
     }
 }

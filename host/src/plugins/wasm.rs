@@ -15,7 +15,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::store::engine::Engine as StateEngine;
+use super::querier::StateSlot;
 
 mod wit {
     wasmtime::component::bindgen!({
@@ -142,7 +142,7 @@ struct State {
     table: ResourceTable,
     limits: StoreLimits,
     name: String,
-    state: StateEngine,
+    state: StateSlot,
 }
 
 impl WasiView for State {
@@ -185,7 +185,7 @@ pub struct WasmPlugin {
     component: Component,
     linker: Linker<State>,
     sandbox: Sandbox,
-    state: StateEngine,
+    state: StateSlot,
     /// The encoded `PluginConfiguration`, replayed into every fresh instance.
     config: Mutex<Option<Vec<u8>>>,
     live: Mutex<Option<Live>>,
@@ -266,7 +266,7 @@ impl WasmPlugin {
         name: &str,
         path: &Path,
         sandbox: Sandbox,
-        state: StateEngine,
+        state: StateSlot,
         cache_dir: Option<&Path>,
     ) -> Result<WasmPlugin, String> {
         let component = load(path, cache_dir)?;

@@ -6,6 +6,10 @@
 //!   app-client SOCKET query get|list|iter KEY
 //!   app-client SOCKET subscribe PREFIX COUNT     # the first COUNT events
 //!   app-client SOCKET publish KEY VALUE [TTL-SECONDS]
+//!
+//! SOCKET is a unix socket path, or `https://IP:PORT` for a tcp:// AppDaemon: then
+//! `APP_CA` names the CA file to trust and `APP_USER` / `APP_PASSWORD`, if set, go out
+//! as auth-basic's headers on every call.
 
 use std::process::ExitCode;
 
@@ -17,9 +21,34 @@ fn json<T: serde::Serialize>(v: &T) {
 }
 
 async fn call(args: &[String]) -> Result<(), tonic::Status> {
-    let ch = webmesh_client::tls::unix_channel(&args[0], Some(std::time::Duration::from_secs(5)))
-        .map_err(tonic::Status::unavailable)?;
-    let mut c = AppDaemonClient::new(ch);
+    let timeout = Some(std::time::Duration::from_secs(5));
+    let ch = if args[0].starts_with("https://") {
+        let ca = std::env::var("APP_CA").unwrap_or_default();
+        let settings = webmesh_client::tls::TlsSettings {
+            ca: Some(ca.into()),
+            ..Default::default()
+        };
+        webmesh_client::tls::Dialer::for_joining(&settings)
+            .and_then(|d| d.channel(&args[0], timeout))
+    } else {
+        webmesh_client::tls::unix_channel(&args[0], timeout)
+    }
+    .map_err(tonic::Status::unavailable)?;
+    let creds: Vec<(&str, String)> = [
+        ("x-webmesh-basic-auth-username", "APP_USER"),
+        ("x-webmesh-basic-auth-password", "APP_PASSWORD"),
+    ]
+    .into_iter()
+    .filter_map(|(h, var)| std::env::var(var).ok().map(|v| (h, v)))
+    .collect();
+    let mut c = AppDaemonClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+        for (h, v) in &creds {
+            if let Ok(v) = v.parse() {
+                r.metadata_mut().insert(*h, v);
+            }
+        }
+        Ok(r)
+    });
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     match arg(1).as_str() {
         "connect" => {
