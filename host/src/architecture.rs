@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MODULES: &[&str] = &[
-    "version", "config", "mesh", "store", "trust", "raft", "net", "tls", "plugins", "services",
-    "node", "fuzzing", "dns", "metrics",
+    "version", "config", "mesh", "store", "trust", "turn", "raft", "net", "tls", "plugins",
+    "services", "node", "fuzzing", "dns", "metrics",
 ];
 
 fn sources(p: &Path) -> Vec<PathBuf> {

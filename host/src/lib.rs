@@ -17,6 +17,7 @@ pub mod services;
 pub mod store;
 pub mod tls;
 pub mod trust;
+pub mod turn;
 pub mod version;
 
 #[cfg(test)]
