@@ -19,6 +19,8 @@ APT_PACKAGES=(
   dnsperf           # the DNS benchmark
   prometheus        # a real Prometheus server (and promtool) scraping nodes in tests
   curl              # fetching a node's metrics page in tests
+  coturn            # turnutils_uclient/_peer: an independent TURN client against the node's server
+  conntrack         # flushing NAT mappings in the NAT traversal tests
 )
 PIP_MODULES=(grpc grpc_reflection google.protobuf)   # the independent gRPC test client
 PIP_PACKAGES=(grpcio grpcio-reflection protobuf)

@@ -336,7 +336,7 @@ impl Config {
             _ => {}
         }
         cfg.plugins = plugins::layer(file_plugins, plugin_flags, plugin_settings)?;
-        cfg.validate_app_daemon()?;
+        cfg.validate_combinations()?;
         Ok(cfg)
     }
 
@@ -363,8 +363,9 @@ impl Config {
     }
 
     /// A tcp:// AppDaemon needs TLS, an AUTH plugin and the users it admits; CORS
-    /// origins need grpc-web. (Whether a plugin offers AUTH is known once it runs.)
-    fn validate_app_daemon(&self) -> Result<(), ConfigError> {
+    /// origins need grpc-web; a TURN server, a public address. (Whether a plugin offers
+    /// AUTH is known once it runs.)
+    fn validate_combinations(&self) -> Result<(), ConfigError> {
         if let Some(l @ values::AppDaemonListen::Tcp(_)) = &self.app_daemon_listen {
             let why = if self.tls_cert.is_none() {
                 Some(
@@ -382,6 +383,13 @@ impl Config {
             if let Some(why) = why {
                 return Err(invalid("app-daemon-listen", l, why));
             }
+        }
+        if self.turn_server && self.turn_public_ip.or(self.endpoint).is_none() {
+            return Err(invalid(
+                "turn-server",
+                true,
+                "needs --turn-public-ip or --endpoint: the address relayed ports are reached at",
+            ));
         }
         if !self.app_daemon_cors_origin.is_empty() && !self.app_daemon_grpc_web {
             return Err(invalid(

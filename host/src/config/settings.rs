@@ -220,4 +220,20 @@ settings! {
     use_meshdns: bool = false => "use-meshdns" "BOOL" switch(v::boolean);
     /// Forwarded answers mesh DNS keeps for their TTL, at most [default: 10000; 0: none].
     meshdns_cache: usize = 10_000 => "meshdns-cache" "ENTRIES" one(v::cache_entries);
+    /// Run a TURN/STUN server (UDP) for members behind NAT; it relays only for
+    /// credentials this node issues to members.
+    turn_server: bool = false => "turn-server" "BOOL" switch(v::boolean);
+    /// Address of the TURN/STUN server [default: [::]:3478].
+    turn_listen: SocketAddr = SocketAddr::from(([0u16; 8], 3478)) => "turn-listen" "ADDR" one(v::listen);
+    /// The public IP relayed addresses carry [default: --endpoint].
+    turn_public_ip: Option<IpAddr> = None => "turn-public-ip" "IP" opt(v::ip) omit_empty;
+    /// UDP ports relayed allocations use [default: 49152-65535].
+    turn_relay_ports: v::PortRange = v::PortRange(49152, 65535) => "turn-relay-ports" "MIN-MAX" one(v::port_range);
+    /// Relayed allocations at once, at most [default: 1024].
+    turn_max_allocations: usize = 1024 => "turn-max-allocations" "N" one(v::allocations);
+    /// Bytes per second one allocation relays [default: 12500000, 100 Mbit/s; 0: no limit].
+    turn_allocation_rate: u64 = 12_500_000 => "turn-allocation-rate" "BYTES/S" one(v::rate);
+    /// Bytes per second all allocations relay together [default: 125000000, 1 Gbit/s;
+    /// 0: no limit].
+    turn_total_rate: u64 = 125_000_000 => "turn-total-rate" "BYTES/S" one(v::rate);
 }

@@ -334,3 +334,46 @@ pub fn origin(s: &str) -> Result<String, String> {
     }
     Ok(s.to_string())
 }
+
+/// An inclusive range of ports, `MIN-MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+impl serde::Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+pub fn port_range(s: &str) -> Result<PortRange, String> {
+    let bad =
+        || "must be MIN-MAX, two ports 1024-65535 with MIN <= MAX, e.g. 49152-65535".to_string();
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a < 1024 || a > b {
+        return Err(bad());
+    }
+    Ok(PortRange(a, b))
+}
+
+pub fn allocations(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| "must be 1-100000 allocations".into())
+}
+
+/// Bytes per second; 0: no limit.
+pub fn rate(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| "must be bytes per second (a whole number; 0: no limit)".into())
+}

@@ -250,6 +250,9 @@ pub(super) fn features(cfg: &Config) -> Vec<Feature> {
     if cfg.metrics_listen.is_some() {
         f.push(Feature::Metrics);
     }
+    if cfg.turn_server {
+        f.push(Feature::TurnServer);
+    }
     if let Some(dns) = dns_settings(cfg) {
         f.push(Feature::MeshDns);
         if !dns.forwarders.is_empty() {

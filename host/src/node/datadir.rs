@@ -77,6 +77,11 @@ impl DataDir {
         self.root.join("raft")
     }
 
+    /// The TURN server's secret (made on first use).
+    pub fn turn_secret_path(&self) -> PathBuf {
+        self.root.join("turn.secret")
+    }
+
     fn left_path(&self) -> PathBuf {
         self.root.join("left")
     }

@@ -354,11 +354,27 @@ impl Node {
             }
         }
         servers::serve_metrics(cfg, &raft, iface.clone(), &mut parts.tasks).await?;
+        let turn = match cfg.turn_server {
+            true => {
+                // No relaying into the mesh's own networks: that would pass around its ACLs.
+                let denied = place
+                    .addrs
+                    .v4
+                    .map(|(_, n)| ipnet::IpNet::from(n))
+                    .into_iter()
+                    .chain(place.addrs.v6.map(|(_, n)| ipnet::IpNet::from(n)))
+                    .collect();
+                let stop = stop_rx.clone();
+                Some(Self::start_turn(cfg, dir, denied, stop, &mut parts.tasks).await?)
+            }
+            false => None,
+        };
         parts.tasks.extend(plugins.start_duties(&raft));
         let api = servers::Api {
             cfg,
             raft: &raft,
             plugins: &plugins,
+            turn: turn.map(|t| t.issuer),
             iface,
             trust,
         };
@@ -424,6 +440,33 @@ impl Node {
                 ),
             })
         })
+    }
+
+    /// The TURN server: relayed addresses on the public IP, none into `denied`.
+    async fn start_turn(
+        cfg: &Config,
+        dir: &DataDir,
+        denied: Vec<ipnet::IpNet>,
+        stop: tokio::sync::watch::Receiver<bool>,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Result<crate::turn::Turn, NodeError> {
+        let public_ip = cfg.turn_public_ip.or(cfg.endpoint).ok_or_else(|| {
+            NodeError::Usage("turn-server needs --turn-public-ip or --endpoint".into())
+        })?;
+        let secret = crate::turn::load_secret(&dir.turn_secret_path())
+            .map_err(|e| NodeError::Usage(format!("the TURN secret in the data dir: {e}")))?;
+        let settings = crate::turn::Settings {
+            listen: cfg.turn_listen,
+            public_ip,
+            relay_ports: (cfg.turn_relay_ports.0, cfg.turn_relay_ports.1),
+            max_allocations: cfg.turn_max_allocations,
+            allocation_rate: cfg.turn_allocation_rate,
+            total_rate: cfg.turn_total_rate,
+            denied,
+        };
+        crate::turn::serve(settings, secret, stop, tasks)
+            .await
+            .map_err(|e| NodeError::Usage(e.to_string()))
     }
 
     /// This node's addresses and first peers: from its record (resume), from the new

@@ -124,6 +124,8 @@ pub(super) struct Api<'a> {
     pub plugins: &'a crate::plugins::Plugins,
     pub iface: Option<std::sync::Arc<crate::net::wireguard::Interface>>,
     pub trust: std::sync::Arc<crate::trust::Trust>,
+    /// This node's TURN server, whose credentials members ask for here.
+    pub turn: Option<crate::turn::Issuer>,
 }
 
 /// Requests in flight on one connection at most.
@@ -164,6 +166,7 @@ pub(super) async fn serve_api(
         plugins,
         iface,
         trust,
+        turn,
     } = api;
     let info = Arc::new(services::node::NodeInfo {
         started_at: SystemTime::now(),
@@ -173,6 +176,9 @@ pub(super) async fn serve_api(
             cfg.metrics_listen
                 .map(|a| format!("metrics=http://{a}/metrics")),
             cfg.meshdns_listen.map(|a| format!("mesh-dns={a}")),
+            turn.as_ref()
+                .and_then(|t| t.urls.first())
+                .map(|u| format!("turn={u}")),
             cfg.app_daemon_listen
                 .as_ref()
                 .map(|l| format!("app-daemon={l}")),
@@ -256,6 +262,9 @@ pub(super) async fn serve_api(
                 )
                 .max_decoding_message_size(max),
             )
+            .add_optional_service(turn.clone().map(|i| {
+                webmesh_api::internal::turn_server::TurnServer::new(services::turn::TurnService(i))
+            }))
             .add_service(reflection)
             .add_service(reflection_alpha))
     };

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod membership;
 pub mod mesh;
 pub mod node;
+pub mod turn;
 
 use tonic::Status;
 

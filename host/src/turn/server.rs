@@ -19,7 +19,7 @@ use stun_codec::rfc5389::attributes::{
 };
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
 };
 use stun_codec::rfc5766::methods::{
     ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
@@ -27,6 +27,7 @@ use stun_codec::rfc5766::methods::{
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
 
 use super::bucket::Bucket;
+pub use super::channel::ChannelNumber;
 use super::creds::Secret;
 
 stun_codec::define_attribute_enums!(
@@ -281,8 +282,12 @@ impl Server {
         data: &[u8],
         ports: &mut dyn Ports,
     ) -> Vec<Out> {
-        let Ok(Ok(m)) = MessageDecoder::<Attribute>::new().decode_from_bytes(data) else {
-            return vec![];
+        let m = match MessageDecoder::<Attribute>::new().decode_from_bytes(data) {
+            Ok(Ok(m)) => m,
+            other => {
+                tracing::debug!(%from, error = ?other.map(|r| r.err()), "TURN: not a STUN message");
+                return vec![];
+            }
         };
         match (m.class(), m.method()) {
             (MessageClass::Request, BINDING) => {

@@ -420,14 +420,14 @@ fn an_allocation_relays_at_its_rate_and_no_faster() {
         client(1),
         CHANNEL_BIND,
         vec![
-            ChannelNumber::new(0x4000).unwrap().into(),
+            ChannelNumber::new(0x7fff).unwrap().into(),
             XorPeerAddress::new(peer()).into(),
         ],
         &u,
         &p,
     );
     l.ask(client(1), m);
-    let frame = channel_frame(0x4000, &[0; 1000]);
+    let frame = channel_frame(0x7fff, &[0; 1000]);
     // One second of sending 100 kB/s: about 10 kB (+ the first second's burst) passes.
     let mut passed = 0;
     for i in 0..100 {
