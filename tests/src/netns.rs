@@ -58,6 +58,17 @@ pub struct TestNet {
     _lock: Flock<File>,
 }
 
+/// How a NAT router treats what its LAN sends out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping (`masquerade`): one public port per private one.
+    Cone,
+    /// A new random public port per destination (`masquerade fully-random`).
+    Symmetric,
+    /// Forwarded UDP dropped; TCP still goes out.
+    UdpBlocked,
+}
+
 /// A host: a namespace, its address, and its node process.
 pub struct Host {
     pub id: String,
@@ -209,6 +220,107 @@ impl TestNet {
         run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         run("ip", &["-n", &ns, "route", "add", "default", "via", gw_ip])?;
         Ok(ns)
+    }
+
+    /// A site behind NAT: router `router` on the bridge (the "internet", like any
+    /// host, with no node) and host `id` on a private LAN behind it, 192.168.<n>.2/24
+    /// with its default route through the router, which translates with `nat`. The node
+    /// on `id` is started like any host's; it has no public address, so the test
+    /// reaches it through its admin socket.
+    pub fn add_nat_site(&mut self, router: &str, id: &str, nat: Nat) -> Result<&mut Host> {
+        let n = self.next;
+        let gw = format!("192.168.{n}.1");
+        let ip = Ipv4Addr::new(192, 168, n, 2);
+        self.add_host(router)?;
+        let ns = self.add_lan(router, &gw, &ip.to_string(), 24)?;
+        let r = self.hosts[router].ns.clone();
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &r,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        self.set_nat(router, nat)?;
+        let i = self.next;
+        self.next += 1;
+        let host = Host {
+            id: id.to_string(),
+            ns,
+            ip,
+            ifname: format!("{}w{i}", self.prefix),
+            data_dir: self.dir.path().join(id),
+            log: self.dir.path().join(format!("{id}.log")),
+            socket: self.dir.path().join(format!("{id}.sock")),
+            args: vec![],
+            env: vec![],
+            child: None,
+        };
+        self.hosts.insert(id.to_string(), host);
+        Ok(self.hosts.get_mut(id).expect("just inserted"))
+    }
+
+    /// Sets how `router` translates what its LAN sends out (replacing what it did) and
+    /// forgets its mappings.
+    pub fn set_nat(&self, router: &str, nat: Nat) -> Result<()> {
+        let ns = &self.hosts.get(router).context("no such router")?.ns;
+        let masquerade = match nat {
+            Nat::Symmetric => "masquerade fully-random",
+            Nat::Cone | Nat::UdpBlocked => "masquerade",
+        };
+        let block = match nat {
+            Nat::UdpBlocked => "meta l4proto udp drop",
+            _ => "",
+        };
+        let rules = format!(
+            "table ip webmesh_nat {{\n\
+             chain post {{ type nat hook postrouting priority srcnat; oifname \"eth0\" {masquerade}; }}\n\
+             chain lan_out {{ type filter hook forward priority filter; iifname != \"eth0\" {block}; }}\n\
+             }}\n"
+        );
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "delete",
+                "table",
+                "ip",
+                "webmesh_nat",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(rules.as_bytes())?;
+        let out = nft.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.flush_nat(router)
+    }
+
+    /// Drops every mapping `router` holds (as a NAT that reboots or times them out).
+    pub fn flush_nat(&self, router: &str) -> Result<()> {
+        let ns = &self.hosts.get(router).context("no such router")?.ns;
+        let _ = Command::new("ip")
+            .args(["netns", "exec", ns, "conntrack", "-F"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        Ok(())
     }
 
     /// The root namespace's address on the bridge: where the test itself listens.
