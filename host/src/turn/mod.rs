@@ -1,10 +1,12 @@
 //! The TURN/STUN server of `--turn-server`: `creds` (REST-style credentials),
-//! `bucket` (rate limits) and `server` (the protocol) are sans IO; this module is the
+//! `bucket` (rate limits), `server` (the protocol) and `client` (an allocation as a
+//! node's ICE agent keeps it) are sans IO; this module is the
 //! shell: the server's UDP socket, one socket per relay port, and the task that feeds
 //! them to [`server::Server`] and sends what it answers.
 
 pub mod bucket;
 mod channel;
+pub mod client;
 pub mod creds;
 pub mod server;
 
