@@ -6,7 +6,6 @@
 //!   target/release/mesh-bench propagation 25
 //!   target/release/mesh-bench iperf           # tunnel throughput and node RSS
 //!   target/release/mesh-bench acl             # wmctl put networkacl -> every node, 5 nodes
-//!   target/release/mesh-bench turn            # packets/s the TURN server relays
 //!
 //! Needs root. Prints Markdown tables.
 
@@ -484,116 +483,6 @@ async fn iperf_bench() -> Result<()> {
     Ok(())
 }
 
-/// The TURN server under coturn's client: sessions sending 100-byte messages as fast as
-/// the client goes through their allocations (by channel) to an echo peer and back;
-/// every echoed message is two relayed packets.
-async fn turn_bench() -> Result<()> {
-    use webmesh_api::internal::TurnCredentialsRequest;
-    use webmesh_api::internal::turn_client::TurnClient;
-    let mut net = TestNet::new()?;
-    let h = net.add_host("h1")?;
-    h.args = vec![
-        "--bootstrap".into(),
-        "--endpoint".into(),
-        h.ip.to_string(),
-        "--turn-server".into(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
-    h.start()?;
-    h.wait_ready(Duration::from_secs(60)).await?;
-    let server = h.ip.to_string();
-    let peer = net.add_host("peer")?;
-    let (peer_ns, peer_ip) = (peer.ns.clone(), peer.ip.to_string());
-    let client_ns = net.add_host("client")?.ns.clone();
-    let _echo = webmesh_e2e::KillOnDrop(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &peer_ns,
-                "turnutils_peer",
-                "-L",
-                &peer_ip,
-                "-p",
-                "3480",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let creds = TurnClient::new(webmesh_e2e::admin_channel(&net.hosts["h1"].socket)?)
-        .credentials(TurnCredentialsRequest {})
-        .await?
-        .into_inner();
-    let pid = net.hosts["h1"].pid().context("node pid")?;
-    println!("| sessions | offered msg/s | echoed msg/s | relayed packets/s | lost | node CPU |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    // 8 sessions: coturn's client holds two allocations per session, and a member may
-    // hold 16.
-    for clients in [1usize, 4, 8] {
-        let msgs = 20_000;
-        let cpu0 = cpu_ticks(pid)?;
-        let t0 = Instant::now();
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &client_ns,
-                "turnutils_uclient",
-                "-c",
-                "-z",
-                "1",
-                "-l",
-                "100",
-            ])
-            .args(["-n", &msgs.to_string(), "-m", &clients.to_string()])
-            .args([
-                "-u",
-                &creds.username,
-                "-w",
-                &creds.password,
-                "-e",
-                &peer_ip,
-                "-r",
-                "3480",
-            ])
-            .arg(&server)
-            .stdin(Stdio::null())
-            .output()?;
-        let secs = t0.elapsed().as_secs_f64();
-        let cpu = (cpu_ticks(pid)? - cpu0) as f64 / 100.0 / secs;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        let last = |label: &str| -> Option<f64> {
-            let rest = &text[text.rfind(label)? + label.len()..];
-            rest.split(|c: char| !c.is_ascii_digit())
-                .find(|s| !s.is_empty())?
-                .parse()
-                .ok()
-        };
-        let sent = last("tot_send_msgs=").context("uclient's report")?;
-        let recv = last("tot_recv_msgs=").context("uclient's report")?;
-        println!(
-            "| {clients} | {:.0} | {:.0} | {:.0} | {:.2}% | {:.0}% |",
-            sent / secs,
-            recv / secs,
-            (sent + recv) / secs,
-            100.0 * (sent - recv) / sent.max(1.0),
-            100.0 * cpu
-        );
-    }
-    Ok(())
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -604,7 +493,6 @@ async fn main() -> Result<()> {
         }
         Some("iperf") => iperf_bench().await,
         Some("acl") => acl_bench().await,
-        Some("turn") => turn_bench().await,
-        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl | turn"),
+        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl"),
     }
 }
