@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MODULES: &[&str] = &[
-    "version", "config", "mesh", "store", "trust", "turn", "raft", "net", "tls", "plugins",
+    "version", "config", "mesh", "store", "trust", "turn", "ice", "raft", "net", "tls", "plugins",
     "services", "node", "fuzzing", "dns", "metrics",
 ];
 

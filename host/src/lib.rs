@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dns;
 pub mod fuzzing;
+pub mod ice;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
