@@ -1,8 +1,9 @@
 //! The NAT test topology (`TestNet::add_nat_site`): an "internet" bridge with public
 //! nodes, and sites whose router translates with nftables — cone (`masquerade`),
 //! symmetric (`masquerade fully-random`) or with UDP blocked. Checked with the nodes'
-//! own STUN servers: what a host behind each kind of NAT looks like from outside, and
-//! that nodes behind NATs join and reach each other through the mesh. Needs root.
+//! own STUN servers: what a host behind each kind of NAT looks like from outside, that
+//! nodes behind NATs join and reach each other through the mesh, and that a member
+//! behind a symmetric NAT relays through a node's TURN server. Needs root.
 
 use std::time::Duration;
 
@@ -127,6 +128,74 @@ async fn hosts_behind_each_kind_of_nat_look_as_they_should_and_join() -> Result<
     })
     .await
     .with_context(|| net.logs())?;
+    // Behind the symmetric NAT, a member's TURN allocation still relays both ways (what
+    // ICE falls back to there): coturn's client in c4's namespace, h1's relay, an echo
+    // peer on the internet.
+    let creds = {
+        use webmesh_api::internal::TurnCredentialsRequest;
+        use webmesh_api::internal::turn_client::TurnClient;
+        TurnClient::new(webmesh_e2e::admin_channel(&net.hosts["c4"].socket)?)
+            .credentials(TurnCredentialsRequest {})
+            .await
+    };
+    // c4 runs no TURN server: its own API has none to offer.
+    ensure!(
+        creds.as_ref().err().map(|s| s.code()) == Some(tonic::Code::Unimplemented),
+        "{creds:?}"
+    );
+    let key = webmesh_e2e::node_keypair(&net.hosts["c4"].data_dir)?;
+    let creds = {
+        use webmesh_api::internal::TurnCredentialsRequest;
+        use webmesh_api::internal::turn_client::TurnClient;
+        let ch = webmesh_e2e::signed_channel(&net.grpc("h1"), webmesh_e2e::signer("c4", &key))?;
+        TurnClient::new(ch)
+            .credentials(TurnCredentialsRequest {})
+            .await?
+            .into_inner()
+    };
+    let echo_host = net.add_host("echo")?;
+    let (echo_ns, echo_ip) = (echo_host.ns.clone(), echo_host.ip.to_string());
+    let _echo = webmesh_e2e::KillOnDrop(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &echo_ns,
+                "turnutils_peer",
+                "-L",
+                &echo_ip,
+                "-p",
+                "3480",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let h1_ip = public("h1");
+    let out = net.hosts["c4"].exec(&[
+        "turnutils_uclient",
+        "-c",
+        "-n",
+        "10",
+        "-m",
+        "1",
+        "-u",
+        &creds.username,
+        "-w",
+        &creds.password,
+        "-e",
+        &echo_ip,
+        "-r",
+        "3480",
+        &h1_ip,
+    ])?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        text.contains("tot_recv_msgs=10") && text.contains("Total lost packets 0"),
+        "relay from behind the symmetric NAT:\n{text}"
+    );
+
     // The public node sees c3 at its router's address: the NAT is in the path.
     let seen = net.hosts["h1"].wg_peers()?;
     let c3_key = &nodes["c3"].public_key;
