@@ -50,6 +50,7 @@ async fn prometheus_scrapes_every_family_from_a_three_node_mesh() -> Result<()> 
             "--meshdns-listen",
             ":5353",
             "--meshdns-no-forward",
+            "--turn-server",
             "--plugin",
             &ipam,
         ],
@@ -193,6 +194,9 @@ async fn prometheus_scrapes_every_family_from_a_three_node_mesh() -> Result<()> 
         "webmesh_plugin_call_seconds_bucket",
         "webmesh_join_seconds_count",
         "webmesh_dns_queries_total",
+        "webmesh_turn_allocations",
+        "webmesh_turn_relayed_packets_total",
+        "webmesh_turn_refused_auth_total",
     ] {
         let body = wait_for(
             &format!("{family} in Prometheus"),

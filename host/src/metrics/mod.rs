@@ -144,6 +144,16 @@ pub struct RaftFigures {
 /// The node ID owning a WireGuard public key.
 pub type Owner = dyn Fn(&str) -> Option<String> + Send + Sync;
 
+/// The TURN server's figures (`--turn-server`), read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct TurnFigures {
+    pub allocations: u64,
+    pub relayed_packets: u64,
+    pub relayed_bytes: u64,
+    pub dropped_packets: u64,
+    pub refused_auth: u64,
+}
+
 /// What a scrape reads from the rest of the node.
 #[derive(Clone)]
 pub struct Sources {
@@ -151,6 +161,8 @@ pub struct Sources {
     pub interface: Arc<dyn Fn() -> Option<InterfaceMetrics> + Send + Sync>,
     /// The node ID owning a WireGuard public key.
     pub owner: Arc<Owner>,
+    /// The TURN server, when the node runs one.
+    pub turn: Option<Arc<dyn Fn() -> TurnFigures + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -319,6 +331,41 @@ impl prometheus_client::collector::Collector for Scraped {
             "learners (non-voters) in the Raft configuration",
             clamp(r.learners),
         )?;
+        if let Some(turn) = &self.sources.turn {
+            let t = turn();
+            gauge(
+                &mut e,
+                "turn_allocations",
+                "TURN allocations held",
+                clamp(t.allocations),
+            )?;
+            for (name, help, v) in [
+                (
+                    "turn_relayed_packets",
+                    "datagrams the TURN server relayed",
+                    t.relayed_packets,
+                ),
+                (
+                    "turn_relayed_bytes",
+                    "bytes the TURN server relayed",
+                    t.relayed_bytes,
+                ),
+                (
+                    "turn_dropped_packets",
+                    "datagrams the TURN server dropped over a rate limit",
+                    t.dropped_packets,
+                ),
+                (
+                    "turn_refused_auth",
+                    "TURN requests refused for bad or expired credentials",
+                    t.refused_auth,
+                ),
+            ] {
+                let c = ConstCounter::new(v);
+                let enc = e.encode_descriptor(name, help, None, c.metric_type())?;
+                c.encode(enc)?;
+            }
+        }
         if let Some(iface) = (self.sources.interface)() {
             wireguard(&mut e, &iface, &*self.sources.owner)?;
         }

@@ -353,7 +353,6 @@ impl Node {
                 Err(e) => warn!(error = %e, "the host resolver is left as it was"),
             }
         }
-        servers::serve_metrics(cfg, &raft, iface.clone(), &mut parts.tasks).await?;
         let turn = match cfg.turn_server {
             true => {
                 // No relaying into the mesh's own networks: that would pass around its ACLs.
@@ -369,6 +368,7 @@ impl Node {
             }
             false => None,
         };
+        servers::serve_metrics(cfg, &raft, iface.clone(), turn.as_ref(), &mut parts.tasks).await?;
         parts.tasks.extend(plugins.start_duties(&raft));
         let api = servers::Api {
             cfg,

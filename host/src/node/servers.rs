@@ -309,6 +309,7 @@ pub(super) async fn serve_metrics(
     cfg: &crate::config::Config,
     raft: &crate::raft::RaftNode,
     iface: Option<std::sync::Arc<crate::net::wireguard::Interface>>,
+    turn: Option<&crate::turn::Turn>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<(), NodeError> {
     use std::sync::Arc;
@@ -325,6 +326,19 @@ pub(super) async fn serve_metrics(
         owner: Arc::new(move |key| {
             let m = members.read().ok()?;
             m.owner_of(key).map(str::to_string)
+        }),
+        turn: turn.map(|t| {
+            let stats = t.stats.clone();
+            Arc::new(move || {
+                let s = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                crate::metrics::TurnFigures {
+                    allocations: s.allocations as u64,
+                    relayed_packets: s.relayed_packets,
+                    relayed_bytes: s.relayed_bytes,
+                    dropped_packets: s.dropped_packets,
+                    refused_auth: s.refused_auth,
+                }
+            }) as Arc<dyn Fn() -> crate::metrics::TurnFigures + Send + Sync>
         }),
     };
     let engine = raft.engine.clone();
