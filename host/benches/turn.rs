@@ -125,6 +125,7 @@ fn main() {
                 denied: vec![],
             },
             Secret(rand::random()),
+            Box::new(|_: &str| true),
             stop_rx,
             &mut tasks,
         )

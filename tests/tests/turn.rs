@@ -1,6 +1,7 @@
 //! The TURN/STUN server in a node (`--turn-server`), driven by coturn's own client
 //! (`turnutils_uclient`) and echo peer (`turnutils_peer`): a member's credentials
-//! relay both ways, by channel and by Send indication; strangers get nothing. Real
+//! relay both ways, by channel and by Send indication; strangers and removed members get
+//! nothing. Real
 //! binaries in network namespaces. Needs root.
 
 use std::process::{Command, Stdio};
@@ -143,6 +144,23 @@ async fn members_relay_through_the_turn_server_and_strangers_do_not() -> Result<
     ensure!(
         figure(&text, "tot_recv_msgs=").unwrap_or(0) == 0,
         "relayed into the mesh:\n{text}"
+    );
+    // Removed from the mesh, h2's unexpired credentials no longer allocate.
+    net.hosts["h1"]
+        .client()
+        .await?
+        .leave(webmesh_api::v1::LeaveRequest { id: "h2".into() })
+        .await?;
+    let (ok, text) = uclient(&h1, &creds.username, &creds.password, &peer_ip, &[])?;
+    ensure!(
+        !ok && figure(&text, "tot_recv_msgs=").unwrap_or(0) == 0,
+        "a removed member relayed:\n{text}"
+    );
+    // The member that stays still relays.
+    let (ok, text) = uclient(&h1, &own.username, &own.password, &peer_ip, &[])?;
+    ensure!(
+        ok && figure(&text, "tot_recv_msgs=") == Some(20),
+        "after the removal:\n{text}"
     );
     Ok(())
 }

@@ -364,7 +364,10 @@ impl Node {
                     .chain(place.addrs.v6.map(|(_, n)| ipnet::IpNet::from(n)))
                     .collect();
                 let stop = stop_rx.clone();
-                Some(Self::start_turn(cfg, dir, denied, stop, &mut parts.tasks).await?)
+                let members = raft.state_machine.members();
+                let is_member =
+                    Box::new(move |id: &str| members.read().is_ok_and(|m| m.key_of(id).is_some()));
+                Some(Self::start_turn(cfg, dir, denied, is_member, stop, &mut parts.tasks).await?)
             }
             false => None,
         };
@@ -447,6 +450,7 @@ impl Node {
         cfg: &Config,
         dir: &DataDir,
         denied: Vec<ipnet::IpNet>,
+        is_member: Box<crate::turn::server::IsMember>,
         stop: tokio::sync::watch::Receiver<bool>,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<crate::turn::Turn, NodeError> {
@@ -464,7 +468,7 @@ impl Node {
             total_rate: cfg.turn_total_rate,
             denied,
         };
-        crate::turn::serve(settings, secret, stop, tasks)
+        crate::turn::serve(settings, secret, is_member, stop, tasks)
             .await
             .map_err(|e| NodeError::Usage(e.to_string()))
     }

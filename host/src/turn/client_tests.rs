@@ -47,6 +47,7 @@ fn lab(password: Option<&str>) -> Lab {
                 denied: vec![],
             },
             secret,
+            Box::new(|_: &str| true),
             [1; 32],
             now,
         ),

@@ -53,6 +53,14 @@ impl Secret {
         }
     }
 
+    /// The node a username was issued to (whatever its validity).
+    pub fn node_of(username: &str) -> Option<&str> {
+        username
+            .split_once(':')
+            .map(|(_, n)| n)
+            .filter(|n| !n.is_empty())
+    }
+
     /// The password `username` must present at `now`, if the server issued it and it
     /// has not expired.
     pub fn check(&self, username: &str, now: u64) -> Result<String, Refused> {

@@ -153,6 +153,7 @@ impl Ports for RelaySockets {
 pub async fn serve(
     settings: Settings,
     secret: Secret,
+    is_member: Box<server::IsMember>,
     mut stop: watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Turn, TurnError> {
@@ -183,6 +184,7 @@ pub async fn serve(
             denied: settings.denied.clone(),
         },
         secret,
+        is_member,
         rand::random(),
         now,
     );
@@ -198,6 +200,8 @@ pub async fn serve(
     info!(listen = %addr, public = %public, ports = ?settings.relay_ports, "TURN server");
     tasks.push(tokio::spawn(async move {
         let sock = Arc::new(sock);
+        // Removed members' allocations end within this.
+        let mut revoke = tokio::time::interval(Duration::from_secs(10));
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let wake = server
@@ -218,6 +222,10 @@ pub async fn serve(
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     server.handle_timeout(Instant::now(), &mut relays);
+                    vec![]
+                }
+                _ = revoke.tick() => {
+                    server.revoke_non_members(&mut relays);
                     vec![]
                 }
                 _ = stop.wait_for(|s| *s) => break,

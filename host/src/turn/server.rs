@@ -80,6 +80,10 @@ pub struct Config {
     pub denied: Vec<ipnet::IpNet>,
 }
 
+/// Whether a node is still a member: credentials of a removed node stop working before
+/// they expire.
+pub type IsMember = dyn Fn(&str) -> bool + Send + Sync;
+
 /// Relay ports, opened and closed by the shell.
 pub trait Ports {
     /// Binds a free relay port (same family as `v4`); None when none is free.
@@ -125,6 +129,7 @@ pub struct Stats {
 pub struct Server {
     cfg: Config,
     secret: Secret,
+    is_member: Box<IsMember>,
     nonce_key: hmac::Key,
     /// By the client's address (the 5-tuple: one server socket, UDP).
     allocations: HashMap<SocketAddr, Allocation>,
@@ -138,12 +143,20 @@ pub struct Server {
 struct Refusal(u16, &'static str);
 
 impl Server {
-    /// `secret` checks credentials; `nonce_key` signs nonces (random per process).
-    pub fn new(cfg: Config, secret: Secret, nonce_key: [u8; 32], now: Instant) -> Server {
+    /// `secret` checks credentials and `is_member` their node; `nonce_key` signs
+    /// nonces (random per process).
+    pub fn new(
+        cfg: Config,
+        secret: Secret,
+        is_member: Box<IsMember>,
+        nonce_key: [u8; 32],
+        now: Instant,
+    ) -> Server {
         Server {
             total: Bucket::new(cfg.total_rate, now),
             cfg,
             secret,
+            is_member,
             nonce_key: hmac::Key::new(hmac::HMAC_SHA256, &nonce_key),
             allocations: HashMap::new(),
             by_port: HashMap::new(),
@@ -226,6 +239,20 @@ impl Server {
             a.channels.retain(|_, (_, e)| *e > now);
             let live: Vec<SocketAddr> = a.channels.values().map(|(p, _)| *p).collect();
             a.channel_of.retain(|p, _| live.contains(p));
+        }
+    }
+
+    /// Ends the allocations of nodes that are no longer members (call when the
+    /// membership changes, or now and then).
+    pub fn revoke_non_members(&mut self, ports: &mut dyn Ports) {
+        let gone: Vec<SocketAddr> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| !Secret::node_of(&a.username).is_some_and(|n| (self.is_member)(n)))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in gone {
+            self.remove(c, ports);
         }
     }
 
@@ -377,6 +404,9 @@ impl Server {
         let Ok(password) = self.secret.check(user.name(), unix) else {
             return refuse(self);
         };
+        if !Secret::node_of(user.name()).is_some_and(|n| (self.is_member)(n)) {
+            return refuse(self);
+        }
         let Ok(realm) = Realm::new(self.cfg.realm.clone()) else {
             return Err(None);
         };

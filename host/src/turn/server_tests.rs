@@ -49,7 +49,13 @@ fn lab(cfg: Config) -> Lab {
     let t0 = Instant::now();
     let secret = Secret([9; 32]);
     Lab {
-        s: Server::new(cfg, secret.clone(), [3; 32], t0),
+        s: Server::new(
+            cfg,
+            secret.clone(),
+            Box::new(|n: &str| n != "removed"),
+            [3; 32],
+            t0,
+        ),
         ports: FakePorts {
             capacity: 100,
             ..Default::default()
@@ -489,4 +495,28 @@ fn garbage_is_ignored() {
                 .is_empty()
         );
     }
+}
+
+#[test]
+fn a_removed_node_loses_the_relay_before_its_credentials_expire() {
+    let mut l = lab(config());
+    // Credentials issued while it was a member do not allocate once it is not.
+    assert_eq!(code_of(&l.allocate(client(1), "removed")), Some(401));
+    // Allocations of a node removed meanwhile end at the next sweep; others stay.
+    let members = std::sync::Arc::new(std::sync::Mutex::new(vec!["n1", "n2"]));
+    let m = members.clone();
+    l.s = Server::new(
+        config(),
+        l.secret.clone(),
+        Box::new(move |n: &str| m.lock().unwrap().contains(&n)),
+        [3; 32],
+        l.t0,
+    );
+    assert!(code_of(&l.allocate(client(2), "n1")).is_none());
+    assert!(code_of(&l.allocate(client(3), "n2")).is_none());
+    assert_eq!(l.ports.open.len(), 2);
+    members.lock().unwrap().retain(|n| *n != "n2");
+    l.s.revoke_non_members(&mut l.ports);
+    assert_eq!(l.s.stats().allocations, 1);
+    assert_eq!(l.ports.open.len(), 1);
 }
