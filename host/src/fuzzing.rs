@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("plugin_handshake", plugin_handshake),
     ("proof_header", proof_header),
     ("dns_queries", dns_queries),
+    ("turn_packets", turn_packets),
 ];
 
 /// Join, Update and Leave requests as the Node service validates them.
@@ -178,6 +179,63 @@ pub fn dns_queries(data: &[u8]) {
     if let Ok(zone) = crate::dns::zone::Zone::build(&v, 1, Some("a"), &["a".into()]) {
         crate::dns::zone::answer_every_way(&zone, data);
     }
+}
+
+/// Datagrams from strangers, split at 0xff bytes, to everything that reads the TURN
+/// and ICE sockets: the TURN server (from clients and from peers), a TURN client
+/// waiting for its allocation, an ICE path, the socket's sorter.
+pub fn turn_packets(data: &[u8]) {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use crate::turn::server::{Config, Ports, Server};
+
+    struct AnyPort;
+    impl Ports for AnyPort {
+        fn open(&mut self, _v4: bool) -> Option<u16> {
+            Some(50_000)
+        }
+        fn close(&mut self, _port: u16) {}
+    }
+    let now = Instant::now();
+    let server_addr = SocketAddr::from(([203, 0, 113, 1], 3478));
+    let mut server = Server::new(
+        Config {
+            realm: "webmesh".into(),
+            relay_ip: server_addr.ip(),
+            max_allocations: 4,
+            max_allocations_per_user: 2,
+            allocation_rate: 1_000_000,
+            total_rate: 0,
+            denied: vec![],
+        },
+        crate::turn::creds::Secret([1; 32]),
+        Box::new(|_: &str| true),
+        [2; 32],
+        now,
+    );
+    let mut client = crate::turn::client::Client::new(server_addr, "9:n1".into(), "pw".into());
+    client.allocate(now);
+    let mut path = crate::ice::path::Path::new(true);
+    let local = SocketAddr::from(([10, 0, 0, 1], 51821));
+    let _ = path.add_local(crate::ice::path::Local::Host(local));
+    path.set_remote_credentials("ufragufragufrag".into(), "passwordpasswordpassword".into());
+    let mut mux = crate::ice::mux::Mux::<u8>::default();
+    mux.set_peer(1, SocketAddr::from(([198, 51, 100, 1], 40_000)));
+    mux.add_turn_server(server_addr);
+    for (i, chunk) in data.split(|b| *b == 0xff).take(64).enumerate() {
+        let from = SocketAddr::from(([198, 51, 100, i as u8], 40_000));
+        let _ = server.handle_client(now, 1_000, from, chunk, &mut AnyPort);
+        let _ = server.handle_peer(now, 50_000, from, chunk);
+        client.handle(now, server_addr, chunk);
+        while client.poll_event().is_some() {}
+        path.handle(now, from, local, chunk);
+        let _ = mux.route(from, chunk);
+        let _ = mux.route_relayed(from, chunk);
+        let _ = path.add_remote(&String::from_utf8_lossy(chunk));
+    }
+    server.handle_timeout(now + std::time::Duration::from_secs(3600), &mut AnyPort);
+    client.handle_timeout(now + std::time::Duration::from_secs(3600));
 }
 
 #[cfg(test)]
