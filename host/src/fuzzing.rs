@@ -208,6 +208,7 @@ pub fn turn_packets(data: &[u8]) {
             allocation_rate: 1_000_000,
             total_rate: 0,
             denied: vec![],
+            listen_port: 3478,
         },
         crate::turn::creds::Secret([1; 32]),
         Box::new(|_: &str| true),

@@ -45,6 +45,7 @@ fn lab(password: Option<&str>) -> Lab {
                 allocation_rate: 0,
                 total_rate: 0,
                 denied: vec![],
+                listen_port: 3478,
             },
             secret,
             Box::new(|_: &str| true),

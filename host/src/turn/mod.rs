@@ -182,6 +182,7 @@ pub async fn serve(
             allocation_rate: settings.allocation_rate,
             total_rate: settings.total_rate,
             denied: settings.denied.clone(),
+            listen_port: addr.port(),
         },
         secret,
         is_member,

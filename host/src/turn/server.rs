@@ -78,6 +78,10 @@ pub struct Config {
     pub total_rate: u64,
     /// Peers no allocation may reach (loopback, the mesh's own networks, ...).
     pub denied: Vec<ipnet::IpNet>,
+    /// The server's own port on `relay_ip`: relaying to it would feed the server its own
+    /// traffic as a client's. (Other relay ports stay reachable: two members behind
+    /// symmetric NATs meet relay to relay.)
+    pub listen_port: u16,
 }
 
 /// Whether a node is still a member: credentials of a removed node stop working before
@@ -540,7 +544,8 @@ impl Server {
                     || v.to_ipv4_mapped().is_some()
             }
         };
-        if special || peer.port() == 0 || self.cfg.denied.iter().any(|n| n.contains(&ip)) {
+        let own = ip.to_canonical() == self.cfg.relay_ip && peer.port() == self.cfg.listen_port;
+        if special || own || peer.port() == 0 || self.cfg.denied.iter().any(|n| n.contains(&ip)) {
             return Err(Refusal(403, "Forbidden"));
         }
         Ok(())

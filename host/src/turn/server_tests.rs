@@ -42,6 +42,7 @@ fn config() -> Config {
         allocation_rate: 0,
         total_rate: 0,
         denied: vec!["172.16.0.0/12".parse().unwrap()],
+        listen_port: 3478,
     }
 }
 
@@ -382,6 +383,8 @@ fn the_relay_reaches_no_loopback_link_local_or_mesh_address() {
         "[fe80::1]:22",
         "[::ffff:127.0.0.1]:22",
         "192.0.2.7:0",
+        // The server's own port.
+        "203.0.113.1:3478",
     ] {
         let m = l.signed(
             client(1),
@@ -392,6 +395,16 @@ fn the_relay_reaches_no_loopback_link_local_or_mesh_address() {
         );
         assert_eq!(code_of(&l.ask(client(1), m)), Some(403), "{bad}");
     }
+    // Another allocation's relayed address on this server is a fair peer (two members
+    // behind symmetric NATs meet that way).
+    let m = l.signed(
+        client(1),
+        CREATE_PERMISSION,
+        vec![XorPeerAddress::new("203.0.113.1:50002".parse().unwrap()).into()],
+        &u,
+        &p,
+    );
+    assert_eq!(l.ask(client(1), m).class(), MessageClass::SuccessResponse);
 }
 
 #[test]
