@@ -23,14 +23,6 @@ const PEER: &str = "10.200.0.2:7000";
 const WINDOW: usize = 64;
 const RUN: Duration = Duration::from_secs(3);
 
-fn sh(args: &[&str]) {
-    let ok = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{args:?}");
-}
-
 fn cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
     let f: Vec<&str> = stat
@@ -99,13 +91,8 @@ async fn session(mut c: Client, until: Instant, echoed: Arc<AtomicU64>) {
 }
 
 fn main() {
-    // SAFETY: called before any thread exists; the process moves to a new network
-    // namespace of its own.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "unshare(CLONE_NEWNET) needs root");
-    sh(&["ip", "link", "set", "lo", "up"]);
-    sh(&["ip", "addr", "add", "10.200.0.1/24", "dev", "lo"]);
-    sh(&["ip", "addr", "add", "10.200.0.2/24", "dev", "lo"]);
+    webmesh::ice::lab::private_network(&["10.200.0.1/24", "10.200.0.2/24"])
+        .expect("a network namespace of our own");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

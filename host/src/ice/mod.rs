@@ -3,6 +3,7 @@
 //! `shell` is the socket's task with a proxy port per peer for WireGuard. The shell (one UDP socket, the local proxy ports WireGuard
 //! sends to, signalling through the mesh) comes next; see ARCHITECTURE.md.
 
+pub mod lab;
 pub mod mux;
 pub mod path;
 pub mod shell;

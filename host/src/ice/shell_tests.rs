@@ -4,26 +4,6 @@
 
 use super::*;
 
-fn sh(args: &[&str]) {
-    let ok = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{args:?}");
-}
-
-/// Moves this thread (and the threads it starts) into a new network namespace with
-/// 10.201.0.1 and 10.201.0.2 on `lo`.
-fn private_network() {
-    // SAFETY: unshare affects only the calling thread's namespaces; the runtime's
-    // threads are started from it afterwards.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "unshare(CLONE_NEWNET): this test needs root");
-    sh(&["ip", "link", "set", "lo", "up"]);
-    sh(&["ip", "addr", "add", "10.201.0.1/24", "dev", "lo"]);
-    sh(&["ip", "addr", "add", "10.201.0.2/24", "dev", "lo"]);
-}
-
 /// Carries `from`'s signals to `to` (as `peer`), and reports selected paths.
 fn relay_notes(
     mut from: mpsc::Receiver<Note>,
@@ -47,7 +27,8 @@ fn relay_notes(
 
 #[test]
 fn two_nodes_find_a_direct_path_and_carry_wireguard_over_it() {
-    private_network();
+    super::super::lab::private_network(&["10.201.0.1/24", "10.201.0.2/24"])
+        .expect("a network namespace of the test's own");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,9 +71,9 @@ fn two_nodes_find_a_direct_path_and_carry_wireguard_over_it() {
         assert!(proxy_a.ip().is_loopback() && proxy_b.ip().is_loopback());
         let mut seen = HashMap::new();
         while seen.len() < 2 {
-            let (side, s) = tokio::time::timeout(Duration::from_secs(10), paths.recv())
+            let (side, s) = tokio::time::timeout(Duration::from_secs(30), paths.recv())
                 .await
-                .expect("both paths selected within 10 s")
+                .expect("both paths selected within 30 s")
                 .unwrap();
             seen.insert(side, s);
         }
