@@ -170,20 +170,7 @@ impl TestNet {
         )?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        let host = Host {
-            id: id.to_string(),
-            ns,
-            ip,
-            ifname: format!("{}w{i}", self.prefix),
-            data_dir: self.dir.path().join(id),
-            log: self.dir.path().join(format!("{id}.log")),
-            socket: self.dir.path().join(format!("{id}.sock")),
-            args: vec![],
-            env: vec![],
-            child: None,
-        };
-        self.hosts.insert(id.to_string(), host);
-        Ok(self.hosts.get_mut(id).expect("just inserted"))
+        Ok(self.insert_host(id, ns, ip, i))
     }
 
     /// A namespace on a private link behind host `gw`: `gw_ip` on gw's side,
@@ -222,6 +209,24 @@ impl TestNet {
         Ok(ns)
     }
 
+    /// Records host `id` (namespace `ns`, address `ip`, index `i`), no node started.
+    fn insert_host(&mut self, id: &str, ns: String, ip: Ipv4Addr, i: u8) -> &mut Host {
+        let host = Host {
+            id: id.to_string(),
+            ns,
+            ip,
+            ifname: format!("{}w{i}", self.prefix),
+            data_dir: self.dir.path().join(id),
+            log: self.dir.path().join(format!("{id}.log")),
+            socket: self.dir.path().join(format!("{id}.sock")),
+            args: vec![],
+            env: vec![],
+            child: None,
+        };
+        self.hosts.insert(id.to_string(), host);
+        self.hosts.get_mut(id).expect("just inserted")
+    }
+
     /// A site behind NAT: router `router` on the bridge (the "internet", like any
     /// host, with no node) and host `id` on a private LAN behind it, 192.168.<n>.2/24
     /// with its default route through the router, which translates with `nat`. The node
@@ -248,20 +253,7 @@ impl TestNet {
         self.set_nat(router, nat)?;
         let i = self.next;
         self.next += 1;
-        let host = Host {
-            id: id.to_string(),
-            ns,
-            ip,
-            ifname: format!("{}w{i}", self.prefix),
-            data_dir: self.dir.path().join(id),
-            log: self.dir.path().join(format!("{id}.log")),
-            socket: self.dir.path().join(format!("{id}.sock")),
-            args: vec![],
-            env: vec![],
-            child: None,
-        };
-        self.hosts.insert(id.to_string(), host);
-        Ok(self.hosts.get_mut(id).expect("just inserted"))
+        Ok(self.insert_host(id, ns, ip, i))
     }
 
     /// Sets how `router` translates what its LAN sends out (replacing what it did) and

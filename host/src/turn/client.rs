@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytecodec::{DecodeExt, EncodeExt};
+use bytecodec::DecodeExt;
 use stun_codec::rfc5389::attributes::{
     ErrorCode, MessageIntegrity, Nonce, Realm, Username, XorMappedAddress,
 };
@@ -19,9 +19,11 @@ use stun_codec::rfc5766::attributes::{
 use stun_codec::rfc5766::methods::{
     ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
 };
-use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId};
+use stun_codec::{Message, MessageClass, MessageDecoder, Method, TransactionId};
 
-use super::server::{Attribute, ChannelNumber, channel_frame, parse_channel_frame};
+use super::server::{
+    Attribute, ChannelNumber, channel_frame, encode, parse_channel_frame, random_tid,
+};
 
 /// First retransmission after this; doubled each time (RFC 5389 §7.2.1).
 const RTO: Duration = Duration::from_millis(250);
@@ -172,7 +174,7 @@ impl Client {
         if ch.bound {
             self.out.push_back(channel_frame(ch.number, data));
         } else {
-            let mut m = Message::<Attribute>::new(MessageClass::Indication, SEND, tid());
+            let mut m = Message::<Attribute>::new(MessageClass::Indication, SEND, random_tid());
             m.add_attribute(XorPeerAddress::new(peer));
             match Data::new(data.to_vec()) {
                 Ok(d) => m.add_attribute(d),
@@ -323,7 +325,7 @@ impl Client {
             if let Some(r) = m.get_attribute::<Realm>() {
                 self.realm = Some(r.text().to_string());
             }
-            let mut again = Message::new(MessageClass::Request, p.request.method(), tid());
+            let mut again = Message::new(MessageClass::Request, p.request.method(), random_tid());
             for a in p.request.attributes() {
                 if !matches!(
                     a,
@@ -481,15 +483,7 @@ impl Client {
 }
 
 fn request(method: Method) -> Message<Attribute> {
-    Message::new(MessageClass::Request, method, tid())
-}
-
-fn tid() -> TransactionId {
-    TransactionId::new(rand::random())
-}
-
-fn encode(m: Message<Attribute>) -> Option<Vec<u8>> {
-    MessageEncoder::new().encode_into_bytes(m).ok()
+    Message::new(MessageClass::Request, method, random_tid())
 }
 
 #[cfg(test)]

@@ -206,12 +206,15 @@ impl Server {
         if a.permissions.get(&from.ip()).is_none_or(|e| *e < now) {
             return None;
         }
-        if !a.bucket.take(data.len(), now) || !self.total.take(data.len(), now) {
-            self.stats.dropped_packets += 1;
+        if !metered(
+            &mut a.bucket,
+            &mut self.total,
+            &mut self.stats,
+            data.len(),
+            now,
+        ) {
             return None;
         }
-        self.stats.relayed_packets += 1;
-        self.stats.relayed_bytes += data.len() as u64;
         if let Some(ch) = a.channel_of.get(&from).copied() {
             return Some(Out::Client {
                 to: client,
@@ -292,12 +295,15 @@ impl Server {
         if expires < now {
             return None;
         }
-        if !a.bucket.take(payload.len(), now) || !self.total.take(payload.len(), now) {
-            self.stats.dropped_packets += 1;
+        if !metered(
+            &mut a.bucket,
+            &mut self.total,
+            &mut self.stats,
+            payload.len(),
+            now,
+        ) {
             return None;
         }
-        self.stats.relayed_packets += 1;
-        self.stats.relayed_bytes += payload.len() as u64;
         Some(Out::Peer {
             port: a.port,
             to: peer,
@@ -626,18 +632,39 @@ impl Server {
         if a.permissions.get(&peer.ip()).is_none_or(|e| *e < now) {
             return None;
         }
-        if !a.bucket.take(data.len(), now) || !self.total.take(data.len(), now) {
-            self.stats.dropped_packets += 1;
+        if !metered(
+            &mut a.bucket,
+            &mut self.total,
+            &mut self.stats,
+            data.len(),
+            now,
+        ) {
             return None;
         }
-        self.stats.relayed_packets += 1;
-        self.stats.relayed_bytes += data.len() as u64;
         Some(Out::Peer {
             port: a.port,
             to: peer,
             data: data.to_vec(),
         })
     }
+}
+
+/// Counts `len` relayed bytes against the allocation's and the total rate: false (and
+/// a drop counted) when either is spent.
+fn metered(
+    alloc: &mut Bucket,
+    total: &mut Bucket,
+    stats: &mut Stats,
+    len: usize,
+    now: Instant,
+) -> bool {
+    if !alloc.take(len, now) || !total.take(len, now) {
+        stats.dropped_packets += 1;
+        return false;
+    }
+    stats.relayed_packets += 1;
+    stats.relayed_bytes += len as u64;
+    true
 }
 
 /// Equal bytes, in time that does not depend on where they differ.
@@ -667,11 +694,11 @@ fn error(m: &Message<Attribute>, code: u16, why: &str) -> Message<Attribute> {
     r
 }
 
-fn encode(m: Message<Attribute>) -> Option<Vec<u8>> {
+pub(super) fn encode(m: Message<Attribute>) -> Option<Vec<u8>> {
     MessageEncoder::new().encode_into_bytes(m).ok()
 }
 
-fn random_tid() -> TransactionId {
+pub(super) fn random_tid() -> TransactionId {
     TransactionId::new(rand::random())
 }
 

@@ -143,6 +143,36 @@ impl Lab {
         self.ask(from, m)
     }
 
+    /// Allocates for `node` from `from`; the relayed address.
+    fn relay(&mut self, from: SocketAddr, node: &str) -> SocketAddr {
+        self.allocate(from, node)
+            .get_attribute::<XorRelayAddress>()
+            .expect("allocated")
+            .address()
+    }
+
+    /// A ChannelBind of `ch` to `peer`, signed by `node`; the answer.
+    fn bind(
+        &mut self,
+        from: SocketAddr,
+        node: &str,
+        ch: u16,
+        peer: SocketAddr,
+    ) -> Message<Attribute> {
+        let (u, p) = self.creds(node);
+        let m = self.signed(
+            from,
+            CHANNEL_BIND,
+            vec![
+                ChannelNumber::new(ch).unwrap().into(),
+                XorPeerAddress::new(peer).into(),
+            ],
+            &u,
+            &p,
+        );
+        self.ask(from, m)
+    }
+
     fn creds(&self, node: &str) -> (String, String) {
         let c = self.secret.issue(node, self.unix);
         (c.username, c.password)
@@ -260,11 +290,7 @@ fn a_stale_nonce_is_answered_438_with_a_fresh_one() {
 #[test]
 fn relaying_needs_a_permission_and_works_both_ways() {
     let mut l = lab(config());
-    let relay = l
-        .allocate(client(1), "n1")
-        .get_attribute::<XorRelayAddress>()
-        .unwrap()
-        .address();
+    let relay = l.relay(client(1), "n1");
     // Before a permission: the peer's packet is dropped, and so is a Send.
     assert!(l.s.handle_peer(l.t0, relay.port(), peer(), b"hi").is_none());
     let mut send = Message::<Attribute>::new(MessageClass::Indication, SEND, random_tid());
@@ -308,23 +334,11 @@ fn relaying_needs_a_permission_and_works_both_ways() {
 #[test]
 fn channels_carry_data_both_ways() {
     let mut l = lab(config());
-    let relay = l
-        .allocate(client(1), "n1")
-        .get_attribute::<XorRelayAddress>()
-        .unwrap()
-        .address();
-    let (u, p) = l.creds("n1");
-    let m = l.signed(
-        client(1),
-        CHANNEL_BIND,
-        vec![
-            ChannelNumber::new(0x4001).unwrap().into(),
-            XorPeerAddress::new(peer()).into(),
-        ],
-        &u,
-        &p,
+    let relay = l.relay(client(1), "n1");
+    assert_eq!(
+        l.bind(client(1), "n1", 0x4001, peer()).class(),
+        MessageClass::SuccessResponse
     );
-    assert_eq!(l.ask(client(1), m).class(), MessageClass::SuccessResponse);
     let out = l.s.handle_client(
         l.t0,
         l.unix,
@@ -355,17 +369,8 @@ fn channels_carry_data_both_ways() {
         );
     }
     // The same number for another peer is refused.
-    let m = l.signed(
-        client(1),
-        CHANNEL_BIND,
-        vec![
-            ChannelNumber::new(0x4001).unwrap().into(),
-            XorPeerAddress::new(SocketAddr::from(([192, 0, 2, 9], 1))).into(),
-        ],
-        &u,
-        &p,
-    );
-    assert_eq!(code_of(&l.ask(client(1), m)), Some(400));
+    let other = SocketAddr::from(([192, 0, 2, 9], 1));
+    assert_eq!(code_of(&l.bind(client(1), "n1", 0x4001, other)), Some(400));
 }
 
 #[test]
@@ -429,23 +434,8 @@ fn an_allocation_relays_at_its_rate_and_no_faster() {
         allocation_rate: 10_000,
         ..config()
     });
-    let relay = l
-        .allocate(client(1), "n1")
-        .get_attribute::<XorRelayAddress>()
-        .unwrap()
-        .address();
-    let (u, p) = l.creds("n1");
-    let m = l.signed(
-        client(1),
-        CHANNEL_BIND,
-        vec![
-            ChannelNumber::new(0x7fff).unwrap().into(),
-            XorPeerAddress::new(peer()).into(),
-        ],
-        &u,
-        &p,
-    );
-    l.ask(client(1), m);
+    let relay = l.relay(client(1), "n1");
+    l.bind(client(1), "n1", 0x7fff, peer());
     let frame = channel_frame(0x7fff, &[0; 1000]);
     // One second of sending 100 kB/s: about 10 kB (+ the first second's burst) passes.
     let mut passed = 0;
