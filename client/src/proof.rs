@@ -27,6 +27,20 @@ pub const FORWARDER_HEADER: &str = "x-webmesh-forwarder-proof";
 /// Longest header value we parse: a 63-byte ID plus the fixed fields, with room.
 pub const MAX_HEADER_LEN: usize = 320;
 
+/// Methods whose request is a stream that stays open (bidirectional): their proof
+/// signs the call (method, time, nonce) with the digest of an empty body, since the
+/// body is not whole before the answer must start. What the stream carries is
+/// protected by the transport (TLS, or WireGuard inside the mesh), not by the proof.
+pub const STREAMING_METHODS: [&str; 2] = [
+    "/v1.Node/NegotiateDataChannel",
+    "/v1.WebRTC/StartDataChannel",
+];
+
+/// Whether a proof for `path` signs the body (false for [`STREAMING_METHODS`]).
+pub fn signs_body(path: &str) -> bool {
+    !STREAMING_METHODS.contains(&path)
+}
+
 /// What a proof is for: a proof made for one purpose never verifies for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -44,15 +44,22 @@ where
         let signer = self.signer.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let bytes = body.collect().await?.to_bytes();
-            let proof = signer.sign(Purpose::Call, parts.uri.path(), &bytes, &[]);
-            parts
-                .headers
-                .insert(PROOF_HEADER, http::HeaderValue::from_str(&proof)?);
-            let req = http::Request::from_parts(
-                parts,
-                tonic::body::Body::new(http_body_util::Full::new(bytes)),
-            );
+            let path = parts.uri.path().to_string();
+            let body = if crate::proof::signs_body(&path) {
+                let bytes = body.collect().await?.to_bytes();
+                let proof = signer.sign(Purpose::Call, &path, &bytes, &[]);
+                parts
+                    .headers
+                    .insert(PROOF_HEADER, http::HeaderValue::from_str(&proof)?);
+                tonic::body::Body::new(http_body_util::Full::new(bytes))
+            } else {
+                let proof = signer.sign(Purpose::Call, &path, &[], &[]);
+                parts
+                    .headers
+                    .insert(PROOF_HEADER, http::HeaderValue::from_str(&proof)?);
+                body
+            };
+            let req = http::Request::from_parts(parts, body);
             inner.call(req).await.map_err(Into::into)
         })
     }

@@ -257,7 +257,11 @@ impl TestNet {
     }
 
     /// Sets how `router` translates what its LAN sends out (replacing what it did) and
-    /// forgets its mappings.
+    /// forgets its mappings. Like a home router, it drops unsolicited UDP from the
+    /// internet to itself — which also keeps such a packet's conntrack entry from
+    /// taking the port a LAN host's mapping would keep (Linux confirms an entry for a
+    /// packet the router accepts, even one no socket takes, and the next outgoing
+    /// packet to that peer is then given another port).
     pub fn set_nat(&self, router: &str, nat: Nat) -> Result<()> {
         let ns = &self.hosts.get(router).context("no such router")?.ns;
         let masquerade = match nat {
@@ -272,6 +276,7 @@ impl TestNet {
             "table ip webmesh_nat {{\n\
              chain post {{ type nat hook postrouting priority srcnat; oifname \"eth0\" {masquerade}; }}\n\
              chain lan_out {{ type filter hook forward priority filter; iifname != \"eth0\" {block}; }}\n\
+             chain wan_in {{ type filter hook input priority filter; iifname \"eth0\" meta l4proto udp ct state new drop; }}\n\
              }}\n"
         );
         let _ = Command::new("ip")
@@ -658,6 +663,27 @@ impl Host {
             .get_status(GetStatusRequest::default())
             .await?
             .into_inner())
+    }
+
+    /// How this node reaches each ICE peer, from its Status (`x-webmesh-ice-paths`):
+    /// peer ID → `direct:ADDR`, `relayed:ADDR` or `mesh-relay`.
+    pub async fn ice_paths(&self) -> Result<BTreeMap<String, String>> {
+        let resp = self
+            .client()
+            .await?
+            .get_status(GetStatusRequest::default())
+            .await?;
+        let text = resp
+            .metadata()
+            .get("x-webmesh-ice-paths")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Ok(text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     /// Waits until the node answers and knows a leader.

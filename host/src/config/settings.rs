@@ -236,4 +236,11 @@ settings! {
     /// Bytes per second all allocations relay together [default: 125000000, 1 Gbit/s;
     /// 0: no limit].
     turn_total_rate: u64 = 125_000_000 => "turn-total-rate" "BYTES/S" one(v::rate);
+    /// Negotiate ICE paths (direct through NATs, else through a member's TURN relay) with
+    /// peers an ICE edge names; a node without --endpoint gets ICE edges to every other
+    /// such node when it joins.
+    ice: bool = false => "ice" "BOOL" switch(v::boolean);
+    /// Address of the ICE socket (its IP is the host candidate) [default: the address
+    /// that routes to the first join address, or --endpoint; any free port].
+    ice_listen: Option<SocketAddr> = None => "ice-listen" "IP:PORT" opt(v::bind_addr) omit_empty;
 }

@@ -71,6 +71,12 @@ pub fn ip(s: &str) -> Result<IpAddr, String> {
 }
 
 /// `IP:PORT` with a non-zero port.
+/// IP:PORT where port 0 means any free port.
+pub fn bind_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "must be IP:PORT or [IPv6]:PORT (port 0: any)".to_string())
+}
+
 pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = s
         .parse()

@@ -1,9 +1,13 @@
-//! NAT traversal for WireGuard peers (issue 11, in progress): `path` is one peer's path,
-//! chosen by ICE; `mux` sorts what arrives on the node's ICE socket (both sans IO);
-//! `shell` is the socket's task with a proxy port per peer for WireGuard. The shell (one UDP socket, the local proxy ports WireGuard
-//! sends to, signalling through the mesh) comes next; see ARCHITECTURE.md.
+//! NAT traversal for WireGuard peers: `path` is one peer's path, chosen by ICE; `mux`
+//! sorts what arrives on the node's ICE socket; `signal` turns ICE signals into
+//! `DataChannelNegotiation` messages (all three sans IO); `shell` is the socket's task
+//! with a proxy port per peer for WireGuard and the TURN allocations; `node` is the
+//! node's ICE: which peers, the signalling streams, TURN credentials. See
+//! ARCHITECTURE.md.
 
 pub mod lab;
 pub mod mux;
+pub mod node;
 pub mod path;
 pub mod shell;
+pub mod signal;

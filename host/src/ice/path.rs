@@ -121,7 +121,7 @@ impl Path {
     }
 
     /// Adds a candidate the peer signalled.
-    pub fn add_remote(&mut self, sdp: &str) -> Result<(), PathError> {
+    pub fn add_remote(&mut self, sdp: &str) -> Result<SocketAddr, PathError> {
         if self.remotes >= MAX_REMOTE_CANDIDATES {
             return Err(PathError::Candidate(
                 sdp.chars().take(80).collect(),
@@ -134,8 +134,9 @@ impl Path {
         if c.kind() == is::CandidateKind::Relayed {
             self.remote_relays.push(c.addr());
         }
+        let addr = c.addr();
         self.agent.add_remote_candidate(c);
-        Ok(())
+        Ok(addr)
     }
 
     /// A datagram from `source` that arrived at our `destination` (a host address or

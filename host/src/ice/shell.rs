@@ -1,9 +1,14 @@
 //! The ICE socket's task: one UDP socket for the node's ICE traffic, a path per peer
-//! (`path`), the sorter (`mux`), and per peer a local proxy port that WireGuard uses
-//! as the peer's endpoint: what WireGuard sends there goes out on the peer's selected
-//! pair; what the peer sends on that pair comes back to WireGuard from the proxy port.
-//! Signals (credentials and candidates) go out and come in through the caller, who
-//! carries them over the mesh. This first shell offers host candidates only.
+//! (`path`), the sorter (`mux`), TURN allocations (`turn::client`) that give the
+//! server-reflexive and relayed candidates, and per peer a local proxy port that
+//! WireGuard uses as the peer's endpoint: what WireGuard sends there goes out on the
+//! peer's selected pair (straight, or through our relay); what the peer sends on that
+//! pair comes back to WireGuard from the proxy port. Signals (credentials and
+//! candidates) go out and come in through the caller, who carries them over the mesh.
+//!
+//! A restart gives a peer a fresh agent (new credentials, every local candidate again)
+//! while WireGuard keeps using the pair selected before, until the new agent selects
+//! one: a relayed path keeps working while a direct one is tried.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::mux::{Mux, Route};
 use super::path::{Event, Local, Path, Selected};
+use crate::turn::client::{Client, Event as TurnEvent};
 
 /// What a peer's path needs from the other side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +37,25 @@ pub enum Note {
     Signal { peer: String, signal: Signal },
     /// `peer`'s path now runs on this pair.
     Path { peer: String, selected: Selected },
+    /// `peer`'s agent lost its pair (WireGuard keeps the last one meanwhile).
+    Lost { peer: String },
+}
+
+/// A TURN server and the credentials it issued us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnServer {
+    pub addr: SocketAddr,
+    pub username: String,
+    pub password: String,
+}
+
+/// One peer as the task sees it, for Status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPath {
+    /// The pair WireGuard's packets take, once one was selected.
+    pub selected: Option<Selected>,
+    /// The agent has a pair now (false while a restart or a lost pair is checked).
+    pub connected: bool,
 }
 
 enum Cmd {
@@ -40,10 +65,18 @@ enum Cmd {
         wireguard: SocketAddr,
         reply: oneshot::Sender<std::io::Result<SocketAddr>>,
     },
+    Restart {
+        peer: String,
+    },
+    RemovePeer {
+        peer: String,
+    },
     Signal {
         peer: String,
         signal: Signal,
     },
+    SetTurn(Vec<TurnServer>),
+    Paths(oneshot::Sender<HashMap<String, PeerPath>>),
 }
 
 /// Drives the task.
@@ -62,8 +95,12 @@ pub enum IceError {
 }
 
 impl Ice {
-    /// Starts ICE with `peer`; WireGuard listens at `wireguard`. Returns the proxy
-    /// address to set as the peer's endpoint.
+    async fn send(&self, c: Cmd) -> Result<(), IceError> {
+        self.cmds.send(c).await.map_err(|_| IceError::Stopped)
+    }
+
+    /// Starts ICE with `peer` (or returns its proxy if started); WireGuard listens at
+    /// `wireguard`. Returns the proxy address to set as the peer's endpoint.
     pub async fn add_peer(
         &self,
         peer: &str,
@@ -71,35 +108,366 @@ impl Ice {
         wireguard: SocketAddr,
     ) -> Result<SocketAddr, IceError> {
         let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::AddPeer {
-                peer: peer.into(),
-                controlling,
-                wireguard,
-                reply,
-            })
-            .await
-            .map_err(|_| IceError::Stopped)?;
+        self.send(Cmd::AddPeer {
+            peer: peer.into(),
+            controlling,
+            wireguard,
+            reply,
+        })
+        .await?;
         Ok(rx.await.map_err(|_| IceError::Stopped)??)
+    }
+
+    /// A fresh agent for `peer`: new credentials and every local candidate go out as
+    /// signals; the pair in use stays until the new agent selects one.
+    pub async fn restart(&self, peer: &str) -> Result<(), IceError> {
+        self.send(Cmd::Restart { peer: peer.into() }).await
+    }
+
+    pub async fn remove_peer(&self, peer: &str) -> Result<(), IceError> {
+        self.send(Cmd::RemovePeer { peer: peer.into() }).await
     }
 
     /// A signal `peer` sent us.
     pub async fn signal(&self, peer: &str, signal: Signal) -> Result<(), IceError> {
-        self.cmds
-            .send(Cmd::Signal {
-                peer: peer.into(),
-                signal,
-            })
-            .await
-            .map_err(|_| IceError::Stopped)
+        self.send(Cmd::Signal {
+            peer: peer.into(),
+            signal,
+        })
+        .await
+    }
+
+    /// The TURN servers to allocate on (replacing the list; credentials of a server
+    /// already allocated on are used when it next allocates).
+    pub async fn set_turn_servers(&self, servers: Vec<TurnServer>) -> Result<(), IceError> {
+        self.send(Cmd::SetTurn(servers)).await
+    }
+
+    /// Every peer's path.
+    pub async fn paths(&self) -> Result<HashMap<String, PeerPath>, IceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Paths(reply)).await?;
+        rx.await.map_err(|_| IceError::Stopped)
     }
 }
 
 struct Peer {
     path: Path,
+    controlling: bool,
+    /// The pair WireGuard's packets take.
+    route: Option<Selected>,
+    connected: bool,
+    /// Addresses of the peer's candidates (our relays must permit them).
+    remotes: Vec<SocketAddr>,
     proxy: Arc<UdpSocket>,
     reader: tokio::task::JoinHandle<()>,
     wireguard: SocketAddr,
+}
+
+struct Relay {
+    server: TurnServer,
+    client: Client,
+    /// The relayed and reflexive candidates this allocation gave.
+    gave: Vec<Local>,
+    /// When to allocate again after a failure, and how many in a row.
+    retry: Option<Instant>,
+    failures: u32,
+}
+
+/// Peers whose signals may wait for the peer to be added, and signals each.
+const MAX_EARLY_PEERS: usize = 64;
+const MAX_EARLY_SIGNALS: usize = 1 + super::path::MAX_REMOTE_CANDIDATES;
+/// TURN servers allocated on at once.
+pub const MAX_TURN_SERVERS: usize = 4;
+
+/// Datagrams to send: on the ICE socket, or from a proxy port to WireGuard.
+#[derive(Default)]
+struct Out {
+    wire: Vec<(SocketAddr, Vec<u8>)>,
+    to_wireguard: Vec<(Arc<UdpSocket>, SocketAddr, Vec<u8>)>,
+    notes: Vec<Note>,
+}
+
+struct Task {
+    addr: SocketAddr,
+    peers: HashMap<String, Peer>,
+    // Signals from peers not added yet (signalling races the peer's setup), bounded.
+    early: HashMap<String, Vec<Signal>>,
+    mux: Mux<String>,
+    relays: Vec<Relay>,
+    /// Every local candidate: the host one, then what the allocations gave.
+    locals: Vec<Local>,
+    out: Out,
+}
+
+impl Task {
+    fn datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        match self.mux.route(from, data) {
+            Route::Agents => {
+                for p in self.peers.values_mut() {
+                    if p.path.handle(now, from, self.addr, data) {
+                        break;
+                    }
+                }
+            }
+            Route::Peer(id) => self.deliver(&id, data),
+            Route::Turn(server) => {
+                for r in self.relays.iter_mut().filter(|r| r.client.server == server) {
+                    r.client.handle(now, from, data);
+                }
+                self.relay_events(now);
+            }
+            Route::Drop => {}
+        }
+    }
+
+    fn deliver(&mut self, id: &str, data: &[u8]) {
+        if let Some(p) = self.peers.get(id) {
+            self.out
+                .to_wireguard
+                .push((p.proxy.clone(), p.wireguard, data.to_vec()));
+        }
+    }
+
+    /// What WireGuard sent to `id`'s proxy: out on the pair in use.
+    fn send_wireguard(&mut self, now: Instant, id: &str, data: Vec<u8>) {
+        let Some(route) = self.peers.get(id).and_then(|p| p.route) else {
+            return;
+        };
+        self.send_from(now, route.local, route.remote, data);
+    }
+
+    fn send_from(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: Vec<u8>) {
+        if local == self.addr {
+            self.out.wire.push((remote, data));
+        } else if let Some(r) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.client.relay() == Some(local))
+        {
+            r.client.send_to(now, remote, &data);
+        }
+    }
+
+    fn relay_events(&mut self, now: Instant) {
+        let mut gained = Vec::new();
+        let mut data = Vec::new();
+        for r in &mut self.relays {
+            while let Some(ev) = r.client.poll_event() {
+                match ev {
+                    TurnEvent::Allocated { relay, mapped } => {
+                        info!(server = %r.server.addr, %relay, %mapped, "TURN allocation");
+                        r.failures = 0;
+                        r.gave = vec![Local::Relayed {
+                            addr: relay,
+                            base: self.addr,
+                        }];
+                        if mapped != self.addr {
+                            r.gave.push(Local::Reflexive {
+                                addr: mapped,
+                                base: self.addr,
+                            });
+                        }
+                        gained.extend(r.gave.iter().copied());
+                        // Checks from the peers' candidates must get through.
+                        for p in self.peers.values() {
+                            for a in &p.remotes {
+                                r.client.permit(now, *a);
+                            }
+                        }
+                    }
+                    TurnEvent::Failed { why } => {
+                        r.failures += 1;
+                        let wait = Duration::from_secs(2u64.pow(r.failures.min(5)));
+                        warn!(server = %r.server.addr, %why, retry_in = ?wait, "TURN allocation lost");
+                        let gone = std::mem::take(&mut r.gave);
+                        self.locals.retain(|l| !gone.contains(l));
+                        r.retry = Some(now + wait);
+                    }
+                    TurnEvent::Data { from, data: d } => {
+                        if let Some(relay) = r.client.relay() {
+                            data.push((relay, from, d));
+                        }
+                    }
+                }
+            }
+        }
+        for l in gained {
+            if self.locals.contains(&l) {
+                continue;
+            }
+            self.locals.push(l);
+            for (id, p) in &mut self.peers {
+                if let Ok(Some(c)) = p.path.add_local(l) {
+                    self.out.notes.push(Note::Signal {
+                        peer: id.clone(),
+                        signal: Signal::Candidate(c),
+                    });
+                }
+            }
+        }
+        for (relay, from, d) in data {
+            match self.mux.route_relayed(from, &d) {
+                Route::Agents => {
+                    for p in self.peers.values_mut() {
+                        if p.path.handle(now, from, relay, &d) {
+                            break;
+                        }
+                    }
+                }
+                Route::Peer(id) => self.deliver(&id, &d),
+                _ => {}
+            }
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            p.path.handle_timeout(now);
+        }
+        for r in &mut self.relays {
+            r.client.handle_timeout(now);
+            if r.retry.is_some_and(|t| t <= now) {
+                r.retry = None;
+                r.client = Client::new(
+                    r.server.addr,
+                    r.server.username.clone(),
+                    r.server.password.clone(),
+                );
+                r.client.allocate(now);
+            }
+        }
+        self.relay_events(now);
+    }
+
+    fn wake(&mut self) -> Instant {
+        let paths = self
+            .peers
+            .values_mut()
+            .filter_map(|p| p.path.poll_timeout());
+        let relays = self
+            .relays
+            .iter()
+            .flat_map(|r| r.client.poll_timeout().into_iter().chain(r.retry));
+        paths
+            .chain(relays)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+    }
+
+    /// A fresh agent for `id` with every local candidate; its signals go out.
+    fn fresh_agent(&mut self, id: &str) {
+        let Some(p) = self.peers.get_mut(id) else {
+            return;
+        };
+        p.path = Path::new(p.controlling);
+        p.remotes.clear();
+        p.connected = false;
+        let (ufrag, pass) = p.path.credentials();
+        self.out.notes.push(Note::Signal {
+            peer: id.into(),
+            signal: Signal::Credentials { ufrag, pass },
+        });
+        for l in &self.locals {
+            if let Ok(Some(c)) = p.path.add_local(*l) {
+                self.out.notes.push(Note::Signal {
+                    peer: id.into(),
+                    signal: Signal::Candidate(c),
+                });
+            }
+        }
+    }
+
+    fn apply(&mut self, now: Instant, peer: &str, signal: Signal) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            if self.early.len() < MAX_EARLY_PEERS || self.early.contains_key(peer) {
+                let q = self.early.entry(peer.into()).or_default();
+                if q.len() < MAX_EARLY_SIGNALS {
+                    q.push(signal);
+                }
+            }
+            return;
+        };
+        match signal {
+            Signal::Credentials { ufrag, pass } => p.path.set_remote_credentials(ufrag, pass),
+            Signal::Candidate(c) => match p.path.add_remote(&c) {
+                Ok(a) => {
+                    p.remotes.push(a);
+                    for r in &mut self.relays {
+                        r.client.permit(now, a);
+                    }
+                }
+                Err(e) => debug!(%peer, error = %e, "ICE candidate refused"),
+            },
+        }
+    }
+
+    fn set_turn(&mut self, now: Instant, servers: Vec<TurnServer>) {
+        let servers: Vec<TurnServer> = servers.into_iter().take(MAX_TURN_SERVERS).collect();
+        let (kept, gone): (Vec<Relay>, Vec<Relay>) = std::mem::take(&mut self.relays)
+            .into_iter()
+            .partition(|r| servers.iter().any(|s| s.addr == r.server.addr));
+        for r in gone {
+            self.locals.retain(|l| !r.gave.contains(l));
+        }
+        self.relays = kept;
+        for s in servers {
+            self.mux.add_turn_server(s.addr);
+            match self.relays.iter_mut().find(|r| r.server.addr == s.addr) {
+                // New credentials serve the next allocation; this one stands.
+                Some(r) => r.server = s,
+                None => {
+                    let mut client = Client::new(s.addr, s.username.clone(), s.password.clone());
+                    client.allocate(now);
+                    self.relays.push(Relay {
+                        server: s,
+                        client,
+                        gave: Vec::new(),
+                        retry: None,
+                        failures: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// What the paths and relays want sent, and what the paths decided.
+    fn drain(&mut self, now: Instant) {
+        let mut sends = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            while let Some(t) = p.path.poll_transmit() {
+                sends.push(t);
+            }
+            while let Some(ev) = p.path.poll_event() {
+                match ev {
+                    Event::Selected(selected) => {
+                        if p.route != Some(selected) {
+                            info!(peer = %id, kind = selected.kind.as_str(), local = %selected.local, remote = %selected.remote, "ICE path selected");
+                        }
+                        p.route = Some(selected);
+                        p.connected = true;
+                        self.mux.set_peer(id.clone(), selected.remote);
+                        self.out.notes.push(Note::Path {
+                            peer: id.clone(),
+                            selected,
+                        });
+                    }
+                    Event::Disconnected => {
+                        p.connected = false;
+                        self.out.notes.push(Note::Lost { peer: id.clone() });
+                    }
+                }
+            }
+        }
+        for (source, destination, data) in sends {
+            self.send_from(now, source, destination, data);
+        }
+        for r in &mut self.relays {
+            while let Some(b) = r.client.poll_transmit() {
+                self.out.wire.push((r.client.server, b));
+            }
+        }
+    }
 }
 
 /// Binds `listen` (a specific address: it is the host candidate) and runs until `stop`.
@@ -113,133 +481,86 @@ pub async fn spawn(
     let (cmds, mut cmd_rx) = mpsc::channel(64);
     let (from_wg_tx, mut from_wg) = mpsc::channel::<(String, Vec<u8>)>(1024);
     let task = tokio::spawn(async move {
-        let mut peers: HashMap<String, Peer> = HashMap::new();
-        // Signals from peers not added yet (signalling races the peer's setup), bounded.
-        let mut early: HashMap<String, Vec<Signal>> = HashMap::new();
-        let mut mux: Mux<String> = Mux::default();
+        let mut t = Task {
+            addr,
+            peers: HashMap::new(),
+            early: HashMap::new(),
+            mux: Mux::default(),
+            relays: Vec::new(),
+            locals: vec![Local::Host(addr)],
+            out: Out::default(),
+        };
         let mut buf = vec![0u8; 2048];
         loop {
-            let wake = peers
-                .values_mut()
-                .filter_map(|p| p.path.poll_timeout())
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let wake = t.wake();
             tokio::select! {
                 r = sock.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    let data = &buf[..n];
-                    match mux.route(from, data) {
-                        Route::Agents => {
-                            let now = Instant::now();
-                            for p in peers.values_mut() {
-                                if p.path.handle(now, from, addr, data) {
-                                    break;
-                                }
-                            }
-                        }
-                        Route::Peer(id) => {
-                            if let Some(p) = peers.get(&id) {
-                                let _ = p.proxy.send_to(data, p.wireguard).await;
-                            }
-                        }
-                        Route::Turn(_) | Route::Drop => {}
-                    }
+                    t.datagram(Instant::now(), from, &buf[..n]);
                 }
-                Some((id, data)) = from_wg.recv() => {
-                    if let Some(s) = peers.get(&id).and_then(|p| p.path.selected()) {
-                        let _ = sock.send_to(&data, s.remote).await;
-                    }
-                }
+                Some((id, data)) = from_wg.recv() => t.send_wireguard(Instant::now(), &id, data),
                 Some(cmd) = cmd_rx.recv() => match cmd {
                     Cmd::AddPeer { peer, controlling, wireguard, reply } => {
-                        let made = add_peer(&peer, controlling, wireguard, &from_wg_tx).await;
-                        match made {
-                            Ok(mut p) => {
-                                for signal in early.remove(&peer).unwrap_or_default() {
-                                    apply(&peer, &mut p.path, signal);
+                        if let Some(p) = t.peers.get(&peer) {
+                            let _ = reply.send(p.proxy.local_addr());
+                        } else {
+                            match add_peer(&peer, controlling, wireguard, &from_wg_tx).await {
+                                Ok(p) => {
+                                    let proxy = p.proxy.local_addr();
+                                    t.peers.insert(peer.clone(), p);
+                                    t.fresh_agent(&peer);
+                                    for signal in t.early.remove(&peer).unwrap_or_default() {
+                                        t.apply(Instant::now(), &peer, signal);
+                                    }
+                                    let _ = reply.send(proxy);
                                 }
-                                let (ufrag, pass) = p.path.credentials();
-                                let mut out = vec![Signal::Credentials { ufrag, pass }];
-                                if let Ok(Some(c)) = p.path.add_local(Local::Host(addr)) {
-                                    out.push(Signal::Candidate(c));
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
                                 }
-                                let proxy = p.proxy.local_addr();
-                                if let Some(old) = peers.insert(peer.clone(), p) {
-                                    old.reader.abort();
-                                }
-                                for signal in out {
-                                    let _ = notes.send(Note::Signal { peer: peer.clone(), signal }).await;
-                                }
-                                let _ = reply.send(proxy);
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
                             }
                         }
                     }
-                    Cmd::Signal { peer, signal } => match peers.get_mut(&peer) {
-                        Some(p) => apply(&peer, &mut p.path, signal),
-                        None => {
-                            if early.len() < MAX_EARLY_PEERS || early.contains_key(&peer) {
-                                let q = early.entry(peer).or_default();
-                                if q.len() < MAX_EARLY_SIGNALS {
-                                    q.push(signal);
-                                }
-                            }
+                    Cmd::Restart { peer } => t.fresh_agent(&peer),
+                    Cmd::RemovePeer { peer } => {
+                        if let Some(p) = t.peers.remove(&peer) {
+                            p.reader.abort();
                         }
-                    },
+                        t.mux.remove_peer(&peer);
+                    }
+                    Cmd::Signal { peer, signal } => t.apply(Instant::now(), &peer, signal),
+                    Cmd::SetTurn(servers) => t.set_turn(Instant::now(), servers),
+                    Cmd::Paths(reply) => {
+                        let paths = t.peers.iter().map(|(id, p)| {
+                            (id.clone(), PeerPath { selected: p.route, connected: p.connected })
+                        }).collect();
+                        let _ = reply.send(paths);
+                    }
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    for p in peers.values_mut() {
-                        p.path.handle_timeout(now);
-                    }
+                    t.timeout(Instant::now());
                 }
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             }
-            // What the paths want sent, and what they decided.
-            for (id, p) in peers.iter_mut() {
-                while let Some((source, destination, data)) = p.path.poll_transmit() {
-                    if source == addr {
-                        let _ = sock.send_to(&data, destination).await;
-                    }
-                }
-                while let Some(ev) = p.path.poll_event() {
-                    if let Event::Selected(selected) = ev {
-                        mux.set_peer(id.clone(), selected.remote);
-                        let _ = notes
-                            .send(Note::Path {
-                                peer: id.clone(),
-                                selected,
-                            })
-                            .await;
-                    }
-                }
+            t.drain(Instant::now());
+            let out = std::mem::take(&mut t.out);
+            for (to, data) in out.wire {
+                let _ = sock.send_to(&data, to).await;
+            }
+            for (proxy, wg, data) in out.to_wireguard {
+                let _ = proxy.send_to(&data, wg).await;
+            }
+            for n in out.notes {
+                let _ = notes.send(n).await;
             }
         }
-        for p in peers.into_values() {
+        for p in t.peers.into_values() {
             p.reader.abort();
         }
     });
     Ok((Ice { cmds, addr }, task))
 }
 
-/// Peers whose signals may wait for the peer to be added, and signals each.
-const MAX_EARLY_PEERS: usize = 64;
-const MAX_EARLY_SIGNALS: usize = 1 + super::path::MAX_REMOTE_CANDIDATES;
-
-fn apply(peer: &str, path: &mut Path, signal: Signal) {
-    match signal {
-        Signal::Credentials { ufrag, pass } => path.set_remote_credentials(ufrag, pass),
-        Signal::Candidate(c) => {
-            if let Err(e) = path.add_remote(&c) {
-                debug!(%peer, error = %e, "ICE candidate refused");
-            }
-        }
-    }
-}
-
-/// A path and its proxy port (on loopback, where WireGuard reaches it).
+/// A peer and its proxy port (on loopback, where WireGuard reaches it).
 async fn add_peer(
     peer: &str,
     controlling: bool,
@@ -267,6 +588,10 @@ async fn add_peer(
     });
     Ok(Peer {
         path: Path::new(controlling),
+        controlling,
+        route: None,
+        connected: false,
+        remotes: Vec::new(),
         proxy,
         reader,
         wireguard,

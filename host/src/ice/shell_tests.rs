@@ -20,6 +20,7 @@ fn relay_notes(
                 Note::Path { selected, .. } => {
                     let _ = paths.send((peer, selected)).await;
                 }
+                Note::Lost { .. } => {}
             }
         }
     });

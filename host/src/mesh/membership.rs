@@ -182,12 +182,16 @@ pub fn updated_record(existing: &MeshNode, r: &UpdateRequest) -> MeshNode {
 }
 
 fn edge_op(a: &str, b: &str) -> Op {
+    edge_with(a, b, Default::default())
+}
+
+fn edge_with(a: &str, b: &str, attributes: std::collections::HashMap<String, String>) -> Op {
     let (s, t) = edge_key(a, b);
     let edge = MeshEdge {
         source: s.clone(),
         target: t.clone(),
         weight: 1,
-        attributes: Default::default(),
+        attributes,
     };
     Op::Put {
         key: keys::edge(&s, &t),
@@ -222,6 +226,70 @@ pub fn default_edges(view: &MeshView, joiner: &MeshNode, handler: &str) -> Vec<O
         .filter(|p| !view.edges.contains_key(&edge_key(p, &joiner.id)))
         .map(|p| edge_op(p, &joiner.id))
         .collect()
+}
+
+/// A node's address inside the mesh: IPv4 unless `prefer_ipv6` or it has none.
+pub fn mesh_ip(node: &MeshNode, prefer_ipv6: bool) -> Option<IpAddr> {
+    let v4 = node.private_ipv4.parse::<IpNet>().ok().map(|n| n.addr());
+    let v6 = node
+        .private_ipv6
+        .parse::<IpNet>()
+        .ok()
+        .and_then(|n| match n {
+            IpNet::V6(p) => Some(IpAddr::V6(super::ipam::ipv6_host(p))),
+            IpNet::V4(_) => None,
+        });
+    if prefer_ipv6 { v6.or(v4) } else { v4.or(v6) }
+}
+
+/// A node's API address inside the mesh (empty if it has no mesh address).
+pub fn mesh_api_addr(node: &MeshNode) -> String {
+    mesh_ip(node, false)
+        .map(|ip| SocketAddr::new(ip, node.grpc_port as u16).to_string())
+        .unwrap_or_default()
+}
+
+/// Whether `n` negotiates ICE (it serves `NegotiateDataChannel`).
+pub fn negotiates_ice(n: &MeshNode) -> bool {
+    n.features.contains(&(Feature::IceNegotiation as i32))
+}
+
+/// ICE edges of a join: to each of `direct_peers`, and — when the joiner has no primary
+/// endpoint and negotiates ICE — to every other such node (two nodes behind NATs find
+/// their own path rather than relaying through a public member). A pair that has an
+/// edge already keeps it.
+pub fn ice_edges(
+    view: &MeshView,
+    joiner: &MeshNode,
+    direct_peers: &[String],
+) -> Result<Vec<Op>, FieldError> {
+    let mut peers: Vec<&str> = Vec::new();
+    for p in direct_peers {
+        if *p == joiner.id {
+            continue;
+        }
+        if !view.nodes.contains_key(p) {
+            return Err(bad("direct_peers", format!("no node {p:?} in this mesh")));
+        }
+        peers.push(p);
+    }
+    if joiner.primary_endpoint.is_empty() && negotiates_ice(joiner) {
+        peers.extend(
+            view.nodes
+                .values()
+                .filter(|n| n.id != joiner.id && n.primary_endpoint.is_empty() && negotiates_ice(n))
+                .map(|n| n.id.as_str()),
+        );
+    }
+    peers.sort_unstable();
+    peers.dedup();
+    let ice: std::collections::HashMap<String, String> =
+        [(super::peers::ICE_ATTRIBUTE.to_string(), "true".to_string())].into();
+    Ok(peers
+        .into_iter()
+        .filter(|p| !view.edges.contains_key(&edge_key(p, &joiner.id)))
+        .map(|p| edge_with(p, &joiner.id, ice.clone()))
+        .collect())
 }
 
 /// Operations that remove a node: its record and every edge touching it.

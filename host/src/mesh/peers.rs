@@ -5,6 +5,12 @@
 //!   path to it: its addresses join that neighbour's allowed IPs (multi-hop).
 //! - A route's CIDRs go to the neighbour on my shortest path to the node serving it.
 //!
+//! - An ICE edge (`EDGE_ATTRIBUTE_ICE`) joins two nodes that find their path by ICE:
+//!   it makes them peers only while that path is up (the caller says which are), and
+//!   it never carries anyone else's traffic, so every node computes the same multi-hop
+//!   paths whatever ICE paths are up; until it is up, they reach each other through the
+//!   mesh as before (via a mesh relay).
+//!
 //! WireGuard accepts a packet only from the peer whose allowed IPs hold its source, so
 //! the relay I send through towards `v` must be the relay `v` expects my packets from:
 //! paths must be the same in both directions. Costs are lexicographic — hop count, then
@@ -25,6 +31,17 @@ use super::view::MeshView;
 
 /// The default WireGuard port, for a primary endpoint given without one.
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+
+/// The edge attribute that asks for an ICE path (the enum value's name, as the v1 API
+/// writes attributes), with the value `true`.
+pub const ICE_ATTRIBUTE: &str = "EDGE_ATTRIBUTE_ICE";
+
+/// Whether `e` asks for an ICE path.
+pub fn is_ice_edge(e: &webmesh_api::v1::MeshEdge) -> bool {
+    e.attributes
+        .get(ICE_ATTRIBUTE)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
 
 /// What a node should configure: its peers, and whether it forwards for others.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,6 +78,8 @@ pub struct Graph<'a> {
     /// `adj[offsets[i]..offsets[i + 1]]`. One allocation, scanned linearly.
     offsets: Vec<usize>,
     adj: Vec<(usize, u128)>,
+    /// ICE edges the ACLs allow (kept out of `adj`: they carry only their two ends).
+    ice: Vec<(usize, usize)>,
     /// Which pairs the network ACLs let talk (a relay must not carry the others).
     acls: super::acl::AclIndex,
 }
@@ -78,11 +97,16 @@ impl<'a> Graph<'a> {
             .index(&names, &index, |i| node_addrs(nodes[i]));
         let mut allowed: Vec<(usize, usize, u128)> = Vec::with_capacity(view.edges.len());
         let mut degree = vec![0usize; nodes.len() + 1];
+        let mut ice = Vec::new();
         for ((a, b), edge) in &view.edges {
             let (Some(&ia), Some(&ib)) = (index.get(a.as_str()), index.get(b.as_str())) else {
                 continue;
             };
             if ia == ib || !acls.edge_allowed(ia, ib) {
+                continue;
+            }
+            if is_ice_edge(edge) {
+                ice.push((ia, ib));
                 continue;
             }
             allowed.push((ia, ib, edge_cost(a, b, edge.weight)));
@@ -109,8 +133,25 @@ impl<'a> Graph<'a> {
             index,
             offsets,
             adj,
+            ice,
             acls,
         }
+    }
+
+    /// The nodes `i` has an ICE edge to (sorted).
+    pub fn ice_neighbours(&self, i: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .ice
+            .iter()
+            .filter_map(|&(a, b)| match (a == i, b == i) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Whether the ACLs let `a` and `b` talk (in either direction: the packet filter
@@ -157,10 +198,28 @@ impl<'a> Graph<'a> {
     }
 }
 
-/// My WireGuard peers in `view`. An unknown `me` has none.
+/// My WireGuard peers in `view` (no ICE path up). An unknown `me` has none.
 pub fn compute(view: &MeshView, me: &str) -> PeerPlan {
+    compute_with_ice(view, me, &|_| false)
+}
+
+/// [`compute`], with the ICE peers whose path `ice_up` says is up.
+pub fn compute_with_ice(view: &MeshView, me: &str, ice_up: &dyn Fn(&str) -> bool) -> PeerPlan {
     let graph = Graph::build(view);
-    plan_for(&graph, view, me)
+    plan_with_ice(&graph, view, me, ice_up)
+}
+
+/// The nodes I have an ICE edge to (whether or not their path is up).
+pub fn ice_peers(view: &MeshView, me: &str) -> Vec<String> {
+    let graph = Graph::build(view);
+    match graph.index_of(me) {
+        Some(i) => graph
+            .ice_neighbours(i)
+            .into_iter()
+            .map(|v| graph.nodes[v].id.clone())
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// [`compute`] on a graph already built (to plan for many nodes of one view).
@@ -170,10 +229,29 @@ pub fn compute(view: &MeshView, me: &str) -> PeerPlan {
 /// relayed node; every other peer's more specific entries still win. A leaf of a large
 /// mesh then configures a handful of allowed IPs, not one per node.
 pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
+    plan_with_ice(graph, view, me, &|_| false)
+}
+
+/// [`plan_for`], with the ICE peers whose path `ice_up` says is up.
+pub fn plan_with_ice(
+    graph: &Graph<'_>,
+    view: &MeshView,
+    me: &str,
+    ice_up: &dyn Fn(&str) -> bool,
+) -> PeerPlan {
     let Some(src) = graph.index_of(me) else {
         return PeerPlan::default();
     };
     let (mut hop, dist) = graph.first_hops(src);
+    // ICE peers whose path is up are reached straight, not through the relay.
+    let ice: Vec<usize> = graph
+        .ice_neighbours(src)
+        .into_iter()
+        .filter(|&v| ice_up(&graph.nodes[v].id))
+        .collect();
+    for &v in &ice {
+        hop[v] = None;
+    }
     // A node the ACLs keep from me is not reached through a relay either; and then no
     // neighbour may carry the whole mesh networks, which would cover its addresses.
     let mut denied = false;
@@ -228,6 +306,23 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
             }
         })
         .collect();
+    let mut ice_slot: HashMap<usize, usize> = HashMap::new();
+    for &v in &ice {
+        let n = graph.nodes[v];
+        ice_slot.insert(v, peers.len());
+        peers.push(WireGuardPeer {
+            id: n.id.clone(),
+            public_key: n.public_key.clone(),
+            primary_endpoint: n.primary_endpoint.clone(),
+            wireguard_endpoints: n.wireguard_endpoints.clone(),
+            zone_awareness_id: n.zone_awareness_id.clone(),
+            address_ipv4: n.private_ipv4.clone(),
+            address_ipv6: n.private_ipv6.clone(),
+            allowed_ips: view.allowed_ips_of(n),
+            allowed_routes: vec![],
+            ice: true,
+        });
+    }
     if let (Some(s), Some(v4), Some(v6)) = (summary, view.ipv4_network, view.ipv6_network) {
         peers[s].allowed_ips.push(v4.to_string());
         peers[s].allowed_ips.push(v6.to_string());
@@ -272,17 +367,24 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
             exit |= route.destination_cidrs.iter().any(|c| is_default_route(c));
             continue;
         }
+        // An ICE peer that serves the route is one hop away.
         let best = servers
             .into_iter()
-            .filter(|&s| dist[s].is_some() && hop[s].is_some())
-            .min_by_key(|&s| (dist[s], s));
-        if let Some(first) = best.and_then(|s| hop[s]).and_then(|h| slot.get(&h)) {
+            .filter(|&s| ice_slot.contains_key(&s) || (dist[s].is_some() && hop[s].is_some()))
+            .min_by_key(|&s| (!ice_slot.contains_key(&s), dist[s], s));
+        let first = best.and_then(|s| {
+            ice_slot
+                .get(&s)
+                .copied()
+                .or_else(|| hop[s].and_then(|h| slot.get(&h).copied()))
+        });
+        if let Some(first) = first {
             for cidr in &route.destination_cidrs {
                 if let Ok(net) = cidr.parse::<IpNet>() {
                     let c = net.trunc().to_string();
-                    if !peers[*first].allowed_routes.contains(&c) {
-                        peers[*first].allowed_routes.push(c.clone());
-                        peers[*first].allowed_ips.push(c);
+                    if !peers[first].allowed_routes.contains(&c) {
+                        peers[first].allowed_routes.push(c.clone());
+                        peers[first].allowed_ips.push(c);
                     }
                 }
             }
@@ -303,6 +405,7 @@ pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
         linked.dedup();
         linked.len() < neighbours.len() - 1
     });
+    peers.sort_by(|a, b| a.id.cmp(&b.id));
     PeerPlan {
         peers,
         relays: relays || serves_route,

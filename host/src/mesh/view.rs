@@ -186,6 +186,18 @@ impl MeshView {
         out
     }
 
+    /// The API addresses of public nodes that negotiate ICE (they relay signalling
+    /// for the nodes behind NATs): `JoinResponse.ice_servers`.
+    pub fn ice_servers(&self, except: &str) -> Vec<String> {
+        self.public_nodes()
+            .filter(|n| n.id != except && super::membership::negotiates_ice(n))
+            .filter_map(|n| {
+                let ip: std::net::IpAddr = n.primary_endpoint.parse().ok()?;
+                Some(std::net::SocketAddr::new(ip, n.grpc_port as u16).to_string())
+            })
+            .collect()
+    }
+
     pub fn public_nodes(&self) -> impl Iterator<Item = &MeshNode> {
         self.nodes
             .values()

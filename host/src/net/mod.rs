@@ -39,6 +39,7 @@ impl MeshNet {
         raft: RaftNode,
         my_zone: String,
         initial: Vec<WireGuardPeer>,
+        ice: Option<Arc<crate::ice::node::IceHub>>,
     ) -> MeshNet {
         let (tx, rx) = watch::channel(0);
         let follower = ViewFollower::new(&raft);
@@ -50,6 +51,7 @@ impl MeshNet {
             applied_tx: tx,
             peers_up: None,
             host_state: Default::default(),
+            ice,
         };
         let host_state = worker.host_state.clone();
         let task = tokio::spawn(worker.run(follower, initial).in_current_span());
@@ -100,6 +102,7 @@ struct Worker {
     applied_tx: watch::Sender<u64>,
     peers_up: Option<(usize, usize)>,
     host_state: Arc<std::sync::Mutex<HostState>>,
+    ice: Option<Arc<crate::ice::node::IceHub>>,
 }
 
 impl Worker {
@@ -123,6 +126,11 @@ impl Worker {
                 .await;
         }
         let mut dirty = true;
+        // Paths coming up or going down change the plan (a pending future otherwise).
+        let mut ice_changed = match &self.ice {
+            Some(i) => i.subscribe(),
+            None => watch::channel(0).1,
+        };
         let mut resync = tokio::time::interval(Duration::from_secs(30));
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = tokio::time::interval(Duration::from_secs(1));
@@ -130,16 +138,31 @@ impl Worker {
             let view = &follower.view;
             if dirty && view.nodes.contains_key(&self.me) {
                 let started = Instant::now();
-                let plan = peers::compute(view, &self.me);
+                if let Some(ice) = &self.ice {
+                    ice.sync(view).await;
+                }
+                let ice = self.ice.clone();
+                let plan = peers::compute_with_ice(view, &self.me, &|p| {
+                    ice.as_ref().is_some_and(|i| i.is_up(p))
+                });
                 let filter = crate::mesh::filter::ruleset(view, &self.me, &self.iface.name);
-                self.reconcile(Desired::from_plan(&plan, &self.my_zone, filter))
-                    .await;
+                let mut want = Desired::from_plan(&plan, &self.my_zone, filter);
+                // An ICE peer's WireGuard endpoint is its proxy port on the ICE socket.
+                if let Some(ice) = &ice {
+                    for p in plan.peers.iter().filter(|p| p.ice) {
+                        if let Some(c) = want.peers.get_mut(&p.public_key) {
+                            c.endpoint = ice.proxy(&p.id);
+                        }
+                    }
+                }
+                self.reconcile(want).await;
                 let index = follower.index;
                 debug!(index, peers = plan.peers.len(), took = ?started.elapsed(), "peers applied");
                 self.applied_tx.send_replace(index);
                 dirty = false;
             }
             tokio::select! {
+                Ok(()) = ice_changed.changed() => dirty = true,
                 changed = follower.next() => match changed {
                     Some(c) => dirty |= c,
                     None => return,

@@ -253,6 +253,9 @@ pub(super) fn features(cfg: &Config) -> Vec<Feature> {
     if cfg.turn_server {
         f.push(Feature::TurnServer);
     }
+    if cfg.ice && !cfg.no_wireguard {
+        f.push(Feature::IceNegotiation);
+    }
     if let Some(dns) = dns_settings(cfg) {
         f.push(Feature::MeshDns);
         if !dns.forwarders.is_empty() {

@@ -281,6 +281,23 @@ impl Node {
         .await?;
         trust.pin(place.voters.iter().cloned());
         let iface = Self::bring_up_wireguard(cfg, &key, &place).await?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        parts.stop = Some(stop);
+        let ice = match (&iface, cfg.ice) {
+            (Some(i), true) => Some(
+                Self::start_ice(
+                    cfg,
+                    name,
+                    i.listen_port,
+                    &raft,
+                    &trust,
+                    stop_rx.clone(),
+                    &mut parts.tasks,
+                )
+                .await?,
+            ),
+            _ => None,
+        };
         // Peers before Raft: a joiner's leader reaches it through them.
         parts.net = iface.clone().map(|iface| {
             MeshNet::spawn(
@@ -288,10 +305,9 @@ impl Node {
                 raft.clone(),
                 place.zone.clone(),
                 place.initial_peers.clone(),
+                ice.clone(),
             )
         });
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        parts.stop = Some(stop);
         let raft_listen: Vec<SocketAddr> = if cfg.no_wireguard {
             vec![SocketAddr::new(cfg.grpc_listen.ip(), cfg.raft_port)]
         } else {
@@ -380,6 +396,7 @@ impl Node {
             turn: turn.map(|t| t.issuer),
             iface,
             trust,
+            ice,
         };
         parts
             .tasks
@@ -540,6 +557,31 @@ impl Node {
     }
 
     /// The WireGuard interface with this node's addresses (none with `--no-wireguard`).
+    /// The ICE socket and the tasks around it (`--ice`).
+    async fn start_ice(
+        cfg: &Config,
+        name: &str,
+        wireguard_port: u16,
+        raft: &RaftNode,
+        trust: &Arc<Trust>,
+        stop: tokio::sync::watch::Receiver<bool>,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Result<Arc<crate::ice::node::IceHub>, NodeError> {
+        let listen = ice_listen(cfg)?;
+        let dialer = crate::tls::Dialer::for_members(&cfg.tls()).map_err(NodeError::Usage)?;
+        let c = crate::ice::node::HubConfig {
+            me: name.to_string(),
+            listen,
+            wireguard_port,
+            raft: raft.clone(),
+            signer: trust.signer().clone(),
+            dialer,
+        };
+        crate::ice::node::IceHub::start(c, stop, tasks)
+            .await
+            .map_err(|e| NodeError::Network(format!("ice-listen {listen}: {e}")))
+    }
+
     async fn bring_up_wireguard(
         cfg: &Config,
         key: &Key,
@@ -637,5 +679,38 @@ impl Node {
             }
         }
         self.parts.teardown().await;
+    }
+}
+
+/// The ICE socket's address: `--ice-listen`, or (its IP unset) the address that routes
+/// to the first join address, else `--endpoint`. The IP must be a specific one: it is
+/// the host candidate, which STUN checks are addressed to.
+fn ice_listen(cfg: &Config) -> Result<SocketAddr, NodeError> {
+    let port = cfg.ice_listen.map(|a| a.port()).unwrap_or(0);
+    if let Some(a) = cfg.ice_listen
+        && !a.ip().is_unspecified()
+    {
+        return Ok(a);
+    }
+    let towards = cfg.join.iter().chain(&cfg.discover).find_map(|j| {
+        use std::net::ToSocketAddrs;
+        j.to_socket_addrs().ok()?.next()
+    });
+    if let Some(t) = towards {
+        let bind = if t.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        if let Ok(s) = std::net::UdpSocket::bind(bind)
+            && s.connect(t).is_ok()
+            && let Ok(local) = s.local_addr()
+        {
+            return Ok(SocketAddr::new(local.ip(), port));
+        }
+    }
+    match cfg.endpoint {
+        Some(ip) => Ok(SocketAddr::new(ip, port)),
+        None => Err(NodeError::Usage(
+            "invalid ice-listen: give it an IP of this host (the host ICE candidate); \
+             there is no join address or --endpoint to find one by"
+                .into(),
+        )),
     }
 }

@@ -126,6 +126,8 @@ pub(super) struct Api<'a> {
     pub trust: std::sync::Arc<crate::trust::Trust>,
     /// This node's TURN server, whose credentials members ask for here.
     pub turn: Option<crate::turn::Issuer>,
+    /// This node's ICE (`--ice`), which answers NegotiateDataChannel.
+    pub ice: Option<std::sync::Arc<crate::ice::node::IceHub>>,
 }
 
 /// Requests in flight on one connection at most.
@@ -167,6 +169,7 @@ pub(super) async fn serve_api(
         iface,
         trust,
         turn,
+        ice,
     } = api;
     let info = Arc::new(services::node::NodeInfo {
         started_at: SystemTime::now(),
@@ -204,7 +207,8 @@ pub(super) async fn serve_api(
         max_pending: cfg.max_pending_joins,
         timeout: std::time::Duration::from_secs(cfg.join_timeout),
     })
-    .channels(channels.clone());
+    .channels(channels.clone())
+    .ice(ice);
     let admin_svc = services::admin::AdminService::new(raft.clone());
     let mesh_svc = services::mesh::MeshService::new(raft.clone());
     let discovery_svc = services::mesh::DiscoveryService::new(raft.clone());

@@ -80,6 +80,8 @@ pub struct NodeWrite<'a> {
     pub key: Option<&'a str>,
     pub as_voter: bool,
     pub routes: bool,
+    /// The join names `direct_peers` (ICE edges to them).
+    pub direct_peers: bool,
 }
 
 /// What the state says about that node and key.
@@ -198,7 +200,7 @@ pub fn node_write(
         policy,
         &acting,
         caller,
-        &node_actions(id, w.as_voter, w.routes),
+        &node_actions(id, w.as_voter, w.routes, w.direct_peers),
     )?;
     Ok(acting)
 }
@@ -235,12 +237,18 @@ fn anonymous_join(
              --join makes)"
         )));
     }
-    if w.as_voter || w.routes {
+    if w.as_voter || w.routes || w.direct_peers {
         return Err(Status::permission_denied(format!(
-            "an unauthenticated joiner joins as a non-voter without routes; {id:?} asked for \
-             {}: configure an AUTH plugin, or join without them and have an admin grant them \
-             (wmctl promote {id}; wmctl put route)",
-            if w.as_voter { "a vote" } else { "routes" }
+            "an unauthenticated joiner joins as a non-voter without routes or direct peers; \
+             {id:?} asked for {}: configure an AUTH plugin, or join without them and have an \
+             admin grant them (wmctl promote {id}; wmctl put route; wmctl put edge)",
+            if w.as_voter {
+                "a vote"
+            } else if w.routes {
+                "routes"
+            } else {
+                "direct peers"
+            }
         )));
     }
     if policy.is_some_and(|p| p.names(&Principal::node(id))) {
@@ -253,8 +261,9 @@ fn anonymous_join(
     Ok(Principal::node(id))
 }
 
-/// What a join or update asks for beyond being a node: a vote, routes.
-pub fn node_actions(id: &str, as_voter: bool, routes: bool) -> Vec<Action> {
+/// What a join or update asks for beyond being a node: a vote, routes, ICE edges to
+/// named peers (which take putting data channels and edges, as the v1 API says).
+pub fn node_actions(id: &str, as_voter: bool, routes: bool, direct_peers: bool) -> Vec<Action> {
     let mut a = Vec::new();
     if as_voter {
         a.push(Action::new(
@@ -269,6 +278,14 @@ pub fn node_actions(id: &str, as_voter: bool, routes: bool) -> Vec<Action> {
             format!("{id}-auto"),
             RuleVerb::VerbPut,
         ));
+    }
+    if direct_peers {
+        for r in [
+            RuleResource::ResourceDataChannels,
+            RuleResource::ResourceEdges,
+        ] {
+            a.push(Action::new(r, id, RuleVerb::VerbPut));
+        }
     }
     a
 }

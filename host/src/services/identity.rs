@@ -333,7 +333,10 @@ where
                     .to_string()
             };
             // A proof signs the exact body: read it (bounded) only when one comes.
-            let (body, digest) = if own.is_some() || fwd.is_some() {
+            let streaming = !proof::signs_body(parts.uri.path());
+            let (body, digest) = if streaming {
+                (body, proof::body_digest(&[]))
+            } else if own.is_some() || fwd.is_some() {
                 match read_body(body, ctx.max_body).await {
                     Ok(b) => {
                         let d = proof::body_digest(&b);

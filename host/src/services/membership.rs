@@ -31,16 +31,7 @@ fn propose_err(e: ProposeError) -> Status {
 /// How a member is reached inside the mesh: its mesh address (IPv4 unless it prefers
 /// IPv6 or has none) and ports.
 pub fn member_for(node: &MeshNode, prefer_ipv6: bool) -> Member {
-    let v4 = node.private_ipv4.parse::<IpNet>().ok().map(|n| n.addr());
-    let v6 = node
-        .private_ipv6
-        .parse::<IpNet>()
-        .ok()
-        .and_then(|n| match n {
-            IpNet::V6(p) => Some(IpAddr::V6(crate::mesh::ipam::ipv6_host(p))),
-            IpNet::V4(_) => None,
-        });
-    let ip = if prefer_ipv6 { v6.or(v4) } else { v4.or(v6) };
+    let ip = membership::mesh_ip(node, prefer_ipv6);
     let addr = |port: i32| match ip {
         Some(ip) => std::net::SocketAddr::new(ip, port as u16).to_string(),
         None => String::new(),
@@ -94,12 +85,13 @@ pub async fn join(
     ipam: &Ipam,
     admission: Admission,
 ) -> Result<JoinResponse, Status> {
-    if !req.direct_peers.is_empty() {
-        return Err(Status::unimplemented(
-            "direct_peers: ICE connections are not supported by this mesh; join without them",
+    let view = load_view(&raft.engine);
+    if !req.direct_peers.is_empty() && view.ice_servers(&req.id).is_empty() {
+        return Err(Status::failed_precondition(
+            "direct_peers: no public node of this mesh negotiates ICE (run one with --ice); \
+             join without them",
         ));
     }
-    let view = load_view(&raft.engine);
     writes::check_routes("routes", &req.routes, &view)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut record = membership::node_record(req);
@@ -140,6 +132,10 @@ pub async fn join(
         assign_ipv4: req.assign_ipv4,
     }];
     ops.extend(membership::default_edges(&view, &record, handler));
+    ops.extend(
+        membership::ice_edges(&view, &record, &req.direct_peers)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+    );
     let deadline = crate::store::ops::now_ms() + admission.timeout.as_millis() as u64;
     ops.push(Op::Put {
         key: format!("{}{}", keys::PENDING, req.id),
@@ -195,7 +191,7 @@ pub async fn join(
         network_ipv4: view.ipv4_network.map(|n| n.to_string()).unwrap_or_default(),
         network_ipv6: view.ipv6_network.map(|n| n.to_string()).unwrap_or_default(),
         peers: plan.peers,
-        ice_servers: vec![],
+        ice_servers: view.ice_servers(&req.id),
         dns_servers: view.dns_servers(&req.id, |id| raft.is_voter(id)),
         mesh_domain: view.mesh_domain.clone(),
     })

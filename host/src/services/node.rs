@@ -36,6 +36,10 @@ pub struct NodeInfo {
 
 /// The response header naming the node's other endpoints.
 pub const ENDPOINTS_HEADER: &str = "x-webmesh-endpoints";
+/// The response header saying how each ICE peer is reached: `id=direct:ADDR`,
+/// `id=relayed:ADDR` (through a TURN relay) or `id=mesh-relay` (no ICE path: through
+/// the mesh), comma-separated.
+pub const PATHS_HEADER: &str = "x-webmesh-ice-paths";
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -48,6 +52,8 @@ pub struct NodeService {
     underlay: bool,
     ipam: crate::plugins::Ipam,
     admission: membership_svc::Admission,
+    /// The node's ICE, when it negotiates ICE paths (`--ice`).
+    ice: Option<Arc<crate::ice::node::IceHub>>,
 }
 
 impl NodeService {
@@ -64,7 +70,14 @@ impl NodeService {
             underlay: false,
             ipam: Default::default(),
             admission: Default::default(),
+            ice: None,
         }
+    }
+
+    /// Negotiates ICE paths with this hub.
+    pub fn ice(mut self, ice: Option<Arc<crate::ice::node::IceHub>>) -> Self {
+        self.ice = ice;
+        self
     }
 
     /// How to reach other members (shared with the leader proxy: one connection each).
@@ -351,6 +364,7 @@ impl Node for NodeService {
                 key: Some(&join.public_key),
                 as_voter: join.as_voter,
                 routes: !join.routes.is_empty(),
+                direct_peers: !join.direct_peers.is_empty(),
             },
         )?;
         // The member that forwarded the join (it proved itself) is the joiner's first
@@ -394,6 +408,7 @@ impl Node for NodeService {
                 key: (!update.public_key.is_empty()).then_some(update.public_key.as_str()),
                 as_voter: update.as_voter,
                 routes: !update.routes.is_empty(),
+                direct_peers: false,
             },
         )?;
         membership_svc::update(&self.raft, &update).await?;
@@ -412,6 +427,7 @@ impl Node for NodeService {
                 key: None,
                 as_voter: false,
                 routes: false,
+                direct_peers: false,
             },
         )?;
         membership_svc::leave(&self.raft, &leave.id, &self.ipam).await?;
@@ -431,9 +447,40 @@ impl Node for NodeService {
                 .await
                 .ok()
                 .flatten();
+            // ICE peers: the address their WireGuard packets really go to.
+            let paths = self.ice.as_ref().map(|i| i.paths()).unwrap_or_default();
+            if let Some(m) = status.interface_metrics.as_mut() {
+                for p in m.peers.iter_mut() {
+                    let id = self
+                        .raft
+                        .state_machine
+                        .members()
+                        .read()
+                        .ok()
+                        .and_then(|k| k.owner_of(&p.public_key).map(str::to_string));
+                    if let Some((
+                        _,
+                        crate::ice::node::PathReport::Direct(a)
+                        | crate::ice::node::PathReport::Relayed(a),
+                    )) = id.and_then(|id| paths.iter().find(|(n, _)| *n == id))
+                    {
+                        p.endpoint = a.to_string();
+                    }
+                }
+            }
             let mut resp = Response::new(status);
             if let Ok(v) = self.info.endpoints.parse() {
                 resp.metadata_mut().insert(ENDPOINTS_HEADER, v);
+            }
+            if !paths.is_empty() {
+                let text = paths
+                    .iter()
+                    .map(|(id, p)| format!("{id}={p}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if let Ok(v) = text.parse() {
+                    resp.metadata_mut().insert(PATHS_HEADER, v);
+                }
             }
             return Ok(resp);
         }
@@ -510,13 +557,36 @@ impl Node for NodeService {
 
     type NegotiateDataChannelStream = DataChannelStream;
 
+    /// A WireGuard path's ICE negotiation between two members (see `ice::node`).
     async fn negotiate_data_channel(
         &self,
-        _req: Request<Streaming<DataChannelNegotiation>>,
+        req: Request<Streaming<DataChannelNegotiation>>,
     ) -> Result<Response<Self::NegotiateDataChannelStream>, Status> {
-        Err(Status::unimplemented(
-            "NegotiateDataChannel: ICE data channels are not offered by this node",
-        ))
+        let Some(ice) = &self.ice else {
+            return Err(Status::unimplemented(
+                "NegotiateDataChannel: this node does not negotiate ICE (start it with --ice)",
+            ));
+        };
+        let caller = match Identity::of(&req).caller {
+            Caller::Node(id) => id,
+            Caller::User(u) => {
+                return Err(Status::permission_denied(format!(
+                    "{u:?}: WireGuard paths are negotiated between mesh nodes, which prove their key"
+                )));
+            }
+            Caller::Anonymous => {
+                return Err(Status::unauthenticated(
+                    "NegotiateDataChannel takes a proof of a member's key (x-webmesh-proof)",
+                ));
+            }
+        };
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::invalid_argument("no first message within 10 s"))??
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
+        let out = ice.accept(&caller, first, inbound).await?;
+        Ok(Response::new(out))
     }
 }
 

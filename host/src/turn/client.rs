@@ -13,6 +13,7 @@ use bytecodec::DecodeExt;
 use stun_codec::rfc5389::attributes::{
     ErrorCode, MessageIntegrity, Nonce, Realm, Username, XorMappedAddress,
 };
+use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
     Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
 };
@@ -29,6 +30,13 @@ use super::server::{
 const RTO: Duration = Duration::from_millis(250);
 /// Tries per request before giving up.
 const MAX_TRIES: u32 = 7;
+/// How often the allocation checks the address the server sees (a Binding request):
+/// a NAT that forgot us maps us anew, and the allocation, bound to the old address,
+/// is gone — better known in seconds than at the next refresh. It also keeps the
+/// NAT's mapping alive.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// Tries of one such check (about 4 s) before the server counts as gone.
+const CHECK_TRIES: u32 = 4;
 /// Refresh this long before something lapses.
 const EARLY: Duration = Duration::from_secs(60);
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -57,7 +65,12 @@ pub enum Event {
 enum State {
     Idle,
     Allocating,
-    Allocated { relay: SocketAddr, expires: Instant },
+    Allocated {
+        relay: SocketAddr,
+        mapped: SocketAddr,
+        expires: Instant,
+        check: Instant,
+    },
     Failed,
 }
 
@@ -279,7 +292,9 @@ impl Client {
                     .unwrap_or(Duration::from_secs(600));
                 self.state = State::Allocated {
                     relay: relay.address(),
+                    mapped: mapped.address(),
                     expires: now + lifetime,
+                    check: now + CHECK_EVERY,
                 };
                 self.events.push_back(Event::Allocated {
                     relay: relay.address(),
@@ -287,15 +302,23 @@ impl Client {
                 });
             }
             REFRESH => {
-                if let State::Allocated { relay, .. } = self.state {
+                if let State::Allocated { expires, .. } = &mut self.state {
                     let lifetime = m
                         .get_attribute::<Lifetime>()
                         .map(|l| l.lifetime())
                         .unwrap_or(Duration::from_secs(600));
-                    self.state = State::Allocated {
-                        relay,
-                        expires: now + lifetime,
-                    };
+                    *expires = now + lifetime;
+                }
+            }
+            BINDING => {
+                if let State::Allocated { mapped, .. } = self.state
+                    && let Some(seen) = m.get_attribute::<XorMappedAddress>()
+                    && seen.address() != mapped
+                {
+                    self.fail(format!(
+                        "the NAT maps us anew ({mapped} is now {}): the allocation is bound to the old address",
+                        seen.address()
+                    ));
                 }
             }
             CHANNEL_BIND => {
@@ -373,10 +396,15 @@ impl Client {
             let Some(p) = self.pending.get_mut(&t) else {
                 continue;
             };
-            if p.tries >= MAX_TRIES {
-                let method = p.request.method();
+            let method = p.request.method();
+            let limit = if method == BINDING {
+                CHECK_TRIES
+            } else {
+                MAX_TRIES
+            };
+            if p.tries >= limit {
                 self.pending.remove(&t);
-                if method == ALLOCATE || method == REFRESH {
+                if method == ALLOCATE || method == REFRESH || method == BINDING {
                     self.fail("the server does not answer".into());
                 }
                 continue;
@@ -392,6 +420,14 @@ impl Client {
             && !self.pending.values().any(|p| p.request.method() == REFRESH)
         {
             self.send_signed(now, request(REFRESH), None);
+        }
+        if let State::Allocated { check, .. } = &mut self.state
+            && *check <= now
+        {
+            *check = now + CHECK_EVERY;
+            if !self.pending.values().any(|p| p.request.method() == BINDING) {
+                self.send(now, request(BINDING), None);
+            }
         }
         let stale: Vec<IpAddr> = self
             .permissions
@@ -413,7 +449,7 @@ impl Client {
     /// When [`Client::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let refresh = match self.state {
-            State::Allocated { expires, .. } => Some(expires - EARLY),
+            State::Allocated { expires, check, .. } => Some((expires - EARLY).min(check)),
             _ => None,
         };
         self.pending

@@ -79,7 +79,7 @@ pub struct Turn {
 
 pub const REALM: &str = "webmesh";
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -472,3 +472,46 @@ fn endpoints() {
     p.primary_endpoint.clear();
     assert_eq!(choose_endpoint(&p, ""), None);
 }
+
+#[test]
+fn an_ice_edge_makes_peers_only_while_its_path_is_up_and_carries_no_one_else() {
+    // a and b sit behind NATs, both linked to the public hub; a–b is an ICE edge, and
+    // so is b–c (c behind a NAT too).
+    let mut v = view(
+        &["a", "b", "c", "hub"],
+        &[("a", "hub", 1), ("b", "hub", 1), ("c", "hub", 1)],
+    );
+    for (x, y) in [("a", "b"), ("b", "c")] {
+        v.edges.insert(
+            edge_key(x, y),
+            MeshEdge {
+                source: x.into(),
+                target: y.into(),
+                weight: 1,
+                attributes: [(ICE_ATTRIBUTE.to_string(), "true".to_string())].into(),
+            },
+        );
+    }
+    assert_eq!(ice_peers(&v, "a"), ["b"]);
+    assert_eq!(ice_peers(&v, "b"), ["a", "c"]);
+    // Not up: through the hub, as without the edge.
+    let down = compute_with_ice(&v, "a", &|_| false);
+    assert_eq!(ids(&down), ["hub"]);
+    assert_eq!(down, compute(&v, "a"));
+    // Up: b is a peer of its own, marked ICE; c still goes through the hub even though
+    // b has an ICE edge to c (ICE edges carry only their ends).
+    let up = compute_with_ice(&v, "a", &|p| p == "b");
+    assert_eq!(ids(&up), ["b", "hub"]);
+    let b = up.peers.iter().find(|p| p.id == "b").unwrap();
+    assert!(b.ice);
+    assert_eq!(b.allowed_ips, ["10.0.0.2/32", "fd00:0:0:2::/64"]);
+    let hub = allowed(&up, "hub");
+    assert!(hub.contains(&"10.0.0.3/32".to_string()), "{hub:?}");
+    assert!(!hub.contains(&"10.0.0.2/32".to_string()), "{hub:?}");
+    // The hub's plan does not change with ICE paths: it still relays a–b traffic that
+    // takes it while the path is down.
+    assert_eq!(ids(&compute(&v, "hub")), ["a", "b", "c"]);
+    // An ICE edge the ACLs forbid is no ICE peer.
+    v.acls.clear();
+    assert!(ice_peers(&v, "a").is_empty());
+}

@@ -130,6 +130,7 @@ fn join(id: &str, key: &str) -> NodeWrite<'static> {
         key: Some(Box::leak(key.to_string().into_boxed_str())),
         as_voter: false,
         routes: false,
+        direct_peers: false,
     }
 }
 
@@ -140,6 +141,7 @@ fn op(op: NodeOp, id: &str) -> NodeWrite<'static> {
         key: None,
         as_voter: false,
         routes: false,
+        direct_peers: false,
     }
 }
 
