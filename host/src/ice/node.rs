@@ -657,8 +657,7 @@ pub fn turn_url_addr(url: &str) -> Option<SocketAddr> {
 /// Returns its ID and API address.
 pub fn signal_via(view: &MeshView, me: &str, peer: &str) -> Option<(String, String)> {
     let node = view.nodes.get(peer)?;
-    let addr =
-        |n: &webmesh_api::v1::MeshNode| membership::mesh_api_addr(n);
+    let addr = |n: &webmesh_api::v1::MeshNode| membership::mesh_api_addr(n);
     if !node.primary_endpoint.is_empty() {
         return Some((peer.to_string(), addr(node)));
     }

@@ -160,6 +160,9 @@ struct Peer {
     /// Addresses of the peer's candidates (our relays must permit them).
     remotes: Vec<SocketAddr>,
     proxy: Arc<UdpSocket>,
+    /// The pair's remote when it starts at our socket: the proxy's reader sends there
+    /// itself, off this task (the fast path); `None` while relayed or unknown.
+    direct: Arc<std::sync::RwLock<Option<SocketAddr>>>,
     reader: tokio::task::JoinHandle<()>,
     wireguard: SocketAddr,
 }
@@ -446,6 +449,8 @@ impl Task {
                         }
                         p.route = Some(selected);
                         p.connected = true;
+                        *p.direct.write().unwrap_or_else(|e| e.into_inner()) =
+                            (selected.local == self.addr).then_some(selected.remote);
                         self.mux.set_peer(id.clone(), selected.remote);
                         self.out.notes.push(Note::Path {
                             peer: id.clone(),
@@ -496,6 +501,13 @@ pub async fn spawn(
             tokio::select! {
                 r = sock.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
+                    // WireGuard from a peer's pair: straight to its proxy, no copy.
+                    if let Route::Peer(id) = t.mux.route(from, &buf[..n])
+                        && let Some(p) = t.peers.get(&id)
+                    {
+                        let _ = p.proxy.send_to(&buf[..n], p.wireguard).await;
+                        continue;
+                    }
                     t.datagram(Instant::now(), from, &buf[..n]);
                 }
                 Some((id, data)) = from_wg.recv() => t.send_wireguard(Instant::now(), &id, data),
@@ -504,7 +516,7 @@ pub async fn spawn(
                         if let Some(p) = t.peers.get(&peer) {
                             let _ = reply.send(p.proxy.local_addr());
                         } else {
-                            match add_peer(&peer, controlling, wireguard, &from_wg_tx).await {
+                            match add_peer(&peer, controlling, wireguard, &from_wg_tx, &sock).await {
                                 Ok(p) => {
                                     let proxy = p.proxy.local_addr();
                                     t.peers.insert(peer.clone(), p);
@@ -566,6 +578,7 @@ async fn add_peer(
     controlling: bool,
     wireguard: SocketAddr,
     from_wg: &mpsc::Sender<(String, Vec<u8>)>,
+    ice: &Arc<UdpSocket>,
 ) -> std::io::Result<Peer> {
     let loopback = if wireguard.is_ipv4() {
         "127.0.0.1:0"
@@ -573,7 +586,14 @@ async fn add_peer(
         "[::1]:0"
     };
     let proxy = Arc::new(UdpSocket::bind(loopback).await?);
-    let (p, tx, id) = (proxy.clone(), from_wg.clone(), peer.to_string());
+    let direct = Arc::new(std::sync::RwLock::new(None));
+    let (p, tx, id, d, ice) = (
+        proxy.clone(),
+        from_wg.clone(),
+        peer.to_string(),
+        direct.clone(),
+        ice.clone(),
+    );
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         while let Ok((n, from)) = p.recv_from(&mut buf).await {
@@ -581,8 +601,17 @@ async fn add_peer(
             if from != wireguard {
                 continue;
             }
-            if tx.send((id.clone(), buf[..n].to_vec())).await.is_err() {
-                return;
+            let to = *d.read().unwrap_or_else(|e| e.into_inner());
+            match to {
+                Some(to) => {
+                    let _ = ice.send_to(&buf[..n], to).await;
+                }
+                // Relayed (or no pair yet): the task wraps it for the TURN server.
+                None => {
+                    if tx.send((id.clone(), buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
@@ -593,6 +622,7 @@ async fn add_peer(
         connected: false,
         remotes: Vec::new(),
         proxy,
+        direct,
         reader,
         wireguard,
     })

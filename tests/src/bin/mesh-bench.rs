@@ -6,6 +6,7 @@
 //!   target/release/mesh-bench propagation 25
 //!   target/release/mesh-bench iperf           # tunnel throughput and node RSS
 //!   target/release/mesh-bench acl             # wmctl put networkacl -> every node, 5 nodes
+//!   target/release/mesh-bench ice 5           # ICE path setup (5 rounds each) and throughput
 //!
 //! Needs root. Prints Markdown tables.
 
@@ -14,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use webmesh_e2e::netns::{TestNet, v4};
+use webmesh_e2e::netns::{Nat, TestNet, v4};
 use webmesh_e2e::wait_for;
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -493,6 +494,167 @@ async fn main() -> Result<()> {
         }
         Some("iperf") => iperf_bench().await,
         Some("acl") => acl_bench().await,
-        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl"),
+        Some("ice") => ice_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(5)).await,
+        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl | ice N"),
     }
+}
+
+/// A public bootstrap node h1 (TURN server, signalling relay) that forwards nothing
+/// (so two NAT'd nodes reach each other only over their ICE path), and two sites
+/// behind `nat`: a2 behind r2, a3 behind r3, with `--ice`, not started.
+async fn ice_sites(nat: Nat, extra: &[&str]) -> Result<TestNet> {
+    let mut net = TestNet::new()?;
+    let h = net.add_host("h1")?;
+    h.args = [
+        "--bootstrap",
+        "--endpoint",
+        &h.ip.to_string(),
+        "--turn-server",
+        "--ice",
+        "--log-level",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(extra.iter().map(|s| s.to_string()))
+    .collect();
+    h.start()?;
+    h.wait_ready(Duration::from_secs(60)).await?;
+    let ns = net.hosts["h1"].ns.clone();
+    sh(&format!(
+        "ip netns exec {ns} nft -f - <<'EOF'\ntable inet bench_noforward {{ chain fwd {{ type filter hook forward priority -10; policy drop; }} }}\nEOF"
+    ))?;
+    let via = net.grpc("h1");
+    for (router, id) in [("r2", "a2"), ("r3", "a3")] {
+        let h = net.add_nat_site(router, id, nat)?;
+        h.args = ["--join", &via, "--ice", "--log-level", "warn"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    Ok(net)
+}
+
+/// Polls a 200 ms ping from `from` to `addr` until one answers.
+fn first_ping(net: &TestNet, from: &str, addr: &str, timeout: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = net.hosts[from]
+            .exec(&["ping", "-c", "1", "-W", "0.2", addr])
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no ping from {from} to {addr} in {timeout:?}\n{}",
+                net.logs()
+            );
+        }
+    }
+}
+
+/// Seconds from both NAT'd nodes started (and from both ready) to a2's first ping of
+/// a3 over their ICE path.
+async fn ice_setup(nat: Nat) -> Result<(f64, f64)> {
+    let mut net = ice_sites(nat, &[]).await?;
+    let started = Instant::now();
+    net.host("a2").start()?;
+    net.host("a3").start()?;
+    for id in ["a2", "a3"] {
+        net.host(id).wait_ready(Duration::from_secs(60)).await?;
+    }
+    let ready = Instant::now();
+    let a3 = v4(&net.hosts["h1"].nodes().await?["a3"]);
+    let pinged = first_ping(&net, "a2", &a3, Duration::from_secs(60))?;
+    Ok((
+        (pinged - started).as_secs_f64(),
+        (pinged - ready).as_secs_f64(),
+    ))
+}
+
+/// ICE: path setup behind cone NATs (direct) and symmetric NATs (relayed through
+/// TURN), `rounds` fresh meshes each; then throughput over a relayed, a direct ICE and
+/// a plain WireGuard path in one mesh.
+async fn ice_bench(rounds: usize) -> Result<()> {
+    println!(
+        "| connection setup ({rounds} rounds) | from start p50 | max | from both ready p50 | max |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (label, nat) in [
+        ("direct (cone/cone)", Nat::Cone),
+        ("relayed (symmetric/symmetric)", Nat::Symmetric),
+    ] {
+        let mut from_start = Vec::new();
+        let mut from_ready = Vec::new();
+        for _ in 0..rounds {
+            let (s, r) = ice_setup(nat).await?;
+            from_start.push(s);
+            from_ready.push(r);
+        }
+        let (s50, _, smax) = stats(from_start);
+        let (r50, _, rmax) = stats(from_ready);
+        println!("| {label} | {s50:.2} s | {smax:.2} s | {r50:.2} s | {rmax:.2} s |");
+    }
+
+    // Throughput: the relay without its default rate cap, to measure the path.
+    let mut net = ice_sites(
+        Nat::Symmetric,
+        &["--turn-allocation-rate", "0", "--turn-total-rate", "0"],
+    )
+    .await?;
+    // A public member too, for the plain WireGuard path h2 -> h1.
+    add_joiner(&mut net, "h2", "warn")?;
+    for id in ["a2", "a3", "h2"] {
+        net.host(id).start()?;
+    }
+    for id in ["a2", "a3", "h2"] {
+        net.host(id).wait_ready(Duration::from_secs(60)).await?;
+    }
+    let nodes = net.hosts["h1"].nodes().await?;
+    let (a3, h1) = (v4(&nodes["a3"]), v4(&nodes["h1"]));
+    let ns = |id: &str| net.hosts[id].ns.clone();
+    let path = |want: &'static str| {
+        let net = &net;
+        async move {
+            wait_for(
+                &format!("a2's path to a3: {want}"),
+                Duration::from_secs(90),
+                || async {
+                    net.hosts["a2"]
+                        .ice_paths()
+                        .await
+                        .ok()?
+                        .get("a3")
+                        .filter(|p| p.starts_with(want))
+                        .cloned()
+                },
+            )
+            .await
+        }
+    };
+    path("relayed:").await?;
+    first_ping(&net, "a2", &a3, Duration::from_secs(30))?;
+    let relayed = iperf(&ns("a3"), &ns("a2"), &a3, 8)?;
+    net.set_nat("r2", Nat::Cone)?;
+    net.set_nat("r3", Nat::Cone)?;
+    path("direct:").await?;
+    first_ping(&net, "a2", &a3, Duration::from_secs(30))?;
+    let direct = iperf(&ns("a3"), &ns("a2"), &a3, 8)?;
+    first_ping(&net, "h2", &h1, Duration::from_secs(30))?;
+    let plain = iperf(&ns("h1"), &ns("h2"), &h1, 8)?;
+    println!();
+    println!("| iperf3, 8 s, one stream | Gbit/s | vs plain WireGuard |");
+    println!("|---|---:|---:|");
+    println!("| plain WireGuard path (public members) | {plain:.3} | 1.00x |");
+    println!(
+        "| ICE direct path (cone NATs, through the ICE proxy) | {direct:.3} | {:.2}x |",
+        direct / plain
+    );
+    println!(
+        "| ICE relayed path (symmetric NATs, TURN on h1, uncapped) | {relayed:.3} | {:.2}x (vs direct {:.2}x) |",
+        relayed / plain,
+        relayed / direct
+    );
+    Ok(())
 }
