@@ -5,6 +5,7 @@
 //! `ARCHITECTURE.md` at the repository root has the map.
 
 pub mod config;
+pub mod datachannel;
 pub mod dns;
 pub mod fuzzing;
 pub mod ice;

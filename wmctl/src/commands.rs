@@ -99,6 +99,18 @@ async fn status(cli: &Cli, conn: &Conn, id: String) -> Result<(), Fail> {
                 .collect()
         })
         .unwrap_or_default();
+    // How each ICE peer is reached (direct, through a TURN relay, or the mesh).
+    let paths: Vec<String> = resp
+        .metadata()
+        .get("x-webmesh-ice-paths")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     let status = resp.into_inner();
     print(cli.output, &status, || {
         let cluster = ClusterStatus::try_from(status.cluster_status)
@@ -129,6 +141,14 @@ async fn status(cli: &Cli, conn: &Conn, id: String) -> Result<(), Fail> {
         for e in &endpoints {
             let (what, addr) = e.split_once('=').unwrap_or(("ENDPOINT", e));
             rows.push(vec![what.to_uppercase(), addr.to_string()]);
+        }
+        for p in &paths {
+            let (peer, path) = p.split_once('=').unwrap_or((p, "?"));
+            let shown = match path.split_once(':') {
+                Some((kind, addr)) => format!("{kind} ({addr})"),
+                None => path.replace('-', " "),
+            };
+            rows.push(vec![format!("ICE PATH {peer}"), shown]);
         }
         if let Some(m) = &status.interface_metrics {
             rows.push(vec![

@@ -243,4 +243,7 @@ settings! {
     /// Address of the ICE socket (its IP is the host candidate) [default: the address
     /// that routes to the first join address, or --endpoint; any free port].
     ice_listen: Option<SocketAddr> = None => "ice-listen" "IP:PORT" opt(v::bind_addr) omit_empty;
+    /// A node to reach over an ICE path of its own when joining (repeatable; an ICE
+    /// edge, which takes putting data channels and edges).
+    direct_peer: Vec<String> = vec![] => "direct-peer" "ID" many(v::name) omit_empty;
 }

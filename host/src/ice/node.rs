@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -42,6 +42,8 @@ pub const UPGRADE_EVERY: Duration = Duration::from_secs(20);
 const MAX_RELAYED: usize = 256;
 /// Messages queued per stream direction.
 const QUEUE: usize = 64;
+/// Data channel sessions this node runs at once.
+pub const MAX_SESSIONS: usize = 64;
 /// TURN credentials are fetched again this long before they expire.
 const CREDS_EARLY: Duration = Duration::from_secs(600);
 
@@ -82,6 +84,7 @@ struct State {
     up: HashSet<String>,
     next_stream: u64,
     relayed: usize,
+    sessions: usize,
 }
 
 /// The node's ICE.
@@ -302,22 +305,28 @@ impl IceHub {
 
     /// The controlling side's stream to `peer`, kept open; ICE restarted as needed.
     async fn keep(self: Arc<Self>, peer: String, kick: Arc<Notify>) {
-        let mut backoff = Duration::from_secs(1);
+        // Quick retries at first: the peer may not have applied our edge yet.
+        const FIRST: Duration = Duration::from_millis(250);
+        let mut backoff = FIRST;
         loop {
             let via = lock(&self.state)
                 .peers
                 .get(&peer)
                 .and_then(|p| p.via.clone());
+            let started = Instant::now();
             match via {
-                Some((via_id, addr)) => match self.negotiate(&peer, &addr, &kick).await {
-                    Ok(()) => backoff = Duration::from_secs(1),
-                    Err(e) => {
+                Some((via_id, addr)) => {
+                    if let Err(e) = self.negotiate(&peer, &addr, &kick).await {
                         debug!(%peer, via = %via_id, error = %e, "ICE signalling stream ended");
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
-                },
+                }
                 None => debug!(%peer, "no node can relay ICE signals to this peer yet"),
             }
+            backoff = if started.elapsed() > Duration::from_secs(30) {
+                FIRST
+            } else {
+                (backoff * 2).min(Duration::from_secs(8))
+            };
             tokio::time::sleep(backoff).await;
         }
     }
@@ -408,8 +417,8 @@ impl IceHub {
     ) -> Result<NegotiationStream, Status> {
         if first.proto != signal::WIREGUARD_PROTO || first.port != 0 {
             return Err(Status::invalid_argument(format!(
-                "proto/port: this node negotiates WireGuard paths (proto \"udp\", port 0), \
-                 not {:?} port {}",
+                "proto/port: a WireGuard path's negotiation has proto \"wireguard\" and port \
+                 0, not {:?} port {}",
                 first.proto, first.port
             )));
         }
@@ -429,9 +438,15 @@ impl IceHub {
             let st = lock(&self.state);
             match st.peers.get(&src) {
                 Some(p) => p.controlling,
+                None if self.ice_edge(&src, &self.me) => {
+                    return Err(Status::unavailable(format!(
+                        "{} has not applied its ICE edge with {src:?} yet; retry",
+                        self.me
+                    )));
+                }
                 None => {
                     return Err(Status::permission_denied(format!(
-                        "src: {src:?} has no ICE edge with {} (or this node has not applied it yet)",
+                        "src: {src:?} has no ICE edge with {}",
                         self.me
                     )));
                 }
@@ -478,6 +493,18 @@ impl IceHub {
         )))
     }
 
+    /// Whether the state has an ICE edge between `a` and `b`.
+    fn ice_edge(&self, a: &str, b: &str) -> bool {
+        let (s, t) = crate::mesh::view::edge_key(a, b);
+        self.raft
+            .engine
+            .get(&keys::edge(&s, &t))
+            .ok()
+            .flatten()
+            .and_then(|e| serde_json::from_str::<webmesh_api::v1::MeshEdge>(&e.value).ok())
+            .is_some_and(|e| peers::is_ice_edge(&e))
+    }
+
     /// Relays a stream between two members that share an ICE edge.
     async fn relay(
         self: &Arc<Self>,
@@ -486,16 +513,7 @@ impl IceHub {
         inbound: Streaming<DataChannelNegotiation>,
     ) -> Result<NegotiationStream, Status> {
         let dst = first.dst.clone();
-        let edge = self
-            .raft
-            .engine
-            .get(&keys::edge(
-                &crate::mesh::view::edge_key(caller, &dst).0,
-                &crate::mesh::view::edge_key(caller, &dst).1,
-            ))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .and_then(|e| serde_json::from_str::<webmesh_api::v1::MeshEdge>(&e.value).ok());
-        if !edge.as_ref().is_some_and(peers::is_ice_edge) {
+        if !self.ice_edge(caller, &dst) {
             return Err(Status::permission_denied(format!(
                 "dst: node {caller} has no ICE edge with {dst:?}"
             )));
@@ -541,6 +559,122 @@ impl IceHub {
             }
             .in_current_span(),
         );
+        Ok(Box::pin(out))
+    }
+
+    /// A data channel for a client (its rights checked by the node it called):
+    /// `opening` says to what (`proto`, `dst`, `port`); the session runs here when
+    /// `node` is this node, else on `node`, through a NegotiateDataChannel stream.
+    pub fn data_channel(
+        self: Arc<Self>,
+        node: String,
+        opening: DataChannelNegotiation,
+        inbound: Inbound,
+    ) -> futures::future::BoxFuture<'static, Result<NegotiationStream, Status>> {
+        Box::pin(async move {
+            if node != self.me {
+                self.relay_data_channel(&node, opening, inbound).await
+            } else {
+                self.local_data_channel(opening, inbound).await
+            }
+        })
+    }
+
+    async fn local_data_channel(
+        self: Arc<Self>,
+        opening: DataChannelNegotiation,
+        inbound: Inbound,
+    ) -> Result<NegotiationStream, Status> {
+        let target = crate::datachannel::target(
+            &opening.proto,
+            &opening.dst,
+            opening.port,
+            self.wireguard.port(),
+        )
+        .map_err(Status::invalid_argument)?;
+        {
+            let mut st = lock(&self.state);
+            if st.sessions >= MAX_SESSIONS {
+                return Err(Status::resource_exhausted(format!(
+                    "this node runs {MAX_SESSIONS} data channel sessions already"
+                )));
+            }
+            st.sessions += 1;
+        }
+        let slot = SessionSlot(self.clone());
+        let session = crate::datachannel::open(self.ice.addr.ip(), target, slot)
+            .await
+            .map_err(Status::unavailable)?;
+        info!(%target, client = %opening.src, "data channel offered");
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let _ = tx.try_send(Ok(DataChannelNegotiation {
+            offer: session.offer,
+            ..Default::default()
+        }));
+        let signals = session.signals;
+        tokio::spawn(
+            async move {
+                // The response stream lasts as long as the client's side of it.
+                let _tx = tx;
+                let mut inbound = inbound;
+                while let Some(Ok(m)) = futures::StreamExt::next(&mut inbound).await {
+                    use crate::datachannel::Signal;
+                    let s = if !m.answer.is_empty() {
+                        Signal::Answer(m.answer)
+                    } else if !m.candidate.is_empty() {
+                        Signal::Candidate(m.candidate)
+                    } else {
+                        continue;
+                    };
+                    if signals.send(s).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn relay_data_channel(
+        &self,
+        node: &str,
+        opening: DataChannelNegotiation,
+        inbound: Inbound,
+    ) -> Result<NegotiationStream, Status> {
+        let record = self
+            .raft
+            .engine
+            .get(&keys::node(node))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .and_then(|e| serde_json::from_str::<webmesh_api::v1::MeshNode>(&e.value).ok())
+            .ok_or_else(|| Status::not_found(format!("node_id: no node {node:?} in this mesh")))?;
+        if !membership::negotiates_ice(&record) {
+            return Err(Status::failed_precondition(format!(
+                "node_id: node {node} does not run data channels (it runs without --ice)"
+            )));
+        }
+        let addr = membership::mesh_api_addr(&record);
+        let mut client = self
+            .client(&addr)
+            .map_err(|e| Status::unavailable(format!("node {node} at {addr}: {e}")))?;
+        // The opening, then what the client sends, fed by a task of its own.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let _ = tx.try_send(opening);
+        tokio::spawn(async move {
+            let mut inbound = inbound;
+            while let Some(Ok(m)) = inbound.next().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outbound = ReceiverStream::new(rx);
+        let out = client
+            .negotiate_data_channel(outbound)
+            .await
+            .map_err(|s| Status::new(s.code(), format!("node {node}: {}", s.message())))?
+            .into_inner();
         Ok(Box::pin(out))
     }
 
@@ -630,6 +764,20 @@ impl Drop for Released {
     fn drop(&mut self) {
         let mut st = lock(&self.0.state);
         st.relayed = st.relayed.saturating_sub(1);
+    }
+}
+
+/// What a client sends after the opening of a data channel's negotiation.
+pub type Inbound =
+    std::pin::Pin<Box<dyn Stream<Item = Result<DataChannelNegotiation, Status>> + Send>>;
+
+/// Gives back a data channel session's slot when the session ends.
+struct SessionSlot(Arc<IceHub>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.sessions = st.sessions.saturating_sub(1);
     }
 }
 

@@ -501,11 +501,31 @@ pub async fn spawn(
             tokio::select! {
                 r = sock.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    // WireGuard from a peer's pair: straight to its proxy, no copy.
+                    // WireGuard from a peer's pair: straight to its proxy, no copy;
+                    // under load, what else is queued too, before waiting again.
                     if let Route::Peer(id) = t.mux.route(from, &buf[..n])
                         && let Some(p) = t.peers.get(&id)
                     {
                         let _ = p.proxy.send_to(&buf[..n], p.wireguard).await;
+                        let mut other = None;
+                        for _ in 0..64 {
+                            let Ok((n, from)) = sock.try_recv_from(&mut buf) else { break };
+                            match t.mux.route(from, &buf[..n]) {
+                                Route::Peer(id) if t.peers.contains_key(&id) => {
+                                    let p = &t.peers[&id];
+                                    let _ = p.proxy.send_to(&buf[..n], p.wireguard).await;
+                                }
+                                _ => {
+                                    other = Some((n, from));
+                                    break;
+                                }
+                            }
+                        }
+                        let Some((n, from)) = other else { continue };
+                        t.datagram(Instant::now(), from, &buf[..n]);
+                        t.drain(Instant::now());
+                        let out = std::mem::take(&mut t.out);
+                        flush(&sock, &notes, out).await;
                         continue;
                     }
                     t.datagram(Instant::now(), from, &buf[..n]);
@@ -555,21 +575,26 @@ pub async fn spawn(
             }
             t.drain(Instant::now());
             let out = std::mem::take(&mut t.out);
-            for (to, data) in out.wire {
-                let _ = sock.send_to(&data, to).await;
-            }
-            for (proxy, wg, data) in out.to_wireguard {
-                let _ = proxy.send_to(&data, wg).await;
-            }
-            for n in out.notes {
-                let _ = notes.send(n).await;
-            }
+            flush(&sock, &notes, out).await;
         }
         for p in t.peers.into_values() {
             p.reader.abort();
         }
     });
     Ok((Ice { cmds, addr }, task))
+}
+
+/// Sends what the task decided to send.
+async fn flush(sock: &UdpSocket, notes: &mpsc::Sender<Note>, out: Out) {
+    for (to, data) in out.wire {
+        let _ = sock.send_to(&data, to).await;
+    }
+    for (proxy, wg, data) in out.to_wireguard {
+        let _ = proxy.send_to(&data, wg).await;
+    }
+    for n in out.notes {
+        let _ = notes.send(n).await;
+    }
 }
 
 /// A peer and its proxy port (on loopback, where WireGuard reaches it).
@@ -605,6 +630,16 @@ async fn add_peer(
             match to {
                 Some(to) => {
                     let _ = ice.send_to(&buf[..n], to).await;
+                    // Under load, take what else is queued without waiting again.
+                    for _ in 0..64 {
+                        match p.try_recv_from(&mut buf) {
+                            Ok((n, from)) if from == wireguard => {
+                                let _ = ice.send_to(&buf[..n], to).await;
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
                 }
                 // Relayed (or no pair yet): the task wraps it for the TURN server.
                 None => {

@@ -1,6 +1,7 @@
 //! ICE signals as `DataChannelNegotiation` messages (pure). A WireGuard path's
-//! negotiation is a `NegotiateDataChannel` stream with `proto` "udp", `port` 0 (the
-//! node's WireGuard interface, as the v1 API defines it) and `dst` the peer's node ID.
+//! negotiation between two nodes is a `NegotiateDataChannel` stream whose first
+//! message has `proto` "wireguard", `port` 0 and `dst` the peer's node ID (a data
+//! channel's has "tcp" or "udp" and an address: the traffic's destination).
 //! The controlling side's credentials travel as the `offer`, the other side's as the
 //! `answer` — each a minimal SDP session (`a=ice-ufrag`, `a=ice-pwd`); candidates
 //! trickle in `candidate` (the SDP `candidate:` attribute). A new offer restarts ICE.
@@ -10,7 +11,7 @@ use webmesh_api::v1::DataChannelNegotiation;
 use super::shell::Signal;
 
 /// `proto` of a WireGuard path's negotiation.
-pub const WIREGUARD_PROTO: &str = "udp";
+pub const WIREGUARD_PROTO: &str = "wireguard";
 /// Longest offer, answer or candidate taken.
 pub const MAX_TEXT: usize = 2048;
 

@@ -450,6 +450,80 @@ mod tests {
     }
 
     #[test]
+    fn ice_edges_join_nodes_behind_nats_and_the_named_peers() {
+        let ice = vec![Feature::IceNegotiation as i32];
+        let mut view = MeshView::default();
+        for (id, ep, f) in [
+            ("boot", "1.1.1.1", ice.clone()),
+            ("nat1", "", ice.clone()),
+            ("nat2", "", ice.clone()),
+            ("old", "", vec![]),
+        ] {
+            view.insert_node(MeshNode {
+                id: id.into(),
+                primary_endpoint: ep.into(),
+                features: f,
+                ..Default::default()
+            });
+        }
+        // nat2 and the joiner already share a plain edge: it stays.
+        view.edges.insert(
+            edge_key("j", "nat2"),
+            MeshEdge {
+                source: "j".into(),
+                target: "nat2".into(),
+                weight: 1,
+                attributes: Default::default(),
+            },
+        );
+        let ice_keys = |ops: Vec<Op>| -> Vec<String> {
+            ops.into_iter()
+                .map(|o| match o {
+                    Op::Put { key, value, .. } => {
+                        let e: MeshEdge = serde_json::from_str(&value).unwrap();
+                        assert!(super::super::peers::is_ice_edge(&e), "{key}");
+                        key
+                    }
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        // Behind a NAT, negotiating ICE: every other such node (not one without ICE).
+        let j = MeshNode {
+            id: "j".into(),
+            features: ice.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            ice_keys(ice_edges(&view, &j, &[]).unwrap()),
+            ["/registry/edges/j/nat1"]
+        );
+        // Named peers, whatever they are; a name not in the mesh is refused.
+        assert_eq!(
+            ice_keys(ice_edges(&view, &j, &["boot".into(), "j".into()]).unwrap()),
+            ["/registry/edges/boot/j", "/registry/edges/j/nat1"]
+        );
+        let e = ice_edges(&view, &j, &["ghost".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "direct_peers: no node \"ghost\" in this mesh"
+        );
+        // A public joiner, or one without ICE, gets none unless it names them.
+        let j = MeshNode {
+            id: "j".into(),
+            primary_endpoint: "3.3.3.3".into(),
+            features: ice,
+            ..Default::default()
+        };
+        assert!(ice_edges(&view, &j, &[]).unwrap().is_empty());
+        let j = MeshNode {
+            id: "j".into(),
+            ..Default::default()
+        };
+        assert!(ice_edges(&view, &j, &[]).unwrap().is_empty());
+    }
+
+    #[test]
     fn updates_change_only_set_fields() {
         let old = MeshNode {
             id: "n".into(),

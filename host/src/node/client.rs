@@ -233,7 +233,7 @@ pub(super) fn join_request(cfg: &Config, name: &str, key: &Key) -> JoinRequest {
         prefer_raft_ipv6: false,
         as_voter: cfg.voter,
         routes: cfg.route.clone(),
-        direct_peers: vec![],
+        direct_peers: cfg.direct_peer.clone(),
         features: features(cfg).into_iter().map(|f| f as i32).collect(),
     }
 }

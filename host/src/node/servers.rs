@@ -208,7 +208,23 @@ pub(super) async fn serve_api(
         timeout: std::time::Duration::from_secs(cfg.join_timeout),
     })
     .channels(channels.clone())
-    .ice(ice);
+    .ice(ice.clone());
+    // WebRTC data channels run where ICE does; clients get this node's STUN server.
+    let webrtc_svc = ice.map(|hub| services::webrtc::WebRtcService {
+        raft: raft.clone(),
+        hub,
+        stun: turn
+            .as_ref()
+            .map(|t| {
+                t.urls
+                    .iter()
+                    .filter_map(|u| u.strip_prefix("turn:"))
+                    .map(|u| format!("stun:{}", u.split('?').next().unwrap_or(u)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    });
+    let webrtc_svc = webrtc_svc.map(Arc::new);
     let admin_svc = services::admin::AdminService::new(raft.clone());
     let mesh_svc = services::mesh::MeshService::new(raft.clone());
     let discovery_svc = services::mesh::DiscoveryService::new(raft.clone());
@@ -225,8 +241,17 @@ pub(super) async fn serve_api(
     let router = |server: tonic::transport::Server| -> Result<_, NodeError> {
         // Reflection names exactly what this port serves, not every service of the
         // API's files (AppDaemon, WebRTC, Campfire, the plugin services live elsewhere).
+        let served: Vec<&str> = SERVED
+            .iter()
+            .copied()
+            .chain(
+                webrtc_svc
+                    .is_some()
+                    .then_some(webmesh_api::v1::web_rtc_server::SERVICE_NAME),
+            )
+            .collect();
         let reflection_of = || {
-            SERVED.iter().fold(
+            served.iter().fold(
                 tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(webmesh_api::FILE_DESCRIPTOR_SET),
                 |b, name| b.with_service_name(*name),
@@ -268,6 +293,10 @@ pub(super) async fn serve_api(
             )
             .add_optional_service(turn.clone().map(|i| {
                 webmesh_api::internal::turn_server::TurnServer::new(services::turn::TurnService(i))
+            }))
+            .add_optional_service(webrtc_svc.clone().map(|w| {
+                webmesh_api::v1::web_rtc_server::WebRtcServer::from_arc(w)
+                    .max_decoding_message_size(max)
             }))
             .add_service(reflection)
             .add_service(reflection_alpha))

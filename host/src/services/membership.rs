@@ -85,6 +85,12 @@ pub async fn join(
     ipam: &Ipam,
     admission: Admission,
 ) -> Result<JoinResponse, Status> {
+    // One join at a time from reading the view to committing: a join's edges depend on
+    // the nodes already there, and two joins that each read the view before the other
+    // committed would miss the edges between them (two public nodes, two nodes behind
+    // NATs that negotiate ICE).
+    static JOINS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let one_at_a_time = JOINS.lock().await;
     let view = load_view(&raft.engine);
     if !req.direct_peers.is_empty() && view.ice_servers(&req.id).is_empty() {
         return Err(Status::failed_precondition(
@@ -154,6 +160,7 @@ pub async fn join(
             return Err(propose_err(e));
         }
     };
+    drop(one_at_a_time);
     debug!(node = %req.id, index = committed.index, "node registered");
     let node = mesh_node(committed.outcome.value.as_deref())?;
     let member = if underlay {

@@ -3,7 +3,7 @@
 //! - `identity`: who is calling (the auth layer, caller headers)
 //! - `authorization`: what the caller may do (RBAC against the replica)
 //! - `forwarding`: where a call runs (the leader proxy, channels to members)
-//! - `node`, `membership`, `admin`, `mesh`: the services
+//! - `node`, `membership`, `admin`, `mesh`, `turn`, `webrtc`: the services
 //!
 //! Here: reading records and turning internal errors into `tonic::Status` values a
 //! person can act on.
@@ -16,6 +16,7 @@ pub mod membership;
 pub mod mesh;
 pub mod node;
 pub mod turn;
+pub mod webrtc;
 
 use tonic::Status;
 

@@ -585,7 +585,15 @@ impl Node for NodeService {
             .await
             .map_err(|_| Status::invalid_argument("no first message within 10 s"))??
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
-        let out = ice.accept(&caller, first, inbound).await?;
+        let out = if first.proto == crate::ice::signal::WIREGUARD_PROTO {
+            ice.accept(&caller, first, inbound).await?
+        } else {
+            // A data channel a member relays for a client whose rights it checked.
+            let me = self.raft.name.clone();
+            ice.clone()
+                .data_channel(me, first, Box::pin(inbound))
+                .await?
+        };
         Ok(Response::new(out))
     }
 }

@@ -28,6 +28,8 @@ struct Lab {
     to_peers: Vec<(u16, SocketAddr, Vec<u8>)>,
     /// The server drops what the client sends while this is set.
     deaf: bool,
+    /// Where the server sees the client (its NAT's mapping).
+    me: SocketAddr,
 }
 
 fn lab(password: Option<&str>) -> Lab {
@@ -62,6 +64,7 @@ fn lab(password: Option<&str>) -> Lab {
         unix,
         to_peers: vec![],
         deaf: false,
+        me: ME.parse().unwrap(),
     }
 }
 
@@ -72,13 +75,9 @@ impl Lab {
             if self.deaf {
                 continue;
             }
-            let outs = self.server.handle_client(
-                self.now,
-                self.unix,
-                ME.parse().unwrap(),
-                &b,
-                &mut self.ports,
-            );
+            let outs = self
+                .server
+                .handle_client(self.now, self.unix, self.me, &b, &mut self.ports);
             for o in outs {
                 match o {
                     Out::Client { data, .. } => {
@@ -104,11 +103,15 @@ impl Lab {
 }
 
 fn allocated(l: &mut Lab) -> SocketAddr {
+    allocated_from(l, ME)
+}
+
+fn allocated_from(l: &mut Lab, me: &str) -> SocketAddr {
     l.client.allocate(l.now);
     l.pump();
     match l.events().as_slice() {
         [Event::Allocated { relay, mapped }] => {
-            assert_eq!(*mapped, ME.parse().unwrap());
+            assert_eq!(*mapped, me.parse().unwrap());
             *relay
         }
         other => panic!("{other:?}"),
@@ -226,4 +229,27 @@ fn a_silent_server_fails_the_allocation_after_retries() {
     }
     assert_eq!(sent, MAX_TRIES);
     assert!(matches!(l.events().as_slice(), [Event::Failed { .. }]));
+}
+
+#[test]
+fn a_nat_that_maps_the_client_anew_ends_the_allocation_within_seconds() {
+    let mut l = lab(None);
+    allocated(&mut l);
+    // Checks while the mapping holds change nothing.
+    for _ in 0..3 {
+        l.advance(CHECK_EVERY);
+    }
+    assert!(l.events().is_empty());
+    // The NAT forgets us and maps us to another port: the next check sees it.
+    l.me = "198.51.100.9:40777".parse().unwrap();
+    l.advance(CHECK_EVERY);
+    let ev = l.events();
+    assert!(
+        matches!(ev.as_slice(), [Event::Failed { why }] if why.contains("anew")),
+        "{ev:?}"
+    );
+    assert_eq!(l.client.relay(), None);
+    // Allocating again works from the new address.
+    let relay = allocated_from(&mut l, "198.51.100.9:40777");
+    assert_eq!(l.client.relay(), Some(relay));
 }

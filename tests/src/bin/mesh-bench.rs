@@ -522,7 +522,7 @@ async fn ice_sites(nat: Nat, extra: &[&str]) -> Result<TestNet> {
     h.wait_ready(Duration::from_secs(60)).await?;
     let ns = net.hosts["h1"].ns.clone();
     sh(&format!(
-        "ip netns exec {ns} nft -f - <<'EOF'\ntable inet bench_noforward {{ chain fwd {{ type filter hook forward priority -10; policy drop; }} }}\nEOF"
+        "ip netns exec {ns} nft add table inet bench_noforward && ip netns exec {ns} nft add chain inet bench_noforward noforward '{{ type filter hook forward priority -10; policy drop; }}'"
     ))?;
     let via = net.grpc("h1");
     for (router, id) in [("r2", "a2"), ("r3", "a3")] {

@@ -211,6 +211,13 @@ fn open_mode_lets_a_stranger_join_under_a_new_name_and_nothing_more() {
         code(node_write(p, &anon(Some(("n5", KA))), &w, &new())),
         PermissionDenied
     );
+    // Direct (ICE) peers: out.
+    let mut w = join("n5", KA);
+    w.direct_peers = true;
+    assert_eq!(
+        code(node_write(p, &anon(Some(("n5", KA))), &w, &new())),
+        PermissionDenied
+    );
     // A name the mesh gives rights to: out (the bootstrap node, a voter-to-be).
     for name in ["boot", "v2"] {
         assert_eq!(
@@ -449,4 +456,27 @@ fn a_binding_cannot_grant_more_than_its_author_holds() {
         rules: vec![rule(RuleResource::ResourceRoutes, &[], RuleVerb::VerbPut)],
     };
     assert!(may_grant(Some(&p), &bob, Granting::Role(&r)).is_err());
+}
+
+#[test]
+fn direct_peers_take_putting_data_channels_and_edges() {
+    use tonic::Code::*;
+    let p = policy();
+    let p = Some(&p);
+    let mut w = join("bob", KA);
+    w.direct_peers = true;
+    // bob, authenticated, joins as himself: without rights on data channels and
+    // edges, no direct peers (and the refusal names what is missing).
+    let e = node_write(p, &user("bob", Some(("bob", KA))), &w, &new()).unwrap_err();
+    assert_eq!(e.code(), PermissionDenied);
+    assert!(e.message().contains("data"), "{}", e.message());
+    // The same join without them is in; the admin may give them.
+    w.direct_peers = false;
+    assert_eq!(
+        code(node_write(p, &user("bob", Some(("bob", KA))), &w, &new())),
+        Ok
+    );
+    let mut w = join("n7", KA);
+    w.direct_peers = true;
+    assert_eq!(code(node_write(p, &user("admin", None), &w, &new())), Ok);
 }
