@@ -113,6 +113,7 @@ fn main() {
             },
             Secret(rand::random()),
             Box::new(|_: &str| true),
+            None,
             stop_rx,
             &mut tasks,
         )

@@ -7,16 +7,17 @@
 //! carries, or a UDP socket whose datagrams are the channel's messages (`udp` port 0:
 //! this node's WireGuard port).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelConfig;
 use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info};
 
@@ -142,18 +143,9 @@ pub async fn open(
     change.add_channel(FIRST_CHANNEL.to_string());
     let (offer, pending) = change.apply().ok_or("no offer: nothing to negotiate")?;
     let (tx, rx) = mpsc::channel(64);
-    let s = Shell {
-        rtc,
-        sock,
-        local,
-        target,
-        pending: Some(pending),
-        conns: HashMap::new(),
-        queued: HashMap::new(),
-        queued_bytes: 0,
-        started: now,
-        connected: false,
-    };
+    let mut s = Shell::new(rtc, sock, local, now);
+    s.target = Some(target);
+    s.pending = Some(pending);
     tokio::spawn(
         async move {
             s.run(rx).await;
@@ -165,6 +157,40 @@ pub async fn open(
         offer: offer.to_sdp_string(),
         signals: tx,
     })
+}
+
+/// The answering side of a session: takes `offer`, returns the answer, and carries
+/// every TCP connection `listener` accepts over a data channel (the offer's first,
+/// then new ones) until the other side goes away.
+pub async fn answer(
+    offer: &str,
+    bind: IpAddr,
+    listener: TcpListener,
+    guard: impl Send + 'static,
+) -> Result<String, String> {
+    let sock = UdpSocket::bind(SocketAddr::new(bind, 0))
+        .await
+        .map_err(|e| format!("cannot bind a UDP socket on {bind}: {e}"))?;
+    let local = sock.local_addr().map_err(|e| e.to_string())?;
+    let now = Instant::now();
+    let mut rtc = Rtc::builder().build(now);
+    let c = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
+    rtc.add_local_candidate(c);
+    let offer = SdpOffer::from_sdp_string(offer).map_err(|e| format!("offer: {e}"))?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| format!("offer: {e}"))?;
+    let mut s = Shell::new(rtc, sock, local, now);
+    s.listener = Some(listener);
+    tokio::spawn(
+        async move {
+            s.run(mpsc::channel(1).1).await;
+            drop(guard);
+        }
+        .instrument(tracing::info_span!("datachannel-client", %local)),
+    );
+    Ok(answer.to_sdp_string())
 }
 
 enum ConnEvent {
@@ -181,8 +207,15 @@ struct Shell {
     rtc: Rtc,
     sock: UdpSocket,
     local: SocketAddr,
-    target: Target,
+    /// The offering side: where each channel's connection goes.
+    target: Option<Target>,
     pending: Option<SdpPendingOffer>,
+    /// The answering side: connections to carry, channels free to carry them, and
+    /// channels this side opened that are not open yet.
+    listener: Option<TcpListener>,
+    waiting: VecDeque<TcpStream>,
+    idle: VecDeque<ChannelId>,
+    opening: HashSet<ChannelId>,
     conns: HashMap<ChannelId, Conn>,
     /// What connections sent that the channels did not take yet.
     queued: HashMap<ChannelId, VecDeque<Vec<u8>>>,
@@ -192,6 +225,53 @@ struct Shell {
 }
 
 impl Shell {
+    fn new(rtc: Rtc, sock: UdpSocket, local: SocketAddr, now: Instant) -> Shell {
+        Shell {
+            rtc,
+            sock,
+            local,
+            target: None,
+            pending: None,
+            listener: None,
+            waiting: VecDeque::new(),
+            idle: VecDeque::new(),
+            opening: HashSet::new(),
+            conns: HashMap::new(),
+            queued: HashMap::new(),
+            queued_bytes: 0,
+            started: now,
+            connected: false,
+        }
+    }
+
+    /// Carries `stream` over channel `id`.
+    fn attach(
+        &mut self,
+        id: ChannelId,
+        stream: TcpStream,
+        conns_tx: &mpsc::Sender<(ChannelId, ConnEvent)>,
+    ) {
+        let (to, rx) = mpsc::channel(CONN_QUEUE);
+        let task = tokio::spawn(pipe_tcp(id, stream, rx, conns_tx.clone()).in_current_span());
+        self.conns.insert(id, Conn { to, task });
+    }
+
+    /// A connection the listener accepted: onto a free channel, or a new one.
+    fn accepted(&mut self, stream: TcpStream, conns_tx: &mpsc::Sender<(ChannelId, ConnEvent)>) {
+        if let Some(id) = self.idle.pop_front() {
+            self.attach(id, stream, conns_tx);
+        } else if self.connected && self.conns.len() < MAX_CONNECTIONS {
+            let id = self.rtc.direct_api().create_data_channel(ChannelConfig {
+                label: "CONNECTIONS".into(),
+                ..Default::default()
+            });
+            self.opening.insert(id);
+            self.attach(id, stream, conns_tx);
+        } else if self.waiting.len() < MAX_CONNECTIONS {
+            self.waiting.push_back(stream);
+        }
+    }
+
     async fn run(mut self, mut signals: mpsc::Receiver<Signal>) {
         let (from_conns_tx, mut from_conns) = mpsc::channel::<(ChannelId, ConnEvent)>(256);
         let mut buf = vec![0u8; 2048];
@@ -241,6 +321,15 @@ impl Shell {
                             self.rtc.direct_api().close_data_channel(id);
                         }
                     }
+                    continue;
+                }
+                Ok((stream, _)) = async {
+                    match &self.listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.accepted(stream, &from_conns_tx);
                     continue;
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Input::Timeout(Instant::now()),
@@ -317,6 +406,9 @@ impl Shell {
                 self.queued.remove(&id);
                 continue;
             };
+            if self.opening.contains(&id) {
+                continue;
+            }
             let Some(mut ch) = self.rtc.channel(id) else {
                 // The channel is gone: so is what was for it.
                 let n: usize = q.iter().map(Vec::len).sum();
@@ -341,15 +433,27 @@ impl Shell {
                 info!("client connected");
             }
             Event::ChannelOpen(id, label) => {
+                if self.opening.remove(&id) || self.conns.contains_key(&id) {
+                    return;
+                }
                 if self.conns.len() >= MAX_CONNECTIONS {
                     info!(%label, "too many connections in this session: channel closed");
                     self.rtc.direct_api().close_data_channel(id);
                     return;
                 }
-                let (to, rx) = mpsc::channel(CONN_QUEUE);
-                let task =
-                    tokio::spawn(connect(id, self.target, rx, conns_tx.clone()).in_current_span());
-                self.conns.insert(id, Conn { to, task });
+                match self.target {
+                    Some(target) => {
+                        let (to, rx) = mpsc::channel(CONN_QUEUE);
+                        let task = tokio::spawn(
+                            connect(id, target, rx, conns_tx.clone()).in_current_span(),
+                        );
+                        self.conns.insert(id, Conn { to, task });
+                    }
+                    None => match self.waiting.pop_front() {
+                        Some(stream) => self.attach(id, stream, conns_tx),
+                        None => self.idle.push_back(id),
+                    },
+                }
             }
             Event::ChannelData(d) => {
                 let stuck = self
@@ -395,32 +499,7 @@ async fn connect(
                         return;
                     }
                 };
-            let (mut r, mut w) = stream.into_split();
-            let writer = async move {
-                while let Some(b) = from_channel.recv().await {
-                    if w.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = w.shutdown().await;
-            };
-            let o = out.clone();
-            let reader = async move {
-                let mut buf = vec![0u8; CHUNK];
-                while let Ok(n) = r.read(&mut buf).await {
-                    if n == 0
-                        || o.send((id, ConnEvent::Data(buf[..n].to_vec())))
-                            .await
-                            .is_err()
-                    {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = reader => {}
-                _ = writer => {}
-            }
+            return pipe_tcp(id, stream, from_channel, out).await;
         }
         Proto::Udp => {
             let bind = if target.addr.is_ipv4() {
@@ -453,6 +532,43 @@ async fn connect(
                 }
             }
         }
+    }
+    let _ = out.send((id, ConnEvent::Closed)).await;
+}
+
+/// A TCP connection carried by channel `id`, until either side ends it.
+async fn pipe_tcp(
+    id: ChannelId,
+    stream: TcpStream,
+    mut from_channel: mpsc::Receiver<Vec<u8>>,
+    out: mpsc::Sender<(ChannelId, ConnEvent)>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut r, mut w) = stream.into_split();
+    let writer = async move {
+        while let Some(b) = from_channel.recv().await {
+            if w.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    let o = out.clone();
+    let reader = async move {
+        let mut buf = vec![0u8; CHUNK];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0
+                || o.send((id, ConnEvent::Data(buf[..n].to_vec())))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = writer => {}
     }
     let _ = out.send((id, ConnEvent::Closed)).await;
 }

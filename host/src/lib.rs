@@ -4,6 +4,7 @@
 //! RocksDB and consensus; [`services`] are the gRPC shells; [`node`] wires them up.
 //! `ARCHITECTURE.md` at the repository root has the map.
 
+pub mod campfire;
 pub mod config;
 pub mod datachannel;
 pub mod dns;

@@ -391,6 +391,13 @@ impl Config {
                 "needs --turn-public-ip or --endpoint: the address relayed ports are reached at",
             ));
         }
+        if self.campfire_psk.is_some() && !self.turn_server {
+            return Err(invalid(
+                "campfire-psk",
+                "(set)",
+                "needs --turn-server: the campfire meets at this node's TURN server",
+            ));
+        }
         if !self.app_daemon_cors_origin.is_empty() && !self.app_daemon_grpc_web {
             return Err(invalid(
                 "app-daemon-cors-origin",

@@ -246,4 +246,9 @@ settings! {
     /// A node to reach over an ICE path of its own when joining (repeatable; an ICE
     /// edge, which takes putting data channels and edges).
     direct_peer: Vec<String> = vec![] => "direct-peer" "ID" many(v::name) omit_empty;
+    /// Host a campfire on this node's TURN server (needs --turn-server): a node that
+    /// has the `camp://` URL (logged at start, and in the data dir's `campfire.url`)
+    /// joins with `--join URL`, with no other address. `generate` makes a key (kept in
+    /// the data dir); else the key itself (32 bytes, base64url).
+    campfire_psk: Option<String> = None => "campfire-psk" "KEY|generate" opt(v::text) omit_empty;
 }

@@ -106,6 +106,12 @@ pub fn host_port(s: &str) -> Result<String, String> {
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(s.to_string());
     }
+    // A campfire to join through (`--join camp://KEY@HOST:PORT`).
+    if s.starts_with("camp://") {
+        return crate::campfire::CampUrl::parse(s)
+            .map(|_| s.to_string())
+            .map_err(|e| e.to_string());
+    }
     let (host, p) = s.rsplit_once(':').ok_or("must be HOST:PORT")?;
     port(p)?;
     if host.is_empty() || host.contains(['/', ' ', '[', ']']) {

@@ -178,10 +178,11 @@ impl Node {
     /// [`Node::start`] with plugins already running (the AppDaemon's, which outlive the
     /// node); else the node starts its own from the settings.
     pub async fn start_with(
-        cfg: Config,
+        mut cfg: Config,
         mut cancel: tokio::sync::watch::Receiver<bool>,
         plugins: Option<Arc<Plugins>>,
     ) -> Result<Node, NodeError> {
+        cfg.join = campfire_joins(std::mem::take(&mut cfg.join)).await;
         let dir = DataDir::open(&cfg.data_dir)?;
         let name = dir.node_id(cfg.node_id.as_deref())?;
         // A run that died with --use-meshdns left its resolv.conf behind.
@@ -485,9 +486,71 @@ impl Node {
             total_rate: cfg.turn_total_rate,
             denied,
         };
-        crate::turn::serve(settings, secret, is_member, stop, tasks)
+        let campfire = match &cfg.campfire_psk {
+            Some(v) => Some(Self::open_campfire(cfg, dir, v, public_ip, tasks)?),
+            None => None,
+        };
+        crate::turn::serve(settings, secret, is_member, campfire, stop, tasks)
             .await
             .map_err(|e| NodeError::Usage(e.to_string()))
+    }
+
+    /// A campfire room on this node's TURN server (`--campfire-psk KEY|generate`): its
+    /// host task, and the `camp://` URL in the log and in the data dir.
+    fn open_campfire(
+        cfg: &Config,
+        dir: &DataDir,
+        value: &str,
+        public_ip: std::net::IpAddr,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Result<crate::turn::CampfireRoom, NodeError> {
+        use crate::campfire::{CampUrl, Psk};
+        let kept = dir.root.join("campfire.psk");
+        let psk = if value == "generate" {
+            match std::fs::read_to_string(&kept)
+                .ok()
+                .and_then(|t| Psk::parse(&t).ok())
+            {
+                Some(p) => p,
+                None => {
+                    let p = Psk::generate();
+                    datadir::write_private(&kept, p.text().as_bytes())?;
+                    p
+                }
+            }
+        } else {
+            Psk::parse(value).map_err(|e| {
+                NodeError::Usage(format!(
+                    "invalid campfire-psk: {e} (or `generate` for a new one)"
+                ))
+            })?
+        };
+        let port = if cfg.turn_listen.port() == 0 {
+            3478
+        } else {
+            cfg.turn_listen.port()
+        };
+        let url = CampUrl {
+            psk: psk.clone(),
+            servers: vec![SocketAddr::new(public_ip, port)],
+        };
+        datadir::write_private(&dir.root.join("campfire.url"), url.to_string().as_bytes())?;
+        info!(url = %url, "campfire open: nodes join with --join <url>");
+        let (to_host, inbox) = tokio::sync::mpsc::channel(64);
+        let (outbox, from_host) = tokio::sync::mpsc::channel(64);
+        let host_id = crate::campfire::client_id();
+        let api_port = cfg.grpc_listen.port();
+        let api = SocketAddr::from(([127, 0, 0, 1], api_port));
+        tasks.push(tokio::spawn(
+            crate::campfire::host::run(psk.clone(), host_id.clone(), api, public_ip, inbox, outbox)
+                .in_current_span(),
+        ));
+        Ok(crate::turn::CampfireRoom {
+            room: psk.room(),
+            host_id,
+            to_host,
+            from_host,
+        })
     }
 
     /// This node's addresses and first peers: from its record (resume), from the new
@@ -680,6 +743,28 @@ impl Node {
         }
         self.parts.teardown().await;
     }
+}
+
+/// Join addresses with each `camp://` URL replaced by the local port that reaches its
+/// host over a data channel; one whose host does not answer is left out (with a
+/// warning: a node that resumes does not need it).
+async fn campfire_joins(join: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(join.len());
+    for j in join {
+        if !j.starts_with("camp://") {
+            out.push(j);
+            continue;
+        }
+        let dialed = match crate::campfire::CampUrl::parse(&j) {
+            Ok(url) => crate::campfire::join::dial(&url).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match dialed {
+            Ok(local) => out.push(local.to_string()),
+            Err(e) => warn!(error = %e, "campfire: no way in through it"),
+        }
+    }
+    out
 }
 
 /// The ICE socket's address: `--ice-listen`, or (its IP unset) the address that routes

@@ -71,6 +71,15 @@ impl Issuer {
 }
 
 /// A running TURN server.
+/// A campfire room the server hosts for its node (`--campfire-psk`): what members
+/// send the host goes to `to_host`; what the host sends them comes from `from_host`.
+pub struct CampfireRoom {
+    pub room: String,
+    pub host_id: String,
+    pub to_host: mpsc::Sender<webmesh_api::v1::CampfireMessage>,
+    pub from_host: mpsc::Receiver<webmesh_api::v1::CampfireMessage>,
+}
+
 pub struct Turn {
     pub addr: SocketAddr,
     pub issuer: Issuer,
@@ -154,6 +163,7 @@ pub async fn serve(
     settings: Settings,
     secret: Secret,
     is_member: Box<server::IsMember>,
+    campfire: Option<CampfireRoom>,
     mut stop: watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Turn, TurnError> {
@@ -199,6 +209,14 @@ pub async fn serve(
     let stats = Arc::new(Mutex::new(server.stats()));
     let shared = stats.clone();
     info!(listen = %addr, public = %public, ports = ?settings.relay_ports, "TURN server");
+    let mut rooms = crate::campfire::rooms::Rooms::default();
+    let (to_host, mut from_host) = match campfire {
+        Some(c) => {
+            rooms.open(&c.room, &c.host_id);
+            (Some(c.to_host), Some(c.from_host))
+        }
+        None => (None, None),
+    };
     tasks.push(tokio::spawn(async move {
         let sock = Arc::new(sock);
         // Removed members' allocations end within this.
@@ -209,8 +227,30 @@ pub async fn serve(
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60));
+            // Campfire messages to members (sent after the select: nothing awaits in it).
+            let mut camp_out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
             let outs: Vec<Out> = tokio::select! {
                 r = sock.recv_from(&mut buf) => match r {
+                    // A campfire message, for a room this server hosts.
+                    Ok((n, from)) if to_host.is_some() && crate::campfire::is_campfire(&buf[..n]) => {
+                        use prost::Message as _;
+                        let from = canonical(from);
+                        let routed = webmesh_api::v1::CampfireMessage::decode(&buf[..n])
+                            .ok()
+                            .and_then(|m| rooms.from_member(Instant::now(), from, m));
+                        match routed {
+                            Some((crate::campfire::rooms::To::Host, m)) => {
+                                if let Some(t) = &to_host {
+                                    let _ = t.try_send(m);
+                                }
+                            }
+                            Some((crate::campfire::rooms::To::Udp(to), m)) => {
+                                camp_out.push((to, m.encode_to_vec()));
+                            }
+                            None => {}
+                        }
+                        vec![]
+                    }
                     Ok((n, from)) => server.handle_client(
                         Instant::now(), unix_now(), canonical(from), &buf[..n], &mut relays),
                     Err(e) => {
@@ -225,12 +265,28 @@ pub async fn serve(
                     server.handle_timeout(Instant::now(), &mut relays);
                     vec![]
                 }
+                Some(m) = async {
+                    match from_host.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    use prost::Message as _;
+                    if let Some((crate::campfire::rooms::To::Udp(to), m)) = rooms.from_host(m) {
+                        camp_out.push((to, m.encode_to_vec()));
+                    }
+                    vec![]
+                }
                 _ = revoke.tick() => {
                     server.revoke_non_members(&mut relays);
+                    rooms.expire(Instant::now());
                     vec![]
                 }
                 _ = stop.wait_for(|s| *s) => break,
             };
+            for (to, data) in camp_out {
+                let _ = sock.send_to(&data, for_socket(&sock, to)).await;
+            }
             for o in outs {
                 match o {
                     Out::Client { to, data } => {
