@@ -6,8 +6,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MODULES: &[&str] = &[
-    "version", "config", "mesh", "store", "trust", "turn", "ice", "raft", "net", "tls", "plugins",
-    "services", "node", "fuzzing", "dns", "metrics",
+    "version",
+    "config",
+    "mesh",
+    "store",
+    "trust",
+    "turn",
+    "ice",
+    "raft",
+    "net",
+    "tls",
+    "plugins",
+    "services",
+    "node",
+    "fuzzing",
+    "dns",
+    "metrics",
+    "datachannel",
+    "campfire",
 ];
 
 fn sources(p: &Path) -> Vec<PathBuf> {
@@ -49,6 +65,18 @@ fn graph() -> BTreeMap<&'static str, BTreeSet<String>> {
         g.insert(*m, deps);
     }
     g
+}
+
+#[test]
+fn every_module_of_the_crate_is_in_the_graph() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("lib.rs");
+    let declared: BTreeSet<&str> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
+        .collect();
+    let listed: BTreeSet<&str> = MODULES.iter().copied().collect();
+    assert_eq!(declared, listed, "lib.rs's modules and the checked list differ");
 }
 
 #[test]

@@ -34,7 +34,10 @@ use crate::mesh::{keys, membership, peers};
 use crate::raft::RaftNode;
 
 /// No path this long after an offer: offer again (doubling up to [`MAX_RETRY`]).
-const FIRST_RETRY: Duration = Duration::from_secs(8);
+const FIRST_RETRY: Duration = Duration::from_secs(3);
+/// How long an offer waits for the TURN allocations (its relayed and reflexive
+/// candidates) before it goes without them.
+const GATHER_WITHIN: Duration = Duration::from_secs(3);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 /// A relayed path tries for a direct one this often.
 pub const UPGRADE_EVERY: Duration = Duration::from_secs(20);
@@ -99,6 +102,8 @@ pub struct IceHub {
     changed: watch::Sender<u64>,
     /// Where WireGuard listens (the proxies send to it).
     wireguard: SocketAddr,
+    /// TURN servers the state names (known once the first look at them is done).
+    turn_servers: watch::Sender<Option<usize>>,
 }
 
 /// What the hub runs with.
@@ -146,6 +151,7 @@ impl IceHub {
             dialer,
             changed: watch::channel(0).0,
             wireguard: SocketAddr::from(([127, 0, 0, 1], wireguard_port)),
+            turn_servers: watch::channel(None).0,
         });
         tasks.push(tokio::spawn(hub.clone().notes(notes).in_current_span()));
         tasks.push(tokio::spawn(
@@ -331,7 +337,24 @@ impl IceHub {
         }
     }
 
+    /// Waits (a little) until the TURN allocations stand, so that an offer carries
+    /// every candidate: trickled ones come late to a peer's checks.
+    async fn gathered(&self) {
+        let mut servers = self.turn_servers.subscribe();
+        let mut relays = self.ice.relays.clone();
+        let _ = tokio::time::timeout(GATHER_WITHIN, async {
+            let Ok(n) = servers.wait_for(|n| n.is_some()).await.map(|n| *n) else {
+                return;
+            };
+            if n != Some(0) {
+                let _ = relays.wait_for(|r| *r > 0).await;
+            }
+        })
+        .await;
+    }
+
     async fn negotiate(&self, peer: &str, addr: &str, kick: &Notify) -> Result<(), String> {
+        self.gathered().await;
         let mut client = self.client(addr)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         tx.try_send(DataChannelNegotiation {
@@ -709,6 +732,23 @@ impl IceHub {
                     Err(e) => debug!(server = %n.id, error = %e, "no TURN credentials"),
                 }
             }
+            let named = view
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.id != self.me
+                        && n.features
+                            .contains(&(webmesh_api::v1::Feature::TurnServer as i32))
+                })
+                .count();
+            // None answered yet: unknown while there is hope, so offers wait a little.
+            let known = if named == 0 || !have.is_empty() {
+                Some(have.len())
+            } else {
+                None
+            };
+            self.turn_servers
+                .send_if_modified(|k| std::mem::replace(k, known) != known);
             let mut now: Vec<TurnServer> = have.values().map(|(s, _)| s.clone()).collect();
             now.sort_by_key(|s| s.addr);
             if now != last {

@@ -84,6 +84,8 @@ enum Cmd {
 pub struct Ice {
     cmds: mpsc::Sender<Cmd>,
     pub addr: SocketAddr,
+    /// Relayed candidates the TURN allocations give now (0 while none is up).
+    pub relays: watch::Receiver<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -352,10 +354,10 @@ impl Task {
             .relays
             .iter()
             .flat_map(|r| r.client.poll_timeout().into_iter().chain(r.retry));
-        paths
-            .chain(relays)
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+        // At least once a second: an agent that has no timer yet (fresh, or just given
+        // the peer's credentials) starts its checks from a timeout.
+        let idle = Instant::now() + Duration::from_secs(1);
+        paths.chain(relays).fold(idle, Instant::min)
     }
 
     /// A fresh agent for `id` with every local candidate; its signals go out.
@@ -378,6 +380,13 @@ impl Task {
                     signal: Signal::Candidate(c),
                 });
             }
+        }
+    }
+
+    /// Lets `peer`'s agent act on what just changed (its checks start on a timeout).
+    fn kick(&mut self, now: Instant, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.path.handle_timeout(now);
         }
     }
 
@@ -484,6 +493,7 @@ pub async fn spawn(
     let sock = Arc::new(UdpSocket::bind(listen).await?);
     let addr = sock.local_addr()?;
     let (cmds, mut cmd_rx) = mpsc::channel(64);
+    let (relays_tx, relays) = watch::channel(0usize);
     let (from_wg_tx, mut from_wg) = mpsc::channel::<(String, Vec<u8>)>(1024);
     let task = tokio::spawn(async move {
         let mut t = Task {
@@ -552,14 +562,20 @@ pub async fn spawn(
                             }
                         }
                     }
-                    Cmd::Restart { peer } => t.fresh_agent(&peer),
+                    Cmd::Restart { peer } => {
+                        t.fresh_agent(&peer);
+                        t.kick(Instant::now(), &peer);
+                    }
                     Cmd::RemovePeer { peer } => {
                         if let Some(p) = t.peers.remove(&peer) {
                             p.reader.abort();
                         }
                         t.mux.remove_peer(&peer);
                     }
-                    Cmd::Signal { peer, signal } => t.apply(Instant::now(), &peer, signal),
+                    Cmd::Signal { peer, signal } => {
+                        t.apply(Instant::now(), &peer, signal);
+                        t.kick(Instant::now(), &peer);
+                    }
                     Cmd::SetTurn(servers) => t.set_turn(Instant::now(), servers),
                     Cmd::Paths(reply) => {
                         let paths = t.peers.iter().map(|(id, p)| {
@@ -576,12 +592,18 @@ pub async fn spawn(
             t.drain(Instant::now());
             let out = std::mem::take(&mut t.out);
             flush(&sock, &notes, out).await;
+            let n = t
+                .locals
+                .iter()
+                .filter(|l| matches!(l, Local::Relayed { .. }))
+                .count();
+            relays_tx.send_if_modified(|r| std::mem::replace(r, n) != n);
         }
         for p in t.peers.into_values() {
             p.reader.abort();
         }
     });
-    Ok((Ice { cmds, addr }, task))
+    Ok((Ice { cmds, addr, relays }, task))
 }
 
 /// Sends what the task decided to send.

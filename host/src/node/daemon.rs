@@ -85,10 +85,10 @@ impl Daemon {
 
     /// Starts the node with the base settings and `overrides`.
     async fn connect(&self, req: &ConnectRequest) -> Result<ConnectResponse, Status> {
+        // A campfire to join through: the mesh it leads to, not a new one.
         if !req.campfire_uri.is_empty() {
-            return Err(Status::unimplemented(
-                "campfire_uri: joining through a campfire is not built yet",
-            ));
+            crate::campfire::CampUrl::parse(&req.campfire_uri)
+                .map_err(|e| Status::invalid_argument(format!("campfire_uri: {e}")))?;
         }
         let overrides = req
             .config
@@ -127,6 +127,10 @@ impl Daemon {
             .map_err(|e| Status::invalid_argument(format!("config: {e}")))?;
         if req.disable_bootstrap {
             cfg.bootstrap = false;
+        }
+        if !req.campfire_uri.is_empty() {
+            cfg.bootstrap = false;
+            cfg.join = vec![req.campfire_uri.clone()];
         }
         let (tx, rx) = watch::channel(false);
         *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
@@ -291,8 +295,24 @@ impl AppDaemon for Service {
         &self,
         req: Request<StartCampfireRequest>,
     ) -> Result<Response<StartCampfireResponse>, Status> {
-        self.admit(&req).await?;
-        Err(Status::unimplemented("Campfire is not built yet"))
+        let daemon = self.admit(&req).await?;
+        if !req.get_ref().camp_url.is_empty() {
+            return Err(Status::invalid_argument(
+                "camp_url: this node hosts campfires at its own TURN server only; leave it empty \
+                 (to join someone else's campfire, Connect with campfire_uri)",
+            ));
+        }
+        let node = daemon.node.lock().await;
+        let url = node
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("not connected; Connect first"))?
+            .campfire_url()
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this node hosts no campfire: start it with --turn-server --campfire-psk generate",
+                )
+            })?;
+        Ok(Response::new(StartCampfireResponse { camp_url: url }))
     }
 
     async fn leave_campfire(
@@ -300,7 +320,10 @@ impl AppDaemon for Service {
         req: Request<LeaveCampfireRequest>,
     ) -> Result<Response<LeaveCampfireResponse>, Status> {
         self.admit(&req).await?;
-        Err(Status::unimplemented("Campfire is not built yet"))
+        Err(Status::failed_precondition(
+            "a campfire the node joined through is left with Disconnect; the one it hosts \
+             closes with the node (or without --campfire-psk)",
+        ))
     }
 
     type QueryStream = Stream_<QueryResponse>;

@@ -163,9 +163,21 @@ pub struct Node {
     creds: Credentials,
     parts: Parts,
     dir: DataDir,
+    /// This node hosts a campfire (`--campfire-psk`).
+    hosts_campfire: bool,
 }
 
 impl Node {
+    /// The `camp://` URL of the campfire this node hosts, if it hosts one.
+    pub fn campfire_url(&self) -> Option<String> {
+        if !self.hosts_campfire {
+            return None;
+        }
+        std::fs::read_to_string(self.dir.root.join("campfire.url"))
+            .ok()
+            .map(|u| u.trim().to_string())
+    }
+
     /// Opens the data dir, starts Raft and the servers, and bootstraps, joins or resumes.
     /// `cancel` turning true stops a start that waits (joining, finding a leader).
     pub async fn start(
@@ -423,6 +435,7 @@ impl Node {
             join: cfg.join.iter().chain(&cfg.discover).cloned().collect(),
             creds,
             parts: std::mem::take(parts),
+            hosts_campfire: cfg.turn_server && cfg.campfire_psk.is_some(),
             dir: DataDir {
                 root: dir.root.clone(),
             },
