@@ -76,7 +76,10 @@ fn every_module_of_the_crate_is_in_the_graph() {
         .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
         .collect();
     let listed: BTreeSet<&str> = MODULES.iter().copied().collect();
-    assert_eq!(declared, listed, "lib.rs's modules and the checked list differ");
+    assert_eq!(
+        declared, listed,
+        "lib.rs's modules and the checked list differ"
+    );
 }
 
 #[test]

@@ -131,19 +131,12 @@ pub async fn open(
     target: Target,
     guard: impl Send + 'static,
 ) -> Result<Session, String> {
-    let sock = UdpSocket::bind(SocketAddr::new(bind, 0))
-        .await
-        .map_err(|e| format!("cannot bind a UDP socket on {bind}: {e}"))?;
-    let local = sock.local_addr().map_err(|e| e.to_string())?;
-    let now = Instant::now();
-    let mut rtc = Rtc::builder().build(now);
-    let c = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
-    rtc.add_local_candidate(c);
-    let mut change = rtc.sdp_api();
+    let mut s = shell_at(bind).await?;
+    let local = s.local;
+    let mut change = s.rtc.sdp_api();
     change.add_channel(FIRST_CHANNEL.to_string());
     let (offer, pending) = change.apply().ok_or("no offer: nothing to negotiate")?;
     let (tx, rx) = mpsc::channel(64);
-    let mut s = Shell::new(rtc, sock, local, now);
     s.target = Some(target);
     s.pending = Some(pending);
     tokio::spawn(
@@ -168,20 +161,14 @@ pub async fn answer(
     listener: TcpListener,
     guard: impl Send + 'static,
 ) -> Result<String, String> {
-    let sock = UdpSocket::bind(SocketAddr::new(bind, 0))
-        .await
-        .map_err(|e| format!("cannot bind a UDP socket on {bind}: {e}"))?;
-    let local = sock.local_addr().map_err(|e| e.to_string())?;
-    let now = Instant::now();
-    let mut rtc = Rtc::builder().build(now);
-    let c = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
-    rtc.add_local_candidate(c);
+    let mut s = shell_at(bind).await?;
+    let local = s.local;
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| format!("offer: {e}"))?;
-    let answer = rtc
+    let answer = s
+        .rtc
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| format!("offer: {e}"))?;
-    let mut s = Shell::new(rtc, sock, local, now);
     s.listener = Some(listener);
     tokio::spawn(
         async move {
@@ -191,6 +178,19 @@ pub async fn answer(
         .instrument(tracing::info_span!("datachannel-client", %local)),
     );
     Ok(answer.to_sdp_string())
+}
+
+/// A session's shell on a new UDP socket at `bind`, its address the host candidate.
+async fn shell_at(bind: IpAddr) -> Result<Shell, String> {
+    let sock = UdpSocket::bind(SocketAddr::new(bind, 0))
+        .await
+        .map_err(|e| format!("cannot bind a UDP socket on {bind}: {e}"))?;
+    let local = sock.local_addr().map_err(|e| e.to_string())?;
+    let now = Instant::now();
+    let mut rtc = Rtc::builder().build(now);
+    let c = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
+    rtc.add_local_candidate(c);
+    Ok(Shell::new(rtc, sock, local, now))
 }
 
 enum ConnEvent {

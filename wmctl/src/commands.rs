@@ -87,30 +87,23 @@ async fn status(cli: &Cli, conn: &Conn, id: String) -> Result<(), Fail> {
         .get_status(conn.req(GetStatusRequest { id }))
         .await
         .map_err(rpc)?;
-    // The node's other services (metrics, mesh DNS): a header, v1's Status has no field.
-    let endpoints: Vec<String> = resp
-        .metadata()
-        .get("x-webmesh-endpoints")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    // How each ICE peer is reached (direct, through a TURN relay, or the mesh).
-    let paths: Vec<String> = resp
-        .metadata()
-        .get("x-webmesh-ice-paths")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    // Comma-separated items of a response header (v1's Status has no field for them).
+    let list = |name: &str| -> Vec<String> {
+        resp.metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The node's other services (metrics, mesh DNS), and how each ICE peer is reached
+    // (direct, through a TURN relay, or the mesh).
+    let endpoints = list("x-webmesh-endpoints");
+    let paths = list("x-webmesh-ice-paths");
     let status = resp.into_inner();
     print(cli.output, &status, || {
         let cluster = ClusterStatus::try_from(status.cluster_status)

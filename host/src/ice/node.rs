@@ -549,16 +549,11 @@ impl IceHub {
             .and_then(|e| serde_json::from_str::<webmesh_api::v1::MeshNode>(&e.value).ok())
             .ok_or_else(|| Status::not_found(format!("dst: no node {dst:?}")))?;
         let addr = membership::mesh_api_addr(&node);
-        {
-            let mut st = lock(&self.state);
-            if st.relayed >= MAX_RELAYED {
-                return Err(Status::resource_exhausted(format!(
-                    "this node relays {MAX_RELAYED} ICE negotiations already; try another"
-                )));
-            }
-            st.relayed += 1;
-        }
-        let release = Released(self.clone());
+        let release = self.slot(|s| &mut s.relayed, MAX_RELAYED).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this node relays {MAX_RELAYED} ICE negotiations already; try another"
+            ))
+        })?;
         first.src = caller.to_string();
         let mut client = self
             .client(&addr)
@@ -615,16 +610,11 @@ impl IceHub {
             self.wireguard.port(),
         )
         .map_err(Status::invalid_argument)?;
-        {
-            let mut st = lock(&self.state);
-            if st.sessions >= MAX_SESSIONS {
-                return Err(Status::resource_exhausted(format!(
-                    "this node runs {MAX_SESSIONS} data channel sessions already"
-                )));
-            }
-            st.sessions += 1;
-        }
-        let slot = SessionSlot(self.clone());
+        let slot = self.slot(|s| &mut s.sessions, MAX_SESSIONS).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this node runs {MAX_SESSIONS} data channel sessions already"
+            ))
+        })?;
         let session = crate::datachannel::open(self.ice.addr.ip(), target, slot)
             .await
             .map_err(Status::unavailable)?;
@@ -797,29 +787,40 @@ impl IceHub {
     }
 }
 
-/// Gives back a relay slot when the relayed stream ends.
-struct Released(Arc<IceHub>);
+/// One of a bounded number of things (relayed streams, data channel sessions), given
+/// back when dropped.
+struct Slot {
+    hub: Arc<IceHub>,
+    count: fn(&mut State) -> &mut usize,
+}
 
-impl Drop for Released {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut st = lock(&self.0.state);
-        st.relayed = st.relayed.saturating_sub(1);
+        let mut st = lock(&self.hub.state);
+        let c = (self.count)(&mut st);
+        *c = c.saturating_sub(1);
+    }
+}
+
+impl IceHub {
+    /// Takes a slot of `count` if fewer than `max` are taken.
+    fn slot(self: &Arc<Self>, count: fn(&mut State) -> &mut usize, max: usize) -> Result<Slot, ()> {
+        let mut st = lock(&self.state);
+        let c = count(&mut st);
+        if *c >= max {
+            return Err(());
+        }
+        *c += 1;
+        Ok(Slot {
+            hub: self.clone(),
+            count,
+        })
     }
 }
 
 /// What a client sends after the opening of a data channel's negotiation.
 pub type Inbound =
     std::pin::Pin<Box<dyn Stream<Item = Result<DataChannelNegotiation, Status>> + Send>>;
-
-/// Gives back a data channel session's slot when the session ends.
-struct SessionSlot(Arc<IceHub>);
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let mut st = lock(&self.0.state);
-        st.sessions = st.sessions.saturating_sub(1);
-    }
-}
 
 pub type NegotiationStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<DataChannelNegotiation, Status>> + Send + 'static>>;

@@ -288,29 +288,9 @@ pub fn plan_with_ice(
             .map(|(s, _)| s),
         _ => None,
     };
-    let mut peers: Vec<WireGuardPeer> = neighbours
-        .iter()
-        .map(|&v| {
-            let n = graph.nodes[v];
-            WireGuardPeer {
-                id: n.id.clone(),
-                public_key: n.public_key.clone(),
-                primary_endpoint: n.primary_endpoint.clone(),
-                wireguard_endpoints: n.wireguard_endpoints.clone(),
-                zone_awareness_id: n.zone_awareness_id.clone(),
-                address_ipv4: n.private_ipv4.clone(),
-                address_ipv6: n.private_ipv6.clone(),
-                allowed_ips: view.allowed_ips_of(n),
-                allowed_routes: vec![],
-                ice: false,
-            }
-        })
-        .collect();
-    let mut ice_slot: HashMap<usize, usize> = HashMap::new();
-    for &v in &ice {
+    let peer = |v: usize, ice: bool| {
         let n = graph.nodes[v];
-        ice_slot.insert(v, peers.len());
-        peers.push(WireGuardPeer {
+        WireGuardPeer {
             id: n.id.clone(),
             public_key: n.public_key.clone(),
             primary_endpoint: n.primary_endpoint.clone(),
@@ -320,8 +300,14 @@ pub fn plan_with_ice(
             address_ipv6: n.private_ipv6.clone(),
             allowed_ips: view.allowed_ips_of(n),
             allowed_routes: vec![],
-            ice: true,
-        });
+            ice,
+        }
+    };
+    let mut peers: Vec<WireGuardPeer> = neighbours.iter().map(|&v| peer(v, false)).collect();
+    let mut ice_slot: HashMap<usize, usize> = HashMap::new();
+    for &v in &ice {
+        ice_slot.insert(v, peers.len());
+        peers.push(peer(v, true));
     }
     if let (Some(s), Some(v4), Some(v6)) = (summary, view.ipv4_network, view.ipv6_network) {
         peers[s].allowed_ips.push(v4.to_string());
