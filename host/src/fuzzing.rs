@@ -25,6 +25,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("proof_header", proof_header),
     ("dns_queries", dns_queries),
     ("turn_packets", turn_packets),
+    ("signalling", signalling),
 ];
 
 /// Join, Update and Leave requests as the Node service validates them.
@@ -237,6 +238,37 @@ pub fn turn_packets(data: &[u8]) {
     }
     server.handle_timeout(now + std::time::Duration::from_secs(3600), &mut AnyPort);
     client.handle_timeout(now + std::time::Duration::from_secs(3600));
+}
+
+/// What the signalling paths take from the network: ICE signals as
+/// `DataChannelNegotiation`s, campfire messages at a TURN server's rooms and their
+/// sealed contents, `camp://` URLs, a data channel's target, and SDP answers and
+/// candidates (str0m's parsers).
+pub fn signalling(data: &[u8]) {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    if let Ok(m) = v1::DataChannelNegotiation::decode(data) {
+        let _ = crate::ice::signal::from_message(&m);
+        let _ = crate::datachannel::target(&m.proto, &m.dst, m.port, 51820);
+    }
+    let now = Instant::now();
+    let psk = crate::campfire::Psk([3; 32]);
+    let mut rooms = crate::campfire::rooms::Rooms::default();
+    rooms.open(&psk.room(), "host");
+    for (i, chunk) in data.split(|b| *b == 0xff).take(32).enumerate() {
+        let from = SocketAddr::from(([198, 51, 100, i as u8], 40_000));
+        if let Ok(m) = v1::CampfireMessage::decode(chunk) {
+            let _ = crate::campfire::open(&psk, &m);
+            let _ = rooms.from_host(m.clone());
+            let _ = rooms.from_member(now, from, m);
+        }
+        let text = String::from_utf8_lossy(chunk);
+        let _ = crate::campfire::CampUrl::parse(&text);
+        let _ = str0m::change::SdpAnswer::from_sdp_string(&text);
+        let _ = str0m::Candidate::from_sdp_string(&text);
+    }
+    rooms.expire(now + std::time::Duration::from_secs(3600));
 }
 
 #[cfg(test)]
