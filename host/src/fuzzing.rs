@@ -261,7 +261,7 @@ pub fn signalling(data: &[u8]) {
         if let Ok(m) = v1::CampfireMessage::decode(chunk) {
             let _ = crate::campfire::open(&psk, &m);
             let _ = rooms.from_host(m.clone());
-            let _ = rooms.from_member(now, from, m);
+            let _ = rooms.from_member(now, crate::campfire::rooms::At::Udp(from), m);
         }
         let text = String::from_utf8_lossy(chunk);
         let _ = crate::campfire::CampUrl::parse(&text);

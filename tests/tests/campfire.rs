@@ -3,7 +3,8 @@
 //! campfire (`--campfire-psk generate`); a host behind a NAT joins with `--join URL`
 //! and nothing else, over a data channel its node opens through the campfire to the
 //! host's API, then reaches the mesh over WireGuard. A stranger who does not know the
-//! key gets nothing from the TURN port. Needs root.
+//! key gets nothing from the TURN port. The same room answers over gRPC (`v1.Campfire`).
+//! Needs root.
 
 use std::time::Duration;
 
@@ -64,6 +65,72 @@ except socket.timeout:
             .contains("campfire: the host answered"),
         "{}",
         net.logs()
+    );
+
+    // The same room over gRPC (`v1.Campfire` on h1's API): a member that announces
+    // itself gets the host's offer on its stream, sealed.
+    let room = {
+        let key = url
+            .trim()
+            .strip_prefix("camp://")
+            .and_then(|r| r.split_once('@'))
+            .context("key")?
+            .0;
+        let py = "import base64,hashlib,hmac,sys; k=base64.urlsafe_b64decode(sys.argv[1]+'='*(-len(sys.argv[1])%4)); print(hmac.new(k,b'webmesh campfire room v1',hashlib.sha256).digest()[:16].hex())";
+        let out = std::process::Command::new("python3")
+            .args(["-c", py, key])
+            .output()?;
+        String::from_utf8(out.stdout)?.trim().to_string()
+    };
+    use webmesh_api::v1::CampfireMessage;
+    use webmesh_api::v1::campfire_client::CampfireClient;
+    use webmesh_api::v1::campfire_message::MessageType;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", net.grpc("h1")))?
+        .connect()
+        .await?;
+    let mut camp = CampfireClient::new(ch);
+    // Without naming its room and itself, no stream.
+    let e = camp.receive_messages(()).await.err().context("refused")?;
+    ensure!(e.code() == tonic::Code::InvalidArgument, "{e:?}");
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("x-webmesh-campfire-room", room.parse()?);
+    req.metadata_mut()
+        .insert("x-webmesh-campfire-id", "grpc-member".parse()?);
+    let mut inbox = camp.receive_messages(req).await?.into_inner();
+    camp.announce(CampfireMessage {
+        r#type: MessageType::Announce as i32,
+        id: "grpc-member".into(),
+        lufrag: room.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let offer = tokio::time::timeout(Duration::from_secs(10), inbox.message())
+        .await
+        .context("an offer within 10 s")??
+        .context("an offer")?;
+    ensure!(
+        offer.r#type == MessageType::Offer as i32 && offer.rufrag == "grpc-member",
+        "{offer:?}"
+    );
+    ensure!(
+        !offer.data.is_empty() && !offer.data.windows(4).any(|w| w == b"v=0\r"),
+        "the offer is sealed"
+    );
+    // A wrong type for the method is refused with the field named.
+    let e = camp
+        .send_offer(CampfireMessage {
+            r#type: MessageType::Answer as i32,
+            id: "grpc-member".into(),
+            lufrag: room,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .context("refused")?;
+    ensure!(
+        e.code() == tonic::Code::InvalidArgument && e.message().starts_with("type:"),
+        "{e:?}"
     );
     Ok(())
 }

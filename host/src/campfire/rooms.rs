@@ -1,6 +1,7 @@
 //! Campfire rooms at a TURN server (sans IO): who is in which room, and where each
 //! message goes. Rooms are opened only by the server's own node (their host); members
-//! join by announcing, and may then send to the host or another member of the room.
+//! join by announcing — over UDP at the TURN port, or through the gRPC `Campfire`
+//! service — and may then send to the host or another member of the room.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,18 +19,36 @@ pub const MEMBER_TTL: Duration = Duration::from_secs(120);
 /// Longest client ID or room name.
 const MAX_ID: usize = 64;
 
+/// Where a member is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// At this address, over UDP.
+    Udp(SocketAddr),
+    /// On its `Campfire.ReceiveMessages` stream (by its ID).
+    Grpc,
+}
+
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum To {
     /// A member, at its address.
     Udp(SocketAddr),
+    /// A member on its gRPC stream, by ID.
+    Grpc(String),
     /// The room's host, this server's node.
     Host,
 }
 
 struct Room {
     host: String,
-    members: HashMap<String, (SocketAddr, Instant)>,
+    members: HashMap<String, (At, Instant)>,
+}
+
+fn to(at: At, id: &str) -> To {
+    match at {
+        At::Udp(a) => To::Udp(a),
+        At::Grpc => To::Grpc(id.to_string()),
+    }
 }
 
 #[derive(Default)]
@@ -62,7 +81,7 @@ impl Rooms {
     pub fn from_member(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: At,
         m: CampfireMessage,
     ) -> Option<(To, CampfireMessage)> {
         if m.id.is_empty()
@@ -96,8 +115,8 @@ impl Rooms {
                 if m.rufrag == room.host {
                     return Some((To::Host, m));
                 }
-                let (to, _) = room.members.get(&m.rufrag)?;
-                Some((To::Udp(*to), m))
+                let (at, _) = room.members.get(&m.rufrag)?;
+                Some((to(*at, &m.rufrag), m))
             }
             MessageType::Unknown => None,
         }
@@ -109,8 +128,8 @@ impl Rooms {
         if m.id != room.host {
             return None;
         }
-        let (to, _) = room.members.get(&m.rufrag)?;
-        Some((To::Udp(*to), m))
+        let (at, _) = room.members.get(&m.rufrag)?;
+        Some((to(*at, &m.rufrag), m))
     }
 
     /// Forgets members that went quiet.
@@ -146,12 +165,20 @@ mod tests {
         let mut r = Rooms::default();
         // No room yet: nothing goes anywhere (the port is no message board).
         assert_eq!(
-            r.from_member(now, a, msg(MessageType::Announce, "ja", "room", "")),
+            r.from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Announce, "ja", "room", "")
+            ),
             None
         );
         assert!(r.open("room", "host"));
         let (to, _) = r
-            .from_member(now, a, msg(MessageType::Announce, "ja", "room", ""))
+            .from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Announce, "ja", "room", ""),
+            )
             .unwrap();
         assert_eq!(to, To::Host);
         // The host answers the member it names.
@@ -161,26 +188,42 @@ mod tests {
         assert_eq!(to, To::Udp(a));
         // Only from the address it announced from, and only to the room's host or members.
         assert_eq!(
-            r.from_member(now, a, msg(MessageType::Answer, "ja", "room", "host"))
-                .unwrap()
-                .0,
+            r.from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Answer, "ja", "room", "host")
+            )
+            .unwrap()
+            .0,
             To::Host
         );
         assert_eq!(
-            r.from_member(now, b, msg(MessageType::Answer, "ja", "room", "host")),
+            r.from_member(
+                now,
+                At::Udp(b),
+                msg(MessageType::Answer, "ja", "room", "host")
+            ),
             None
         );
         assert_eq!(
-            r.from_member(now, c, msg(MessageType::Offer, "jc", "room", "ja")),
+            r.from_member(now, At::Udp(c), msg(MessageType::Offer, "jc", "room", "ja")),
             None
         );
         assert_eq!(
-            r.from_member(now, a, msg(MessageType::Answer, "ja", "room", "nobody")),
+            r.from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Answer, "ja", "room", "nobody")
+            ),
             None
         );
         // Nobody speaks as the host; the host speaks to members only.
         assert_eq!(
-            r.from_member(now, a, msg(MessageType::Announce, "host", "room", "")),
+            r.from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Announce, "host", "room", "")
+            ),
             None
         );
         assert_eq!(
@@ -189,7 +232,40 @@ mod tests {
         );
         // Another room's name: nothing.
         assert_eq!(
-            r.from_member(now, a, msg(MessageType::Announce, "ja", "other", "")),
+            r.from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Announce, "ja", "other", "")
+            ),
+            None
+        );
+        // A gRPC member is reached on its stream, and only a gRPC sender speaks as it.
+        assert_eq!(
+            r.from_member(now, At::Grpc, msg(MessageType::Announce, "jg", "room", ""))
+                .unwrap()
+                .0,
+            To::Host
+        );
+        assert_eq!(
+            r.from_host(msg(MessageType::Offer, "host", "room", "jg"))
+                .unwrap()
+                .0,
+            To::Grpc("jg".into())
+        );
+        assert_eq!(
+            r.from_member(
+                now,
+                At::Udp(a),
+                msg(MessageType::Answer, "jg", "room", "host")
+            ),
+            None
+        );
+        assert_eq!(
+            r.from_member(
+                now,
+                At::Grpc,
+                msg(MessageType::Answer, "ja", "room", "host")
+            ),
             None
         );
         // Members that went quiet are forgotten.
@@ -213,7 +289,7 @@ mod tests {
             assert!(
                 r.from_member(
                     now,
-                    from,
+                    At::Udp(from),
                     msg(MessageType::Announce, &format!("m{i}"), "r0", "")
                 )
                 .is_some()
@@ -221,11 +297,15 @@ mod tests {
         }
         let late: SocketAddr = "198.51.100.9:9".parse().unwrap();
         assert_eq!(
-            r.from_member(now, late, msg(MessageType::Announce, "late", "r0", "")),
+            r.from_member(
+                now,
+                At::Udp(late),
+                msg(MessageType::Announce, "late", "r0", "")
+            ),
             None
         );
         let mut big = msg(MessageType::Announce, "m0", "r0", "");
         big.data = vec![0; super::super::MAX_DATA + 1];
-        assert_eq!(r.from_member(now, late, big), None);
+        assert_eq!(r.from_member(now, At::Udp(late), big), None);
     }
 }

@@ -406,6 +406,7 @@ impl Node {
             cfg,
             raft: &raft,
             plugins: &plugins,
+            campfire: turn.as_ref().and_then(|t| t.campfire.clone()),
             turn: turn.map(|t| t.issuer),
             iface,
             trust,
@@ -499,13 +500,17 @@ impl Node {
             total_rate: cfg.turn_total_rate,
             denied,
         };
+        let (grpc, grpc_rx) = tokio::sync::mpsc::channel(256);
         let campfire = match &cfg.campfire_psk {
-            Some(v) => Some(Self::open_campfire(cfg, dir, v, public_ip, tasks)?),
+            Some(v) => Some(Self::open_campfire(cfg, dir, v, public_ip, grpc_rx, tasks)?),
             None => None,
         };
-        crate::turn::serve(settings, secret, is_member, campfire, stop, tasks)
+        let hosts = campfire.is_some();
+        let mut turn = crate::turn::serve(settings, secret, is_member, campfire, stop, tasks)
             .await
-            .map_err(|e| NodeError::Usage(e.to_string()))
+            .map_err(|e| NodeError::Usage(e.to_string()))?;
+        turn.campfire = hosts.then_some(grpc);
+        Ok(turn)
     }
 
     /// A campfire room on this node's TURN server (`--campfire-psk KEY|generate`): its
@@ -515,6 +520,7 @@ impl Node {
         dir: &DataDir,
         value: &str,
         public_ip: std::net::IpAddr,
+        grpc: tokio::sync::mpsc::Receiver<crate::turn::GrpcCampfire>,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<crate::turn::CampfireRoom, NodeError> {
         use crate::campfire::{CampUrl, Psk};
@@ -563,6 +569,7 @@ impl Node {
             host_id,
             to_host,
             from_host,
+            grpc,
         })
     }
 

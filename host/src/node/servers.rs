@@ -128,6 +128,8 @@ pub(super) struct Api<'a> {
     pub turn: Option<crate::turn::Issuer>,
     /// This node's ICE (`--ice`), which answers NegotiateDataChannel.
     pub ice: Option<std::sync::Arc<crate::ice::node::IceHub>>,
+    /// The campfire this node hosts, for the gRPC `Campfire` service.
+    pub campfire: Option<tokio::sync::mpsc::Sender<crate::turn::GrpcCampfire>>,
 }
 
 /// Requests in flight on one connection at most.
@@ -170,6 +172,7 @@ pub(super) async fn serve_api(
         trust,
         turn,
         ice,
+        campfire,
     } = api;
     let info = Arc::new(services::node::NodeInfo {
         started_at: SystemTime::now(),
@@ -249,6 +252,11 @@ pub(super) async fn serve_api(
                     .is_some()
                     .then_some(webmesh_api::v1::web_rtc_server::SERVICE_NAME),
             )
+            .chain(
+                campfire
+                    .is_some()
+                    .then_some(webmesh_api::v1::campfire_server::SERVICE_NAME),
+            )
             .collect();
         let reflection_of = || {
             served.iter().fold(
@@ -297,6 +305,12 @@ pub(super) async fn serve_api(
             .add_optional_service(webrtc_svc.clone().map(|w| {
                 webmesh_api::v1::web_rtc_server::WebRtcServer::from_arc(w)
                     .max_decoding_message_size(max)
+            }))
+            .add_optional_service(campfire.clone().map(|c| {
+                webmesh_api::v1::campfire_server::CampfireServer::new(
+                    services::campfire::CampfireService(c),
+                )
+                .max_decoding_message_size(max)
             }))
             .add_service(reflection)
             .add_service(reflection_alpha))

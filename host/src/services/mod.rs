@@ -3,13 +3,14 @@
 //! - `identity`: who is calling (the auth layer, caller headers)
 //! - `authorization`: what the caller may do (RBAC against the replica)
 //! - `forwarding`: where a call runs (the leader proxy, channels to members)
-//! - `node`, `membership`, `admin`, `mesh`, `turn`, `webrtc`: the services
+//! - `node`, `membership`, `admin`, `mesh`, `turn`, `webrtc`, `campfire`: the services
 //!
 //! Here: reading records and turning internal errors into `tonic::Status` values a
 //! person can act on.
 
 pub mod admin;
 pub mod authorization;
+pub mod campfire;
 pub mod forwarding;
 pub mod identity;
 pub mod membership;

@@ -78,9 +78,28 @@ pub struct CampfireRoom {
     pub host_id: String,
     pub to_host: mpsc::Sender<webmesh_api::v1::CampfireMessage>,
     pub from_host: mpsc::Receiver<webmesh_api::v1::CampfireMessage>,
+    /// What the gRPC `Campfire` service hands the rooms.
+    pub grpc: mpsc::Receiver<GrpcCampfire>,
 }
 
+/// From the gRPC `Campfire` service to the rooms.
+pub enum GrpcCampfire {
+    /// A member's message.
+    Send(webmesh_api::v1::CampfireMessage),
+    /// Member `id` of `room` receives on `tx` from now on.
+    Subscribe {
+        room: String,
+        id: String,
+        tx: mpsc::Sender<webmesh_api::v1::CampfireMessage>,
+    },
+}
+
+/// gRPC members' streams one server keeps at once.
+const MAX_GRPC_MEMBERS: usize = 256;
+
 pub struct Turn {
+    /// Where the gRPC `Campfire` service hands the rooms messages (with a campfire).
+    pub campfire: Option<mpsc::Sender<GrpcCampfire>>,
     pub addr: SocketAddr,
     pub issuer: Issuer,
     pub stats: Arc<Mutex<server::Stats>>,
@@ -210,13 +229,15 @@ pub async fn serve(
     let shared = stats.clone();
     info!(listen = %addr, public = %public, ports = ?settings.relay_ports, "TURN server");
     let mut rooms = crate::campfire::rooms::Rooms::default();
-    let (to_host, mut from_host) = match campfire {
+    let (to_host, mut from_host, mut grpc) = match campfire {
         Some(c) => {
             rooms.open(&c.room, &c.host_id);
-            (Some(c.to_host), Some(c.from_host))
+            (Some(c.to_host), Some(c.from_host), Some(c.grpc))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
+    let mut streams: HashMap<String, mpsc::Sender<webmesh_api::v1::CampfireMessage>> =
+        HashMap::new();
     tasks.push(tokio::spawn(async move {
         let sock = Arc::new(sock);
         // Removed members' allocations end within this.
@@ -237,18 +258,8 @@ pub async fn serve(
                         let from = canonical(from);
                         let routed = webmesh_api::v1::CampfireMessage::decode(&buf[..n])
                             .ok()
-                            .and_then(|m| rooms.from_member(Instant::now(), from, m));
-                        match routed {
-                            Some((crate::campfire::rooms::To::Host, m)) => {
-                                if let Some(t) = &to_host {
-                                    let _ = t.try_send(m);
-                                }
-                            }
-                            Some((crate::campfire::rooms::To::Udp(to), m)) => {
-                                camp_out.push((to, m.encode_to_vec()));
-                            }
-                            None => {}
-                        }
+                            .and_then(|m| rooms.from_member(Instant::now(), crate::campfire::rooms::At::Udp(from), m));
+                        camp_deliver(routed, &to_host, &streams, &mut camp_out);
                         vec![]
                     }
                     Ok((n, from)) => server.handle_client(
@@ -271,9 +282,27 @@ pub async fn serve(
                         None => std::future::pending().await,
                     }
                 } => {
-                    use prost::Message as _;
-                    if let Some((crate::campfire::rooms::To::Udp(to), m)) = rooms.from_host(m) {
-                        camp_out.push((to, m.encode_to_vec()));
+                    camp_deliver(rooms.from_host(m), &to_host, &streams, &mut camp_out);
+                    vec![]
+                }
+                Some(g) = async {
+                    match grpc.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match g {
+                        GrpcCampfire::Send(m) => {
+                            let routed = rooms.from_member(Instant::now(), crate::campfire::rooms::At::Grpc, m);
+                            camp_deliver(routed, &to_host, &streams, &mut camp_out);
+                        }
+                        GrpcCampfire::Subscribe { room, id, tx } => {
+                            streams.retain(|_, t| !t.is_closed());
+                            if streams.len() < MAX_GRPC_MEMBERS || streams.contains_key(&id) {
+                                let _ = room;
+                                streams.insert(id, tx);
+                            }
+                        }
                     }
                     vec![]
                 }
@@ -306,10 +335,37 @@ pub async fn serve(
         }
     }));
     Ok(Turn {
+        campfire: None,
         addr,
         issuer,
         stats,
     })
+}
+
+/// Delivers a campfire message where the rooms sent it: to the host, a UDP member
+/// (queued in `out`) or a gRPC member's stream.
+fn camp_deliver(
+    routed: Option<(crate::campfire::rooms::To, webmesh_api::v1::CampfireMessage)>,
+    to_host: &Option<mpsc::Sender<webmesh_api::v1::CampfireMessage>>,
+    streams: &HashMap<String, mpsc::Sender<webmesh_api::v1::CampfireMessage>>,
+    out: &mut Vec<(SocketAddr, Vec<u8>)>,
+) {
+    use crate::campfire::rooms::To;
+    use prost::Message as _;
+    match routed {
+        Some((To::Host, m)) => {
+            if let Some(t) = to_host {
+                let _ = t.try_send(m);
+            }
+        }
+        Some((To::Udp(to), m)) => out.push((to, m.encode_to_vec())),
+        Some((To::Grpc(id), m)) => {
+            if let Some(t) = streams.get(&id) {
+                let _ = t.try_send(m);
+            }
+        }
+        None => {}
+    }
 }
 
 /// The server's secret, kept in the data dir so credentials survive a restart; made
