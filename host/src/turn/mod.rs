@@ -276,21 +276,11 @@ pub async fn serve(
                     server.handle_timeout(Instant::now(), &mut relays);
                     vec![]
                 }
-                Some(m) = async {
-                    match from_host.as_mut() {
-                        Some(r) => r.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                Some(m) = recv_if(&mut from_host) => {
                     camp_deliver(rooms.from_host(m), &to_host, &streams, &mut camp_out);
                     vec![]
                 }
-                Some(g) = async {
-                    match grpc.as_mut() {
-                        Some(r) => r.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                Some(g) = recv_if(&mut grpc) => {
                     match g {
                         GrpcCampfire::Send(m) => {
                             let routed = rooms.from_member(Instant::now(), crate::campfire::rooms::At::Grpc, m);
@@ -340,6 +330,14 @@ pub async fn serve(
         issuer,
         stats,
     })
+}
+
+/// The next message of a channel the server may not have (never, without one).
+async fn recv_if<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Delivers a campfire message where the rooms sent it: to the host, a UDP member
