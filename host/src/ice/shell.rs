@@ -193,13 +193,8 @@ struct Out {
     notes: Vec<Note>,
 }
 
-/// Where WireGuard packets from a remote address go (its peer's proxy port and
-/// WireGuard's port), for the socket's reader to forward without the task.
-type Fast = Arc<std::sync::RwLock<HashMap<SocketAddr, (Arc<UdpSocket>, SocketAddr)>>>;
-
 struct Task {
     addr: SocketAddr,
-    fast: Fast,
     peers: HashMap<String, Peer>,
     // Signals from peers not added yet (signalling races the peer's setup), bounded.
     early: HashMap<String, Vec<Signal>>,
@@ -466,12 +461,6 @@ impl Task {
                         *p.direct.write().unwrap_or_else(|e| e.into_inner()) =
                             (selected.local == self.addr).then_some(selected.remote);
                         self.mux.set_peer(id.clone(), selected.remote);
-                        let mut fast = self.fast.write().unwrap_or_else(|e| e.into_inner());
-                        fast.retain(|_, (proxy, _)| !Arc::ptr_eq(proxy, &p.proxy));
-                        // Straight from the peer (not through our relay): the fast path.
-                        if selected.local == self.addr {
-                            fast.insert(selected.remote, (p.proxy.clone(), p.wireguard));
-                        }
                         self.out.notes.push(Note::Path {
                             peer: id.clone(),
                             selected,
@@ -506,40 +495,9 @@ pub async fn spawn(
     let (cmds, mut cmd_rx) = mpsc::channel(64);
     let (relays_tx, relays) = watch::channel(0usize);
     let (from_wg_tx, mut from_wg) = mpsc::channel::<(String, Vec<u8>)>(1024);
-    let fast: Fast = Default::default();
-    // The socket's reader: WireGuard from a peer's pair goes straight to its proxy
-    // port; everything else (STUN, TURN, strangers) to the task.
-    let (net_tx, mut from_net) = mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
-    let reader = {
-        let (sock, fast) = (sock.clone(), fast.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                    continue;
-                };
-                let data = &buf[..n];
-                if super::mux::classify(data) == super::mux::Kind::Other {
-                    let to = fast
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&from)
-                        .cloned();
-                    if let Some((proxy, wg)) = to {
-                        let _ = proxy.send_to(data, wg).await;
-                        continue;
-                    }
-                }
-                if net_tx.send((from, data.to_vec())).await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
     let task = tokio::spawn(async move {
         let mut t = Task {
             addr,
-            fast,
             peers: HashMap::new(),
             early: HashMap::new(),
             mux: Mux::default(),
@@ -547,10 +505,41 @@ pub async fn spawn(
             locals: vec![Local::Host(addr)],
             out: Out::default(),
         };
+        let mut buf = vec![0u8; 2048];
         loop {
             let wake = t.wake();
             tokio::select! {
-                Some((from, data)) = from_net.recv() => t.datagram(Instant::now(), from, &data),
+                r = sock.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    // WireGuard from a peer's pair: straight to its proxy, no copy;
+                    // under load, what else is queued too, before waiting again.
+                    if let Route::Peer(id) = t.mux.route(from, &buf[..n])
+                        && let Some(p) = t.peers.get(&id)
+                    {
+                        let _ = p.proxy.send_to(&buf[..n], p.wireguard).await;
+                        let mut other = None;
+                        for _ in 0..64 {
+                            let Ok((n, from)) = sock.try_recv_from(&mut buf) else { break };
+                            match t.mux.route(from, &buf[..n]) {
+                                Route::Peer(id) if t.peers.contains_key(&id) => {
+                                    let p = &t.peers[&id];
+                                    let _ = p.proxy.send_to(&buf[..n], p.wireguard).await;
+                                }
+                                _ => {
+                                    other = Some((n, from));
+                                    break;
+                                }
+                            }
+                        }
+                        let Some((n, from)) = other else { continue };
+                        t.datagram(Instant::now(), from, &buf[..n]);
+                        t.drain(Instant::now());
+                        let out = std::mem::take(&mut t.out);
+                        flush(&sock, &notes, out).await;
+                        continue;
+                    }
+                    t.datagram(Instant::now(), from, &buf[..n]);
+                }
                 Some((id, data)) = from_wg.recv() => t.send_wireguard(Instant::now(), &id, data),
                 Some(cmd) = cmd_rx.recv() => match cmd {
                     Cmd::AddPeer { peer, controlling, wireguard, reply } => {
@@ -580,10 +569,6 @@ pub async fn spawn(
                     Cmd::RemovePeer { peer } => {
                         if let Some(p) = t.peers.remove(&peer) {
                             p.reader.abort();
-                            t.fast
-                                .write()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .retain(|_, (proxy, _)| !Arc::ptr_eq(proxy, &p.proxy));
                         }
                         t.mux.remove_peer(&peer);
                     }
@@ -614,7 +599,6 @@ pub async fn spawn(
                 .count();
             relays_tx.send_if_modified(|r| std::mem::replace(r, n) != n);
         }
-        reader.abort();
         for p in t.peers.into_values() {
             p.reader.abort();
         }
