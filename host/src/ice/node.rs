@@ -698,7 +698,7 @@ impl IceHub {
         let mut last: Vec<TurnServer> = Vec::new();
         loop {
             let view = crate::store::views::load_view(&self.raft.engine);
-            let servers: Vec<&webmesh_api::v1::MeshNode> = view
+            let mut servers: Vec<&webmesh_api::v1::MeshNode> = view
                 .nodes
                 .values()
                 .filter(|n| {
@@ -706,8 +706,9 @@ impl IceHub {
                         && n.features
                             .contains(&(webmesh_api::v1::Feature::TurnServer as i32))
                 })
-                .take(super::shell::MAX_TURN_SERVERS)
                 .collect();
+            let named = servers.len();
+            servers.truncate(super::shell::MAX_TURN_SERVERS);
             have.retain(|id, (_, renew)| {
                 servers.iter().any(|n| n.id == *id) && *renew > Instant::now()
             });
@@ -722,15 +723,6 @@ impl IceHub {
                     Err(e) => debug!(server = %n.id, error = %e, "no TURN credentials"),
                 }
             }
-            let named = view
-                .nodes
-                .values()
-                .filter(|n| {
-                    n.id != self.me
-                        && n.features
-                            .contains(&(webmesh_api::v1::Feature::TurnServer as i32))
-                })
-                .count();
             // None answered yet: unknown while there is hope, so offers wait a little.
             let known = if named == 0 || !have.is_empty() {
                 Some(have.len())

@@ -34,6 +34,14 @@ pub fn read_all<M: serde::de::DeserializeOwned>(
     crate::store::views::read_all(engine, prefix).map_err(|e| internal("reading the state", e))
 }
 
+/// A stream's first message, within 10 s (a stream that says nothing holds no slot).
+pub async fn first_message<T>(s: &mut tonic::Streaming<T>) -> Result<T, Status> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.message())
+        .await
+        .map_err(|_| Status::invalid_argument("no first message within 10 s"))??
+        .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))
+}
+
 pub fn propose_status(e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),

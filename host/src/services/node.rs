@@ -581,10 +581,7 @@ impl Node for NodeService {
             }
         };
         let mut inbound = req.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .map_err(|_| Status::invalid_argument("no first message within 10 s"))??
-            .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
+        let first = super::first_message(&mut inbound).await?;
         let out = if first.proto == crate::ice::signal::WIREGUARD_PROTO {
             ice.accept(&caller, first, inbound).await?
         } else {

@@ -4,7 +4,6 @@
 //! `Node.NegotiateDataChannel`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -44,10 +43,7 @@ impl WebRtc for WebRtcService {
             ));
         }
         let mut inbound = req.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .map_err(|_| Status::invalid_argument("no first message within 10 s"))??
-            .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
+        let first = super::first_message(&mut inbound).await?;
         ids::validate_node_id(&first.node_id)
             .map_err(|why| Status::invalid_argument(format!("node_id: {why}")))?;
         authorization::authorize(

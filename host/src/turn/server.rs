@@ -202,19 +202,7 @@ impl Server {
         data: &[u8],
     ) -> Option<Out> {
         let client = *self.by_port.get(&port)?;
-        let a = self.allocations.get_mut(&client)?;
-        if a.permissions.get(&from.ip()).is_none_or(|e| *e < now) {
-            return None;
-        }
-        if !metered(
-            &mut a.bucket,
-            &mut self.total,
-            &mut self.stats,
-            data.len(),
-            now,
-        ) {
-            return None;
-        }
+        let a = self.permitted(now, client, from.ip(), data.len())?;
         if let Some(ch) = a.channel_of.get(&from).copied() {
             return Some(Out::Client {
                 to: client,
@@ -286,6 +274,21 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// `client`'s allocation, if it permits `peer` and its rates take `len` more bytes.
+    fn permitted(
+        &mut self,
+        now: Instant,
+        client: SocketAddr,
+        peer: IpAddr,
+        len: usize,
+    ) -> Option<&mut Allocation> {
+        let a = self.allocations.get_mut(&client)?;
+        if a.permissions.get(&peer).is_none_or(|e| *e < now) {
+            return None;
+        }
+        metered(&mut a.bucket, &mut self.total, &mut self.stats, len, now).then_some(a)
     }
 
     fn channel_data(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<Out> {
@@ -628,19 +631,7 @@ impl Server {
     ) -> Option<Out> {
         let peer = m.get_attribute::<XorPeerAddress>()?.address();
         let data = m.get_attribute::<Data>()?.data();
-        let a = self.allocations.get_mut(&from)?;
-        if a.permissions.get(&peer.ip()).is_none_or(|e| *e < now) {
-            return None;
-        }
-        if !metered(
-            &mut a.bucket,
-            &mut self.total,
-            &mut self.stats,
-            data.len(),
-            now,
-        ) {
-            return None;
-        }
+        let a = self.permitted(now, from, peer.ip(), data.len())?;
         Some(Out::Peer {
             port: a.port,
             to: peer,
