@@ -210,6 +210,25 @@ async fn a_data_channel_reaches_a_tcp_echo_server_behind_another_node() -> Resul
         )
         .await,
     )?;
+    // NegotiateDataChannel is between members: an anonymous caller gets Unauthenticated.
+    {
+        use webmesh_api::v1::DataChannelNegotiation;
+        use webmesh_api::v1::node_client::NodeClient;
+        let anon = tonic::transport::Endpoint::from_shared(format!("http://{}", net.grpc("h2")))?
+            .connect()
+            .await?;
+        let first = DataChannelNegotiation {
+            proto: "tcp".into(),
+            dst: "10.233.0.2".into(),
+            port: 7007,
+            ..Default::default()
+        };
+        let r = NodeClient::new(anon)
+            .negotiate_data_channel(tokio_stream::iter([first]))
+            .await;
+        let code = r.err().map(|s| s.code());
+        ensure!(code == Some(Code::Unauthenticated), "{code:?}");
+    }
     // And data channels still work after the refusals.
     let got = echo_through(
         admin_channel(&net.hosts["h1"].socket)?,

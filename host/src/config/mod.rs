@@ -37,9 +37,15 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
+    let value = value.to_string();
     ConfigError::Invalid {
         key,
-        value: value.to_string(),
+        // A camp:// URL carries its campfire's key: not in an error (or a log).
+        value: if value.starts_with("camp://") {
+            crate::campfire::redact(&value)
+        } else {
+            value
+        },
         reason: reason.to_string(),
     }
 }

@@ -329,3 +329,34 @@ fn app_daemon_addresses_and_origins_are_checked() {
     assert!(values::origin("ftp://x").is_err());
     assert!(values::origin("https://").is_err());
 }
+
+#[test]
+fn ice_and_campfire_settings_are_checked() {
+    let err = |args: &[&str]| match Config::from_matches(&flags(args)) {
+        Ok(_) => panic!("{args:?} was taken"),
+        Err(e) => e.to_string(),
+    };
+    let c = Config::from_matches(&flags(&[
+        "--ice",
+        "--ice-listen",
+        "192.0.2.1:0",
+        "--direct-peer",
+        "a3",
+        "--join",
+        "camp://BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc@203.0.113.1:3478",
+    ]))
+    .unwrap();
+    assert!(c.ice);
+    assert_eq!(c.ice_listen, Some("192.0.2.1:0".parse().unwrap()));
+    assert_eq!(c.direct_peer, ["a3"]);
+    // A bad camp URL is refused without its key in the message.
+    let e = err(&["--join", "camp://BwcHBwcHBwcH@203.0.113.1:3478"]);
+    assert!(e.contains("join") && !e.contains("BwcHBwcH"), "{e}");
+    // A campfire meets at this node's TURN server: it needs one.
+    let e = err(&["--campfire-psk", "generate"]);
+    assert!(
+        e.contains("campfire-psk") && e.contains("needs --turn-server"),
+        "{e}"
+    );
+    assert!(err(&["--ice-listen", "not-an-address"]).contains("ice-listen"));
+}
