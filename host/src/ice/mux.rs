@@ -55,6 +55,33 @@ pub enum Route<P> {
 pub struct Mux<P> {
     turn: Vec<SocketAddr>,
     peers: HashMap<SocketAddr, P>,
+    /// Each peer's remotes, oldest first (at most `PEER_REMOTES`).
+    order: Remotes<P>,
+}
+
+/// Remotes a peer's WireGuard is accepted from: the selected one and those before it.
+const PEER_REMOTES: usize = 3;
+
+#[derive(Debug)]
+struct Remotes<P>(Vec<(P, Vec<SocketAddr>)>);
+
+impl<P> Default for Remotes<P> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<P: Clone + PartialEq> Remotes<P> {
+    fn entry_for(&mut self, peer: &P) -> &mut Vec<SocketAddr> {
+        let i = match self.0.iter().position(|(p, _)| p == peer) {
+            Some(i) => i,
+            None => {
+                self.0.push((peer.clone(), Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
 }
 
 impl<P: Clone + PartialEq> Mux<P> {
@@ -65,13 +92,26 @@ impl<P: Clone + PartialEq> Mux<P> {
     }
 
     /// `peer`'s WireGuard comes from `remote` from now on (its selected path changed).
+    /// The last few remotes it had still count: the two ends switch pairs a moment apart,
+    /// and a handshake answered over the pair the other end just left must not be lost
+    /// (WireGuard would retry only after 5 s). WireGuard authenticates every packet, so
+    /// an old address buys a sender nothing.
     pub fn set_peer(&mut self, peer: P, remote: SocketAddr) {
-        self.peers.retain(|_, p| *p != peer);
+        let order = self.order.entry_for(&peer);
+        order.retain(|a| *a != remote);
+        order.push(remote);
+        if order.len() > PEER_REMOTES {
+            let gone = order.remove(0);
+            if self.peers.get(&gone) == Some(&peer) {
+                self.peers.remove(&gone);
+            }
+        }
         self.peers.insert(remote, peer);
     }
 
     pub fn remove_peer(&mut self, peer: &P) {
         self.peers.retain(|_, p| p != peer);
+        self.order.0.retain(|(p, _)| p != peer);
     }
 
     /// Where a datagram from `from` goes.
@@ -158,10 +198,27 @@ mod tests {
         assert_eq!(m.route(p1, &stun(0)), Route::Agents);
         assert_eq!(m.route(p1, &wireguard(4, 64)), Route::Peer("a"));
         assert_eq!(m.route(p2, &wireguard(4, 64)), Route::Drop);
-        // The path moves: the old address is no longer the peer's.
+        // The path moves: the old address still counts for a while (the other end may
+        // not have switched yet), then drops out.
         m.set_peer("a", p2);
-        assert_eq!(m.route(p1, &wireguard(4, 64)), Route::Drop);
+        assert_eq!(m.route(p1, &wireguard(4, 64)), Route::Peer("a"));
         assert_eq!(m.route(p2, &wireguard(4, 64)), Route::Peer("a"));
+        for port in 1..=PEER_REMOTES as u16 {
+            m.set_peer("a", SocketAddr::new(p2.ip(), 50000 + port));
+        }
+        assert_eq!(m.route(p1, &wireguard(4, 64)), Route::Drop);
+        assert_eq!(m.route(p2, &wireguard(4, 64)), Route::Drop);
+        assert_eq!(
+            m.route(SocketAddr::new(p2.ip(), 50001), &wireguard(4, 64)),
+            Route::Peer("a")
+        );
+        // Another peer taking an address over is not undone by the first one's aging.
+        m.set_peer("c", SocketAddr::new(p2.ip(), 50001));
+        m.set_peer("a", p1);
+        assert_eq!(
+            m.route(SocketAddr::new(p2.ip(), 50001), &wireguard(4, 64)),
+            Route::Peer("c")
+        );
         // Relayed data: by the peer's address on the relay.
         let relayed: SocketAddr = "203.0.113.1:50007".parse().unwrap();
         m.set_peer("b", relayed);
