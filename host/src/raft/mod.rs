@@ -155,13 +155,21 @@ pub struct RaftNode {
 
 /// Timing for meshes of modest hosts: openraft bounds each AppendEntries by the
 /// heartbeat interval, so it must leave room for a busy follower (a timed-out append is
-/// retried, delaying every change behind it); a lost leader is replaced in 1-3 s.
+/// retried, delaying every change behind it).
+///
+/// A voter that stops hearing from its leader waits `election_timeout_max` (openraft's
+/// leader lease) plus its own random election timeout, checked on a tick of 1.5
+/// heartbeats: 1.5-1.8 s + up to 0.45 s here, so a dead leader is replaced and writes
+/// flow again within 2.5 s (measured: BENCHMARKS.md, leader failover). Five heartbeats
+/// missed in a row are needed to start an election, so a busy host is not unseated.
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 900);
+
 fn raft_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "webmesh".into(),
         heartbeat_interval: 300,
-        election_timeout_min: 1200,
-        election_timeout_max: 2400,
+        election_timeout_min: ELECTION_TIMEOUT_MS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MS.1,
         install_snapshot_timeout: 5_000,
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
@@ -300,6 +308,17 @@ impl RaftNode {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Resolves once `leader` is not the leader this node knows any more: an election
+    /// began (it stopped hearing from it), another node won, or Raft stopped.
+    pub async fn leader_moved_from(&self, leader: NodeId) {
+        let mut rx = self.raft.metrics();
+        let _ = rx.wait_for(|m| m.current_leader != Some(leader)).await;
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
     }
 
     pub fn leader(&self) -> Option<Member> {

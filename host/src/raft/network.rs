@@ -120,6 +120,7 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         if self.in_flight {
+            tracing::debug!(target_node = self.target, "raft call dropped at its deadline; dialing afresh");
             self.client = connect(&self.addr);
         }
         let client = match &mut self.client {
@@ -135,6 +136,7 @@ impl Peer {
             request.metadata_mut().insert(PROOF_HEADER, v);
         }
         self.in_flight = true;
+        let started = std::time::Instant::now();
         let resp = match kind {
             Kind::Append => client.append_entries(request).await,
             Kind::Vote => client.vote(request).await,
@@ -144,6 +146,7 @@ impl Peer {
         let msg = match resp {
             Ok(msg) => msg,
             Err(s) => {
+                tracing::debug!(target_node = self.target, code = ?s.code(), took = ?started.elapsed(), error = %s.message(), "raft call failed; dialing afresh");
                 // A timed-out or broken call may leave its TCP connection in a long
                 // retransmission back-off (packets lost while the peer was busy or its
                 // tunnel re-keyed); every later call would wait on it. Dial afresh.

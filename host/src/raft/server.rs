@@ -125,7 +125,10 @@ impl RaftTransport for RaftServer {
                 .chain(rpc.leader_commit.iter())
                 .chain(rpc.entries.iter().map(|e| &e.log_id)),
         )?;
+        let (entries, commit) = (rpc.entries.len(), rpc.leader_commit.map(|c| c.index));
+        let started = std::time::Instant::now();
         let res = self.raft.append_entries(rpc).await;
+        tracing::trace!(entries, ?commit, took = ?started.elapsed(), "append taken");
         encode(&res)
     }
 

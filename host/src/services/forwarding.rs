@@ -169,7 +169,8 @@ where
                 )
                 .into_http());
             }
-            let Some(leader) = ctx.raft.leader() else {
+            let (Some(leader_id), Some(leader)) = (ctx.raft.leader_id(), ctx.raft.leader())
+            else {
                 return Ok(
                     Status::unavailable("no Raft leader is known right now; retry shortly")
                         .into_http(),
@@ -224,11 +225,23 @@ where
                 parts,
                 tonic::body::Body::new(http_body_util::Full::new(body)),
             );
-            match channel.oneshot(req).await {
-                Ok(resp) => Ok(resp.map(tonic::body::Body::new)),
-                Err(e) => Ok(Status::unavailable(format!(
-                    "forwarding to the leader {} at {}: {e}",
-                    leader.name, leader.grpc_addr
+            // A leader that died or was cut off answers nothing, and the call would wait
+            // out the caller's whole deadline. Once this node stops following it (an
+            // election began), say so at once: the caller retries with the new leader.
+            tokio::select! {
+                resp = channel.oneshot(req) => match resp {
+                    Ok(resp) => Ok(resp.map(tonic::body::Body::new)),
+                    Err(e) => Ok(Status::unavailable(format!(
+                        "forwarding to the leader {} at {}: {e}",
+                        leader.name, leader.grpc_addr
+                    ))
+                    .into_http()),
+                },
+                () = ctx.raft.leader_moved_from(leader_id) => Ok(Status::unavailable(format!(
+                    "the leader {} stopped answering while the request was forwarded to it and \
+                     an election began; the request may or may not have been applied: retry it \
+                     (or read first if it must not apply twice)",
+                    leader.name
                 ))
                 .into_http()),
             }

@@ -7,6 +7,7 @@
 //!   target/release/mesh-bench iperf           # tunnel throughput and node RSS
 //!   target/release/mesh-bench acl             # wmctl put networkacl -> every node, 5 nodes
 //!   target/release/mesh-bench ice 5           # ICE path setup (5 rounds each) and throughput
+//!   target/release/mesh-bench failover 20     # kill -9 the leader -> writes accepted again
 //!
 //! Needs root. Prints Markdown tables.
 
@@ -495,7 +496,10 @@ async fn main() -> Result<()> {
         Some("iperf") => iperf_bench().await,
         Some("acl") => acl_bench().await,
         Some("ice") => ice_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(5)).await,
-        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl | ice N"),
+        Some("failover") => {
+            failover_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(20)).await
+        }
+        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl | ice N | failover N"),
     }
 }
 
@@ -657,4 +661,128 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         relayed / direct
     );
     Ok(())
+}
+
+/// Three voters (h1..h3, public). Each round kills the leader with SIGKILL and measures
+/// the time until a `wmctl put` through a survivor's admin socket is accepted (a client
+/// retrying every 100 ms, each call with wmctl's default 10 s timeout), then restarts
+/// the killed node and waits until it is a voter in sync again.
+async fn failover_bench(rounds: usize) -> Result<()> {
+    let level = std::env::var("MESH_BENCH_LOG").unwrap_or_else(|_| "info".into());
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &level).await?;
+    for id in ["h2", "h3"] {
+        add_joiner(&mut net, id, &level)?;
+        // Voters stay members when they stop: a restart is not a leave.
+        net.host(id).args.retain(|a| a != "--leave-on-shutdown");
+        net.host(id).start()?;
+    }
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(Duration::from_secs(60)).await?;
+    }
+    net.promote("h1", &["h2", "h3"]).await?;
+    // Any survivor's admin socket may write: bind the admin role to the other voters.
+    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
+    let server = net.hosts["h1"].admin_server();
+    let out = net.hosts["h1"].exec(&[
+        &wmctl,
+        "-s",
+        &server,
+        "put",
+        "rolebindings",
+        "--name",
+        "voters-admin",
+        "--role",
+        "mesh-admin",
+        "--node",
+        "h2,h3",
+    ])?;
+    if !out.status.success() {
+        bail!("bind the admin role: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let voters = ["h1", "h2", "h3"];
+    let mut samples = Vec::new();
+    let mut attempts_total = 0;
+    for round in 1..=rounds {
+        let leader = wait_for("3 voters in sync", Duration::from_secs(60), || voters_in_sync(&net, &voters))
+            .await
+            .with_context(|| net.logs())?;
+        let survivor = voters.iter().find(|v| **v != leader).expect("a survivor");
+        let server = net.hosts[*survivor].admin_server();
+        let name = format!("failover-{round}");
+        let put = [
+            wmctl.as_str(),
+            "-s",
+            &server,
+            "put",
+            "networkacl",
+            "--name",
+            &name,
+            "--priority",
+            "10",
+            "--action",
+            "accept",
+            "--source-node",
+            "h1",
+            "--destination-node",
+            "h2",
+        ];
+        let t0 = Instant::now();
+        net.host(&leader).kill9();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let out = net.hosts[*survivor].exec(&put)?;
+            if out.status.success() {
+                break;
+            }
+            if std::env::var_os("MESH_BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "  attempt {attempts} failed at {} ms: {}",
+                    t0.elapsed().as_millis(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "no write accepted within 60 s of killing {leader}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = t0.elapsed().as_secs_f64() * 1e3;
+        attempts_total += attempts;
+        eprintln!("round {round}: killed {leader}, write accepted via {survivor} after {took:.0} ms ({attempts} attempts)");
+        samples.push(took);
+        net.host(&leader).start()?;
+        net.host(&leader).wait_ready(Duration::from_secs(60)).await?;
+    }
+    let (p50, p99, max) = stats(samples);
+    println!(
+        "| leader kill -9 → write accepted via a survivor (3 voters) | rounds | p50 | p99 | max |\n|---|---:|---:|---:|---:|"
+    );
+    println!(
+        "| wmctl put, retried every 100 ms ({attempts_total} calls) | {rounds} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
+    );
+    Ok(())
+}
+
+/// The leader, once all of `voters` are voters at the same applied index.
+async fn voters_in_sync(net: &TestNet, voters: &[&str]) -> Option<String> {
+    let mut leader = None;
+    let mut indexes = Vec::new();
+    for id in voters {
+        let s = net.hosts[*id].status().await.ok()?;
+        // 1 = leader, 2 = voter (v1.ClusterStatus).
+        if s.cluster_status != 1 && s.cluster_status != 2 {
+            return None;
+        }
+        if s.cluster_status == 1 {
+            leader = Some(id.to_string());
+        }
+        indexes.push(s.last_applied);
+    }
+    indexes.iter().all(|i| *i == indexes[0]).then_some(())?;
+    leader
 }

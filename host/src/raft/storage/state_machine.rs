@@ -190,6 +190,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     m.apply(c.key(), c.value());
                 }
             }
+            tracing::trace!(index = entry.log_id.index, "entry applied");
             if !changes.is_empty() {
                 let _ = self.events.send(StateEvent::Applied {
                     index: entry.log_id.index,
