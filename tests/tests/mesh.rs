@@ -312,3 +312,151 @@ async fn twenty_concurrent_joins_get_distinct_addresses() -> Result<()> {
     ensure!(by_addr.len() == 21);
     Ok(())
 }
+
+/// `wmctl put networkacl` through `via`'s admin socket (its node is an admin): the exit
+/// status, stderr, and how long the call took.
+fn put_acl(net: &TestNet, via: &str, name: &str) -> Result<(bool, String, Duration)> {
+    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
+    let server = net.hosts[via].admin_server();
+    let started = std::time::Instant::now();
+    let out = net.hosts[via].exec(&[
+        &wmctl,
+        "-s",
+        &server,
+        "--timeout",
+        "30",
+        "put",
+        "networkacl",
+        "--name",
+        name,
+        "--priority",
+        "10",
+        "--action",
+        "accept",
+        "--source-node",
+        "h1",
+        "--destination-node",
+        "h2",
+    ])?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_network_is_replaced_and_catches_up_after() -> Result<()> {
+    let mut net = TestNet::new()?;
+    bootstrap(&mut net, &[]).await?;
+    join(&mut net, "h2", &["h1"], true, &[]).await?;
+    join(&mut net, "h3", &["h1"], true, &[]).await?;
+    for id in ["h2", "h3"] {
+        net.host(id).wait_ready(READY).await?;
+    }
+    net.promote("h1", &["h2", "h3"]).await?;
+    // Every voter's admin socket may write.
+    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
+    let server = net.hosts["h1"].admin_server();
+    let out = net.hosts["h1"].exec(&[
+        &wmctl,
+        "-s",
+        &server,
+        "put",
+        "rolebindings",
+        "--name",
+        "voters-admin",
+        "--role",
+        "mesh-admin",
+        "--node",
+        "h2,h3",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let voters = ["h1", "h2", "h3"];
+    let leader = wait_for("3 voters", READY, || async {
+        let mut leader = None;
+        for id in voters {
+            let s = net.hosts[id].status().await.ok()?;
+            match s.cluster_status {
+                1 => leader = Some(id.to_string()),
+                2 => {}
+                _ => return None,
+            }
+        }
+        leader
+    })
+    .await?;
+    let survivor = *voters.iter().find(|v| **v != leader).expect("a survivor");
+
+    // Cut the leader off: its namespace drops everything but loopback. Its process
+    // lives on and its TCP connections stay open, so a request forwarded to it gets no
+    // answer at all (the case a dead process's closed connections do not show).
+    for rule in [
+        "add table inet nemesis",
+        "add chain inet nemesis cut_in { type filter hook input priority -300; policy drop; }",
+        "add rule inet nemesis cut_in iif lo accept",
+        "add chain inet nemesis cut_out { type filter hook output priority -300; policy drop; }",
+        "add rule inet nemesis cut_out oif lo accept",
+    ] {
+        let args: Vec<&str> = std::iter::once("nft").chain(rule.split(' ')).collect();
+        let out = net.hosts[&leader].exec(&args)?;
+        ensure!(
+            out.status.success(),
+            "nft {rule}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A write through a survivor does not wait out its 30 s deadline on the silent
+    // leader: it fails fast (Unavailable: an election began) or lands on the new leader.
+    let (ok, err, took) = put_acl(&net, survivor, "during-cut")?;
+    eprintln!("first write through {survivor} with {leader} cut off: ok={ok} after {took:?} {err}");
+    ensure!(
+        took < Duration::from_secs(15),
+        "the first write took {took:?} (ok={ok}): {err}"
+    );
+    ensure!(ok || err.contains("Unavailable"), "{err}");
+    if !ok {
+        wait_for("a write accepted by the new leader", READY, || async {
+            put_acl(&net, survivor, "during-cut")
+                .ok()
+                .and_then(|(ok, _, _)| ok.then_some(()))
+        })
+        .await
+        .with_context(|| net.logs())?;
+    }
+    let new_leader = net.hosts[survivor].status().await?.current_leader;
+    ensure!(
+        new_leader != leader && !new_leader.is_empty(),
+        "{new_leader}"
+    );
+
+    // Healed: the old leader follows the new one and has the write made without it.
+    let out = net.hosts[&leader].exec(&["nft", "delete", "table", "inet", "nemesis"])?;
+    ensure!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = net.hosts[survivor].status().await?.last_applied;
+    wait_for("the old leader to follow and catch up", READY, || async {
+        let s = net.hosts[&leader].status().await.ok()?;
+        (s.cluster_status == 2 && s.current_leader == new_leader && s.last_applied >= want)
+            .then_some(())
+    })
+    .await
+    .with_context(|| net.logs())?;
+    // And it still takes part: a write through it lands.
+    wait_for("a write through the old leader", READY, || async {
+        put_acl(&net, &leader, "after-heal")
+            .ok()
+            .and_then(|(ok, _, _)| ok.then_some(()))
+    })
+    .await
+    .with_context(|| net.logs())?;
+    Ok(())
+}

@@ -120,7 +120,10 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         if self.in_flight {
-            tracing::debug!(target_node = self.target, "raft call dropped at its deadline; dialing afresh");
+            tracing::debug!(
+                target_node = self.target,
+                "raft call dropped at its deadline; dialing afresh"
+            );
             self.client = connect(&self.addr);
         }
         let client = match &mut self.client {

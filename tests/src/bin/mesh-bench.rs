@@ -173,6 +173,38 @@ async fn propagation_bench(n: usize) -> Result<()> {
         })
         .await?;
         let (idx, t0) = index;
+        if std::env::var_os("MESH_BENCH_DIAG").is_some() {
+            // While the joiner waits: what the leader's sockets and neighbours look like.
+            let started = Instant::now();
+            let mut dumped = false;
+            while !net.hosts[&id].log_text().contains("node ready") {
+                if !dumped && started.elapsed() > Duration::from_secs(2) {
+                    dumped = true;
+                    for cmd in [
+                        &["ss", "-uampn"][..],
+                        &["ss", "-tmpn"][..],
+                        &["ip", "neigh"][..],
+                        &["wg", "show", "all", "latest-handshakes"][..],
+                        &["nstat", "-az"][..],
+                    ] {
+                        for h in ["h1", id.as_str()] {
+                            if let Ok(out) = net.hosts[h].exec(cmd) {
+                                eprintln!(
+                                    "== {h}: {}\n{}{}",
+                                    cmd.join(" "),
+                                    String::from_utf8_lossy(&out.stdout),
+                                    String::from_utf8_lossy(&out.stderr)
+                                );
+                            }
+                        }
+                    }
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         net.host(&id).wait_ready(Duration::from_secs(30)).await?;
         let times = wait_for(
             "every node to apply it",
@@ -698,15 +730,20 @@ async fn failover_bench(rounds: usize) -> Result<()> {
         "h2,h3",
     ])?;
     if !out.status.success() {
-        bail!("bind the admin role: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bind the admin role: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let voters = ["h1", "h2", "h3"];
     let mut samples = Vec::new();
     let mut attempts_total = 0;
     for round in 1..=rounds {
-        let leader = wait_for("3 voters in sync", Duration::from_secs(60), || voters_in_sync(&net, &voters))
-            .await
-            .with_context(|| net.logs())?;
+        let leader = wait_for("3 voters in sync", Duration::from_secs(60), || {
+            voters_in_sync(&net, &voters)
+        })
+        .await
+        .with_context(|| net.logs())?;
         let survivor = voters.iter().find(|v| **v != leader).expect("a survivor");
         let server = net.hosts[*survivor].admin_server();
         let name = format!("failover-{round}");
@@ -753,10 +790,14 @@ async fn failover_bench(rounds: usize) -> Result<()> {
         }
         let took = t0.elapsed().as_secs_f64() * 1e3;
         attempts_total += attempts;
-        eprintln!("round {round}: killed {leader}, write accepted via {survivor} after {took:.0} ms ({attempts} attempts)");
+        eprintln!(
+            "round {round}: killed {leader}, write accepted via {survivor} after {took:.0} ms ({attempts} attempts)"
+        );
         samples.push(took);
         net.host(&leader).start()?;
-        net.host(&leader).wait_ready(Duration::from_secs(60)).await?;
+        net.host(&leader)
+            .wait_ready(Duration::from_secs(60))
+            .await?;
     }
     let (p50, p99, max) = stats(samples);
     println!(
