@@ -67,6 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             client: connect(&node.raft_addr),
             in_flight: false,
+            last_answer: std::time::Instant::now(),
             signer: self.signer.clone(),
             budget: START_APPEND_BYTES,
             sent_entries: 0,
@@ -78,9 +79,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 fn connect(addr: &str) -> Result<RaftTransportClient<Channel>, String> {
     Endpoint::from_shared(format!("http://{addr}"))
         .map(|e| {
+            // Pings find a connection that stopped answering (a peer gone, or TCP in a
+            // long retransmission back-off) within seconds; hyper then drops it and
+            // the channel dials again.
             e.connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(STALE)
+                .keep_alive_while_idle(true)
                 .connect_lazy()
         })
         .map(|ch| {
@@ -96,8 +102,10 @@ pub struct Peer {
     addr: String,
     client: Result<RaftTransportClient<Channel>, String>,
     /// Set while a call is in flight; still set at the next call when openraft dropped
-    /// the previous one at its deadline, which is the cue to dial afresh.
+    /// the previous one at its deadline.
     in_flight: bool,
+    /// When the connection last answered a call.
+    last_answer: std::time::Instant,
     signer: Arc<Signer>,
     /// Bytes of entries the next append may carry.
     budget: usize,
@@ -120,11 +128,7 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         if self.in_flight {
-            tracing::debug!(
-                target_node = self.target,
-                "raft call dropped at its deadline; dialing afresh"
-            );
-            self.client = connect(&self.addr);
+            self.redial_if_stale("a call was dropped at its deadline");
         }
         let client = match &mut self.client {
             Ok(c) => c,
@@ -147,13 +151,13 @@ impl Peer {
         };
         self.in_flight = false;
         let msg = match resp {
-            Ok(msg) => msg,
+            Ok(msg) => {
+                self.last_answer = std::time::Instant::now();
+                msg
+            }
             Err(s) => {
-                tracing::debug!(target_node = self.target, code = ?s.code(), took = ?started.elapsed(), error = %s.message(), "raft call failed; dialing afresh");
-                // A timed-out or broken call may leave its TCP connection in a long
-                // retransmission back-off (packets lost while the peer was busy or its
-                // tunnel re-keyed); every later call would wait on it. Dial afresh.
-                self.client = connect(&self.addr);
+                tracing::debug!(target_node = self.target, code = ?s.code(), took = ?started.elapsed(), error = %s.message(), "raft call failed");
+                self.redial_if_stale("a call failed");
                 return Err(match s.code() {
                     tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
                     _ => RPCError::Network(NetworkError::new(&s)),
@@ -165,6 +169,27 @@ impl Peer {
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
+
+impl Peer {
+    /// A timed-out or broken call may leave its TCP connection in a long retransmission
+    /// back-off (packets lost while the peer was busy or its tunnel re-keyed), and every
+    /// later call would wait on it: a connection that has answered nothing for `STALE`
+    /// is replaced. Not sooner: under load a single call misses openraft's deadline (the
+    /// heartbeat interval) while the connection is sound, and replacing every such
+    /// connection at once made each new one miss the deadline too — a mesh of 25 on
+    /// two cores replicated nothing for 15 s that way (BENCHMARKS.md).
+    fn redial_if_stale(&mut self, why: &str) {
+        if self.last_answer.elapsed() >= STALE {
+            tracing::debug!(target_node = self.target, why, silent = ?self.last_answer.elapsed(), "raft connection answers nothing; dialing afresh");
+            self.client = connect(&self.addr);
+            // The fresh connection gets its own chance.
+            self.last_answer = std::time::Instant::now();
+        }
+    }
+}
+
+/// How long a connection may answer nothing before it is replaced.
+const STALE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy)]
 pub enum Kind {

@@ -185,7 +185,12 @@ async fn propagation_bench(n: usize) -> Result<()> {
                         &["ss", "-tmpn"][..],
                         &["ip", "neigh"][..],
                         &["wg", "show", "all", "latest-handshakes"][..],
-                        &["nstat", "-az"][..],
+                        &["tc", "-s", "qdisc"][..],
+                        &[
+                            "sh",
+                            "-c",
+                            "for t in /proc/$(pgrep -o -f 'webmesh.*--bootstrap')/task/*; do echo \"$(cat $t/comm) $(cat $t/wchan) $(cut -d' ' -f1 $t/syscall)\"; done | sort | uniq -c",
+                        ][..],
                     ] {
                         for h in ["h1", id.as_str()] {
                             if let Ok(out) = net.hosts[h].exec(cmd) {
