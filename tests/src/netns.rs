@@ -394,6 +394,61 @@ impl TestNet {
         Ok(())
     }
 
+    /// Binds the `mesh-admin` role to nodes `ids`, asked of `by`'s node through its admin
+    /// socket (so their admin sockets may write too).
+    pub fn bind_admin(&self, by: &str, ids: &[&str]) -> Result<()> {
+        let wmctl = crate::bin("wmctl").display().to_string();
+        let server = self.hosts[by].admin_server();
+        let nodes = ids.join(",");
+        let out = self.hosts[by].exec(&[
+            &wmctl,
+            "-s",
+            &server,
+            "put",
+            "rolebindings",
+            "--name",
+            "admins-for-tests",
+            "--role",
+            "mesh-admin",
+            "--node",
+            &nodes,
+        ])?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "bind the admin role to {nodes}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// A small admin write: `wmctl put networkacl NAME` (accept h1 → h2) through `via`'s
+    /// admin socket, with a per-call timeout (seconds). Its node must be an admin.
+    pub fn put_acl(&self, via: &str, name: &str, timeout: u32) -> Result<std::process::Output> {
+        let wmctl = crate::bin("wmctl").display().to_string();
+        let server = self.hosts[via].admin_server();
+        let timeout = timeout.to_string();
+        self.hosts[via].exec(&[
+            &wmctl,
+            "-s",
+            &server,
+            "--timeout",
+            &timeout,
+            "put",
+            "networkacl",
+            "--name",
+            name,
+            "--priority",
+            "10",
+            "--action",
+            "accept",
+            "--source-node",
+            "h1",
+            "--destination-node",
+            "h2",
+        ])
+    }
+
     /// Every node's log and network state, for failure messages.
     pub fn logs(&self) -> String {
         self.hosts

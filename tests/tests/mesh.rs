@@ -45,8 +45,8 @@ async fn join(
     h.start()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_hosts_ping_every_pair_over_ipv4_and_ipv6() -> Result<()> {
+/// h1 bootstraps, h2 and h3 join through it with endpoints; all three ready.
+async fn three_public_hosts() -> Result<TestNet> {
     let mut net = TestNet::new()?;
     bootstrap(&mut net, &[]).await?;
     join(&mut net, "h2", &["h1"], true, &[]).await?;
@@ -54,6 +54,12 @@ async fn three_hosts_ping_every_pair_over_ipv4_and_ipv6() -> Result<()> {
     for id in ["h2", "h3"] {
         net.host(id).wait_ready(READY).await?;
     }
+    Ok(net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hosts_ping_every_pair_over_ipv4_and_ipv6() -> Result<()> {
+    let net = three_public_hosts().await?;
     let nodes = net.hosts["h1"].nodes().await?;
     ensure!(nodes.len() == 3, "3 node records, got {nodes:?}");
     wait_full_mesh(&net, &nodes, Duration::from_secs(30)).await?;
@@ -316,28 +322,8 @@ async fn twenty_concurrent_joins_get_distinct_addresses() -> Result<()> {
 /// `wmctl put networkacl` through `via`'s admin socket (its node is an admin): the exit
 /// status, stderr, and how long the call took.
 fn put_acl(net: &TestNet, via: &str, name: &str) -> Result<(bool, String, Duration)> {
-    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
-    let server = net.hosts[via].admin_server();
     let started = std::time::Instant::now();
-    let out = net.hosts[via].exec(&[
-        &wmctl,
-        "-s",
-        &server,
-        "--timeout",
-        "30",
-        "put",
-        "networkacl",
-        "--name",
-        name,
-        "--priority",
-        "10",
-        "--action",
-        "accept",
-        "--source-node",
-        "h1",
-        "--destination-node",
-        "h2",
-    ])?;
+    let out = net.put_acl(via, name, 30)?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -347,35 +333,10 @@ fn put_acl(net: &TestNet, via: &str, name: &str) -> Result<(bool, String, Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_the_network_is_replaced_and_catches_up_after() -> Result<()> {
-    let mut net = TestNet::new()?;
-    bootstrap(&mut net, &[]).await?;
-    join(&mut net, "h2", &["h1"], true, &[]).await?;
-    join(&mut net, "h3", &["h1"], true, &[]).await?;
-    for id in ["h2", "h3"] {
-        net.host(id).wait_ready(READY).await?;
-    }
+    let net = three_public_hosts().await?;
     net.promote("h1", &["h2", "h3"]).await?;
     // Every voter's admin socket may write.
-    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
-    let server = net.hosts["h1"].admin_server();
-    let out = net.hosts["h1"].exec(&[
-        &wmctl,
-        "-s",
-        &server,
-        "put",
-        "rolebindings",
-        "--name",
-        "voters-admin",
-        "--role",
-        "mesh-admin",
-        "--node",
-        "h2,h3",
-    ])?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    net.bind_admin("h1", &["h2", "h3"])?;
     let voters = ["h1", "h2", "h3"];
     let leader = wait_for("3 voters", READY, || async {
         let mut leader = None;

@@ -719,27 +719,7 @@ async fn failover_bench(rounds: usize) -> Result<()> {
     }
     net.promote("h1", &["h2", "h3"]).await?;
     // Any survivor's admin socket may write: bind the admin role to the other voters.
-    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
-    let server = net.hosts["h1"].admin_server();
-    let out = net.hosts["h1"].exec(&[
-        &wmctl,
-        "-s",
-        &server,
-        "put",
-        "rolebindings",
-        "--name",
-        "voters-admin",
-        "--role",
-        "mesh-admin",
-        "--node",
-        "h2,h3",
-    ])?;
-    if !out.status.success() {
-        bail!(
-            "bind the admin role: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    net.bind_admin("h1", &["h2", "h3"])?;
     let voters = ["h1", "h2", "h3"];
     let mut samples = Vec::new();
     let mut attempts_total = 0;
@@ -750,31 +730,13 @@ async fn failover_bench(rounds: usize) -> Result<()> {
         .await
         .with_context(|| net.logs())?;
         let survivor = voters.iter().find(|v| **v != leader).expect("a survivor");
-        let server = net.hosts[*survivor].admin_server();
         let name = format!("failover-{round}");
-        let put = [
-            wmctl.as_str(),
-            "-s",
-            &server,
-            "put",
-            "networkacl",
-            "--name",
-            &name,
-            "--priority",
-            "10",
-            "--action",
-            "accept",
-            "--source-node",
-            "h1",
-            "--destination-node",
-            "h2",
-        ];
         let t0 = Instant::now();
         net.host(&leader).kill9();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let out = net.hosts[*survivor].exec(&put)?;
+            let out = net.put_acl(survivor, &name, 10)?;
             if out.status.success() {
                 break;
             }
