@@ -590,26 +590,16 @@ mod tests {
             target("udp", "", 0, 51820).unwrap().addr,
             "127.0.0.1:51820".parse().unwrap()
         );
-        assert!(
-            target("sctp", "10.1.2.3", 7, 1)
-                .unwrap_err()
-                .starts_with("proto:")
-        );
-        assert!(
-            target("tcp", "10.1.2.3", 0, 1)
-                .unwrap_err()
-                .starts_with("port:")
-        );
-        assert!(
-            target("tcp", "10.1.2.3", 70_000, 1)
-                .unwrap_err()
-                .starts_with("port:")
-        );
-        assert!(
-            target("tcp", "example.com", 7, 1)
-                .unwrap_err()
-                .starts_with("dst:")
-        );
+        // Each refusal names the field at fault.
+        for (proto, dst, port, field) in [
+            ("sctp", "10.1.2.3", 7, "proto:"),
+            ("tcp", "10.1.2.3", 0, "port:"),
+            ("tcp", "10.1.2.3", 70_000, "port:"),
+            ("tcp", "example.com", 7, "dst:"),
+        ] {
+            let err = target(proto, dst, port, 1).unwrap_err();
+            assert!(err.starts_with(field), "{proto} {dst}:{port}: {err}");
+        }
         for bad in [
             "127.0.0.1",
             "0.0.0.0",

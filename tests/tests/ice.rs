@@ -51,6 +51,15 @@ async fn path_is(
     .with_context(|| net.logs())
 }
 
+/// Waits until each side's path runs straight to the other side's NAT (a2's to r3,
+/// a3's to r2).
+async fn direct_both_ways(net: &TestNet, timeout: Duration) -> Result<()> {
+    let (r2, r3) = (&net.hosts["r2"].ip, &net.hosts["r3"].ip);
+    path_is(net, "a2", "a3", &format!("direct:{r3}:"), timeout).await?;
+    path_is(net, "a3", "a2", &format!("direct:{r2}:"), timeout).await?;
+    Ok(())
+}
+
 async fn pings(net: &TestNet, from: &str, to: &str, timeout: Duration) -> Result<()> {
     let nodes = net.hosts["h1"].nodes().await?;
     let addr = v4(&nodes[to]);
@@ -66,14 +75,10 @@ async fn pings(net: &TestNet, from: &str, to: &str, timeout: Duration) -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn behind_cone_nats_the_path_is_direct_and_survives_lost_mappings() -> Result<()> {
     let net = two_sites(Nat::Cone).await?;
-    let (r2, r3) = (
-        net.hosts["r2"].ip.to_string(),
-        net.hosts["r3"].ip.to_string(),
-    );
+    let r3 = net.hosts["r3"].ip.to_string();
     let started = Instant::now();
     // Each side's path runs to the other NAT's public address.
-    path_is(&net, "a2", "a3", &format!("direct:{r3}:"), READY).await?;
-    path_is(&net, "a3", "a2", &format!("direct:{r2}:"), READY).await?;
+    direct_both_ways(&net, READY).await?;
     pings(&net, "a2", "a3", Duration::from_secs(20)).await?;
     pings(&net, "a3", "a2", Duration::from_secs(20)).await?;
     println!(
@@ -134,28 +139,9 @@ async fn behind_symmetric_nats_the_path_is_relayed_then_direct_once_the_nats_tur
     );
 
     // The NATs turn cone (forgetting their mappings): the path goes direct.
-    let (r2, r3) = (
-        net.hosts["r2"].ip.to_string(),
-        net.hosts["r3"].ip.to_string(),
-    );
     net.set_nat("r2", Nat::Cone)?;
     net.set_nat("r3", Nat::Cone)?;
-    path_is(
-        &net,
-        "a2",
-        "a3",
-        &format!("direct:{r3}:"),
-        Duration::from_secs(90),
-    )
-    .await?;
-    path_is(
-        &net,
-        "a3",
-        "a2",
-        &format!("direct:{r2}:"),
-        Duration::from_secs(30),
-    )
-    .await?;
+    direct_both_ways(&net, Duration::from_secs(90)).await?;
     pings(&net, "a2", "a3", Duration::from_secs(20)).await?;
     pings(&net, "a3", "a2", Duration::from_secs(20)).await?;
     Ok(())

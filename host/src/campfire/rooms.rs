@@ -154,9 +154,20 @@ mod tests {
         }
     }
 
+    /// Where a member's message goes, if anywhere.
+    fn member(r: &mut Rooms, at: At, t: MessageType, id: &str, room: &str, to: &str) -> Option<To> {
+        r.from_member(Instant::now(), at, msg(t, id, room, to))
+            .map(|(to, _)| to)
+    }
+
+    /// Where the host's message goes, if anywhere.
+    fn host(r: &Rooms, t: MessageType, id: &str, to: &str) -> Option<To> {
+        r.from_host(msg(t, id, "room", to)).map(|(to, _)| to)
+    }
+
     #[test]
     fn members_meet_the_host_and_strangers_get_nowhere() {
-        let now = Instant::now();
+        use MessageType::{Announce, Answer, Offer};
         let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
             "198.51.100.1:4000".parse().unwrap(),
             "198.51.100.2:4000".parse().unwrap(),
@@ -164,116 +175,47 @@ mod tests {
         );
         let mut r = Rooms::default();
         // No room yet: nothing goes anywhere (the port is no message board).
-        assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Announce, "ja", "room", "")
-            ),
-            None
-        );
+        assert_eq!(member(&mut r, At::Udp(a), Announce, "ja", "room", ""), None);
         assert!(r.open("room", "host"));
-        let (to, _) = r
-            .from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Announce, "ja", "room", ""),
-            )
-            .unwrap();
-        assert_eq!(to, To::Host);
+        assert_eq!(
+            member(&mut r, At::Udp(a), Announce, "ja", "room", ""),
+            Some(To::Host)
+        );
         // The host answers the member it names.
-        let (to, _) = r
-            .from_host(msg(MessageType::Offer, "host", "room", "ja"))
-            .unwrap();
-        assert_eq!(to, To::Udp(a));
+        assert_eq!(host(&r, Offer, "host", "ja"), Some(To::Udp(a)));
         // Only from the address it announced from, and only to the room's host or members.
         assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Answer, "ja", "room", "host")
-            )
-            .unwrap()
-            .0,
-            To::Host
+            member(&mut r, At::Udp(a), Answer, "ja", "room", "host"),
+            Some(To::Host)
         );
+        // A gRPC member is reached on its stream.
         assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(b),
-                msg(MessageType::Answer, "ja", "room", "host")
-            ),
-            None
+            member(&mut r, At::Grpc, Announce, "jg", "room", ""),
+            Some(To::Host)
         );
-        assert_eq!(
-            r.from_member(now, At::Udp(c), msg(MessageType::Offer, "jc", "room", "ja")),
-            None
-        );
-        assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Answer, "ja", "room", "nobody")
-            ),
-            None
-        );
-        // Nobody speaks as the host; the host speaks to members only.
-        assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Announce, "host", "room", "")
-            ),
-            None
-        );
-        assert_eq!(
-            r.from_host(msg(MessageType::Offer, "ja", "room", "ja")),
-            None
-        );
-        // Another room's name: nothing.
-        assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Announce, "ja", "other", "")
-            ),
-            None
-        );
-        // A gRPC member is reached on its stream, and only a gRPC sender speaks as it.
-        assert_eq!(
-            r.from_member(now, At::Grpc, msg(MessageType::Announce, "jg", "room", ""))
-                .unwrap()
-                .0,
-            To::Host
-        );
-        assert_eq!(
-            r.from_host(msg(MessageType::Offer, "host", "room", "jg"))
-                .unwrap()
-                .0,
-            To::Grpc("jg".into())
-        );
-        assert_eq!(
-            r.from_member(
-                now,
-                At::Udp(a),
-                msg(MessageType::Answer, "jg", "room", "host")
-            ),
-            None
-        );
-        assert_eq!(
-            r.from_member(
-                now,
-                At::Grpc,
-                msg(MessageType::Answer, "ja", "room", "host")
-            ),
-            None
-        );
+        assert_eq!(host(&r, Offer, "host", "jg"), Some(To::Grpc("jg".into())));
+        let refused = [
+            // Another address speaking as ja, a stranger writing to ja, ja writing to
+            // nobody.
+            (At::Udp(b), Answer, "ja", "room", "host"),
+            (At::Udp(c), Offer, "jc", "room", "ja"),
+            (At::Udp(a), Answer, "ja", "room", "nobody"),
+            // Nobody speaks as the host.
+            (At::Udp(a), Announce, "host", "room", ""),
+            // Another room's name.
+            (At::Udp(a), Announce, "ja", "other", ""),
+            // Only a gRPC sender speaks as a gRPC member, and only a UDP one as ja.
+            (At::Udp(a), Answer, "jg", "room", "host"),
+            (At::Grpc, Answer, "ja", "room", "host"),
+        ];
+        for (at, t, id, room, to) in refused {
+            assert_eq!(member(&mut r, at, t, id, room, to), None, "{id} -> {to}");
+        }
+        // The host speaks to members only.
+        assert_eq!(host(&r, Offer, "ja", "ja"), None);
         // Members that went quiet are forgotten.
-        r.expire(now + MEMBER_TTL + Duration::from_secs(1));
-        assert_eq!(
-            r.from_host(msg(MessageType::Offer, "host", "room", "ja")),
-            None
-        );
+        r.expire(Instant::now() + MEMBER_TTL + Duration::from_secs(1));
+        assert_eq!(host(&r, Offer, "host", "ja"), None);
     }
 
     #[test]
