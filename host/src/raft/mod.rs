@@ -322,8 +322,13 @@ impl RaftNode {
     }
 
     pub fn leader(&self) -> Option<Member> {
-        let leader = self.raft.metrics().borrow().current_leader?;
-        self.member(leader)
+        self.leader_with_id().map(|(_, m)| m)
+    }
+
+    /// The leader's Raft ID and member record, read together.
+    pub fn leader_with_id(&self) -> Option<(NodeId, Member)> {
+        let id = self.leader_id()?;
+        Some((id, self.member(id)?))
     }
 
     /// Whether the node named `name` is a voter in the current membership.

@@ -169,7 +169,7 @@ where
                 )
                 .into_http());
             }
-            let (Some(leader_id), Some(leader)) = (ctx.raft.leader_id(), ctx.raft.leader()) else {
+            let Some((leader_id, leader)) = ctx.raft.leader_with_id() else {
                 return Ok(
                     Status::unavailable("no Raft leader is known right now; retry shortly")
                         .into_http(),

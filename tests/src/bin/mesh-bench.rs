@@ -193,6 +193,10 @@ async fn propagation_bench(n: usize) -> Result<()> {
                         ][..],
                     ] {
                         for h in ["h1", id.as_str()] {
+                            // The thread dump is of the leader's process (by its flag).
+                            if cmd[0] == "sh" && h != "h1" {
+                                continue;
+                            }
                             if let Ok(out) = net.hosts[h].exec(cmd) {
                                 eprintln!(
                                     "== {h}: {}\n{}{}",
