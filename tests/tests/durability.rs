@@ -150,3 +150,103 @@ async fn node_ids_are_bound_to_their_data_dir() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A tmpfs of `size` mounted on `dir` for the life of the value (lazily unmounted).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let opts = format!("size={size},mode=0700");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+            .arg(dir)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "mount a tmpfs on {}", dir.display());
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn entry(key: &str) -> RaftLogEntry {
+    RaftLogEntry {
+        r#type: 1,
+        key: key.into(),
+        value: "v".into(),
+        ttl: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_refuses_writes_with_a_clear_error_and_the_node_stays_up()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The data dir alone is on a small filesystem (the log stays outside it).
+    let disk = Tmpfs::mount(&dir.path().join("full-1"), "160m")?;
+    let mut node = LocalNode::new("full-1", dir.path());
+    node.extra_args = vec![
+        "--bootstrap".into(),
+        "--ipv4-network".into(),
+        "10.43.0.0/16".into(),
+    ];
+    node.spawn()?;
+    node.wait_ready(Duration::from_secs(60)).await?;
+    let mut client = node.client().await?;
+    client.apply(entry("/test/before")).await?;
+
+    // Fill it to 32 MiB below the floor the node keeps for RocksDB.
+    let filler = disk.0.join("filler");
+    let fill = format!(
+        "fallocate -l $(( $(df --output=avail -B1 {d} | tail -1) - 32*1024*1024 )) {f}",
+        d = disk.0.display(),
+        f = filler.display()
+    );
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &fill])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "{fill}");
+    let refusal = webmesh_e2e::wait_for(
+        "writes refused for the full disk",
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move { client.apply(entry("/test/full")).await.err() }
+        },
+    )
+    .await?;
+    assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("MiB free") && refusal.message().contains("full-1"),
+        "names the data dir and its free space: {}",
+        refusal.message()
+    );
+    // The node stays up: it answers, and a refused write leaves nothing behind.
+    let again = client.apply(entry("/test/refused")).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::ResourceExhausted);
+    assert!(node.exited().is_none(), "the node is still running");
+    client.get_status(GetStatusRequest::default()).await?;
+    assert!(!state(&node).await?.contains_key("/test/refused"));
+    assert!(node.log_text().contains("writes are refused until space is freed"));
+
+    // Space freed: writes resume by themselves, and what was there before is intact.
+    std::fs::remove_file(&filler)?;
+    webmesh_e2e::wait_for("writes accepted again", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move { client.apply(entry("/test/after")).await.ok() }
+    })
+    .await?;
+    let st = state(&node).await?;
+    assert!(st.contains_key("/test/before") && st.contains_key("/test/after"));
+    node.kill9();
+    Ok(())
+}

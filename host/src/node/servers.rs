@@ -95,7 +95,7 @@ pub(super) async fn serve_raft(
 ) -> Result<SocketAddr, NodeError> {
     let (bound, incoming) = bind_all(listen, "raft").await?;
     let svc = webmesh_api::internal::raft_transport_server::RaftTransportServer::new(
-        crate::raft::server::RaftServer::new(raft.raft.clone(), trust),
+        crate::raft::server::RaftServer::new(raft.raft.clone(), trust, raft.disk.clone()),
     )
     .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES);

@@ -36,6 +36,9 @@ pub enum ProposeError {
     /// Raft cannot take writes now (shutting down, no quorum, storage failure).
     #[error("raft unavailable: {0}")]
     Unavailable(String),
+    /// The data dir cannot take writes (full, read-only): refused before the disk.
+    #[error("{0}")]
+    Disk(#[from] crate::store::disk::DiskFault),
 }
 
 fn leader_hint(leader: &Option<Member>) -> String {
@@ -151,6 +154,8 @@ pub struct RaftNode {
     membership_lock: Arc<tokio::sync::Mutex<()>>,
     policy: Arc<crate::store::views::PolicyCache>,
     proposals: tokio::sync::mpsc::UnboundedSender<Queued>,
+    /// Whether the data dir takes writes; checked before every proposal.
+    pub disk: crate::store::disk::DiskGuard,
 }
 
 /// Timing for meshes of modest hosts: openraft bounds each AppendEntries by the
@@ -206,7 +211,9 @@ impl RaftNode {
         .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         spawn_batcher(raft.clone(), queue);
+        let disk = crate::store::disk::DiskGuard::watch(engine.path());
         Ok(RaftNode {
+            disk,
             raft,
             engine,
             state_machine,
@@ -344,6 +351,7 @@ impl RaftNode {
     /// Commits `ops` as one proposal (leader only) and returns what applying did.
     /// Concurrent proposals share log entries (group commit); each stays atomic.
     pub async fn propose(&self, ops: Vec<Op>) -> Result<Committed, ProposeError> {
+        self.disk.check()?;
         let proposal = Proposal {
             issued_at_ms: now_ms(),
             ops,
@@ -370,6 +378,7 @@ impl RaftNode {
         change: ChangeMembers<NodeId, Member>,
         retain: bool,
     ) -> Result<(), ProposeError> {
+        self.disk.check()?;
         let _guard = self.membership_lock.lock().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {

@@ -28,11 +28,12 @@ pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 pub struct RaftServer {
     raft: Raft,
     trust: Arc<Trust>,
+    disk: crate::store::disk::DiskGuard,
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft, trust: Arc<Trust>) -> RaftServer {
-        RaftServer { raft, trust }
+    pub fn new(raft: Raft, trust: Arc<Trust>, disk: crate::store::disk::DiskGuard) -> RaftServer {
+        RaftServer { raft, trust, disk }
     }
 
     /// The sender, if it may speak Raft to this node.
@@ -126,6 +127,13 @@ impl RaftTransport for RaftServer {
                 .chain(rpc.entries.iter().map(|e| &e.log_id)),
         )?;
         let (entries, commit) = (rpc.entries.len(), rpc.leader_commit.map(|c| c.index));
+        // A log write on a full or read-only disk would stop Raft here for good: refuse
+        // the entries instead (the leader retries; heartbeats still pass).
+        if entries > 0 {
+            self.disk
+                .check()
+                .map_err(|f| Status::unavailable(f.to_string()))?;
+        }
         let started = std::time::Instant::now();
         let res = self.raft.append_entries(rpc).await;
         tracing::trace!(entries, ?commit, took = ?started.elapsed(), "append taken");
@@ -145,6 +153,9 @@ impl RaftTransport for RaftServer {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(Kind::Snapshot, &req)?;
+        self.disk
+            .check()
+            .map_err(|f| Status::unavailable(f.to_string()))?;
         let rpc: openraft::raft::InstallSnapshotRequest<super::types::TypeConfig> = decode(req)?;
         check_bounds(&rpc.vote, rpc.meta.last_log_id.iter())?;
         let res = self.raft.install_snapshot(rpc).await;

@@ -13,19 +13,12 @@ use super::propose_status;
 use crate::mesh::membership::{self, FieldError};
 use crate::mesh::{keys, peers, writes};
 use crate::plugins::Ipam;
-use crate::raft::{Member, ProposeError, RaftNode};
+use crate::raft::{Member, RaftNode};
 use crate::store::ops::Op;
 use crate::store::views::load_view;
 
 pub fn field_status(e: FieldError) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-fn propose_err(e: ProposeError) -> Status {
-    match e {
-        ProposeError::Refused(reason) => Status::failed_precondition(reason),
-        other => propose_status(other),
-    }
 }
 
 /// How a member is reached inside the mesh: its mesh address (IPv4 unless it prefers
@@ -157,7 +150,7 @@ pub async fn join(
             if !rejoin {
                 ipam.release(&req.id, &v4, &v6).await;
             }
-            return Err(propose_err(e));
+            return Err(propose_status(e));
         }
     };
     drop(one_at_a_time);
@@ -172,7 +165,7 @@ pub async fn join(
     } else {
         member_for(&node, req.prefer_raft_ipv6)
     };
-    raft.add_learner(member).await.map_err(propose_err)?;
+    raft.add_learner(member).await.map_err(propose_status)?;
     if req.as_voter {
         let r = raft.clone();
         let name = req.id.clone();
@@ -251,17 +244,17 @@ pub async fn update(raft: &RaftNode, req: &UpdateRequest) -> Result<(), Status> 
     if !req.routes.is_empty() {
         ops.push(route_op(&req.id, &req.routes));
     }
-    let committed = raft.propose(ops).await.map_err(propose_err)?;
+    let committed = raft.propose(ops).await.map_err(propose_status)?;
     let node = mesh_node(committed.outcome.value.as_deref())?;
     if new.raft_port != old.raft_port || new.grpc_port != old.grpc_port {
         raft.add_learner(member_for(&node, false))
             .await
-            .map_err(propose_err)?;
+            .map_err(propose_status)?;
     }
     if req.as_voter {
         raft.promote_when_caught_up(&req.id, Duration::from_secs(30))
             .await
-            .map_err(propose_err)?;
+            .map_err(propose_status)?;
     }
     Ok(())
 }
@@ -279,10 +272,10 @@ pub async fn leave(raft: &RaftNode, id: &str, ipam: &Ipam) -> Result<(), Status>
     ops.push(Op::Delete {
         key: format!("{}{id}", keys::PENDING),
     });
-    raft.propose(ops).await.map_err(propose_err)?;
+    raft.propose(ops).await.map_err(propose_status)?;
     ipam.release(id, &node.private_ipv4, &node.private_ipv6)
         .await;
-    raft.remove_member(id).await.map_err(propose_err)?;
+    raft.remove_member(id).await.map_err(propose_status)?;
     info!(node = %id, "node left");
     Ok(())
 }
@@ -324,7 +317,7 @@ pub fn spawn_pending_sweeper(raft: RaftNode, ipam: Ipam) -> tokio::task::JoinHan
                             .propose(vec![Op::Delete { key: e.key.clone() }])
                             .await
                             .map(|_| ())
-                            .map_err(propose_err),
+                            .map_err(propose_status),
                         Pending::Expired => {
                             warn!(node = %id, "joined but was never reached in time: removing it and releasing its addresses");
                             leave(&raft, id, &ipam).await

@@ -47,6 +47,12 @@ pub fn propose_status(e: ProposeError) -> Status {
         ProposeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
         ProposeError::Refused(reason) => Status::failed_precondition(reason),
         ProposeError::Unavailable(_) => Status::unavailable(e.to_string()),
+        ProposeError::Disk(crate::store::disk::DiskFault::Full { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
+        ProposeError::Disk(crate::store::disk::DiskFault::ReadOnly { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 

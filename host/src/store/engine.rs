@@ -98,6 +98,11 @@ impl Engine {
         Ok(Engine { db: Arc::new(db) })
     }
 
+    /// The directory RocksDB keeps its files in.
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         self.db
             .cf_handle(name)
