@@ -1,6 +1,7 @@
 //! Test harness for multi-host tests: real `webmesh` binaries, polled with deadlines,
 //! stopped and cleaned up even when a test fails (everything is released in `Drop`).
 
+pub mod linearizability;
 pub mod netns;
 
 use std::net::{SocketAddr, TcpListener};
