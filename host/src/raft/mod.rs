@@ -317,6 +317,23 @@ impl RaftNode {
         m.membership_config.membership().get_node(&id).cloned()
     }
 
+    /// Waits until this node's state reflects every write committed before the call, as
+    /// confirmed by a quorum that it still leads (a read index); only the leader can.
+    pub async fn linearizable_read(&self) -> Result<(), ProposeError> {
+        match tokio::time::timeout(Duration::from_secs(5), self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(ProposeError::NotLeader {
+                leader: f.leader_node,
+            }),
+            Ok(Err(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            Err(_) => Err(ProposeError::Unavailable(
+                "no quorum confirmed this node's leadership within 5 s".into(),
+            )),
+        }
+    }
+
     /// Resolves once `leader` is not the leader this node knows any more: an election
     /// began (it stopped hearing from it), another node won, or Raft stopped.
     pub async fn leader_moved_from(&self, leader: NodeId) {

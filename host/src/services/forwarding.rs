@@ -1,7 +1,8 @@
 //! Where a call runs. The leader proxy: a tower layer (inside the identity layer) that
 //! sends leader-only RPCs arriving at a follower — Admin writes, Join, Update, Leave —
 //! to the leader, and reads too when the caller asks with `x-webmesh-prefer-leader:
-//! true`. One path for all of them.
+//! true` (the leader serves `Node.Snapshot` then only after a quorum confirms it still
+//! leads: a linearizable read). One path for all of them.
 //!
 //! Credentials travel, not conclusions: the request goes on unchanged (body, deadline,
 //! the caller's proof of key and AUTH headers), so the leader checks them itself. The
@@ -19,7 +20,8 @@ use tower::ServiceExt;
 use webmesh_client::proof::{FORWARDER_HEADER, PROOF_HEADER, Purpose};
 
 use super::identity::{
-    CALLER_HEADER, FORWARDED_HEADER, Identity, JOIN_VIA_HEADER, PREFER_LEADER_HEADER, read_body,
+    CALLER_HEADER, FORWARDED_HEADER, Identity, JOIN_VIA_HEADER, PREFER_LEADER_HEADER,
+    prefers_leader, read_body,
 };
 use crate::raft::RaftNode;
 use crate::trust::Trust;
@@ -79,7 +81,8 @@ pub fn route(path: &str, prefer_leader: bool) -> Route {
     }
     let read = ["/v1.Admin/", "/v1.Mesh/", "/v1.PeerDiscovery/"]
         .iter()
-        .any(|p| path.starts_with(p));
+        .any(|p| path.starts_with(p))
+        || path == "/v1.Node/Snapshot";
     if read && prefer_leader {
         Route::PreferLeader
     } else {
@@ -152,10 +155,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ctx = self.ctx.clone();
         Box::pin(async move {
-            let prefer = req
-                .headers()
-                .get(PREFER_LEADER_HEADER)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+            let prefer = prefers_leader(
+                req.headers()
+                    .get(PREFER_LEADER_HEADER)
+                    .map(|v| v.as_bytes()),
+            );
             let route = route(req.uri().path(), prefer);
             if route == Route::Local || ctx.raft.is_leader() {
                 return inner.call(req).await;
@@ -265,5 +269,7 @@ mod tests {
         assert_eq!(route("/v1.PeerDiscovery/ListPeers", false), Route::Local);
         assert_eq!(route("/v1.Node/GetStatus", true), Route::Local);
         assert_eq!(route("/v1.Node/Apply", false), Route::LeaderOnly);
+        assert_eq!(route("/v1.Node/Snapshot", true), Route::PreferLeader);
+        assert_eq!(route("/v1.Node/Snapshot", false), Route::Local);
     }
 }

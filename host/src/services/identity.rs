@@ -64,6 +64,11 @@ pub const FORWARDED_HEADER: &str = "x-webmesh-forwarded-by";
 pub const JOIN_VIA_HEADER: &str = "x-webmesh-join-via";
 /// Asks a follower to forward a read to the leader.
 pub const PREFER_LEADER_HEADER: &str = "x-webmesh-prefer-leader";
+
+/// Whether a value of `x-webmesh-prefer-leader` asks for the leader.
+pub fn prefers_leader(value: Option<&[u8]>) -> bool {
+    value.is_some_and(|v| v.eq_ignore_ascii_case(b"true"))
+}
 /// The caller's address as the AUTH plugin sees it (for rate limits); set by the node,
 /// never taken from the request.
 pub const REMOTE_ADDR_HEADER: &str = "x-webmesh-remote-addr";

@@ -503,6 +503,14 @@ impl Node for NodeService {
             &caller,
             Read::State,
         )?;
+        // Asked of the leader: a linearizable read (the leader proxy brought it here).
+        let asked = req.metadata().get(super::identity::PREFER_LEADER_HEADER);
+        if super::identity::prefers_leader(asked.map(|v| v.as_bytes())) {
+            self.raft
+                .linearizable_read()
+                .await
+                .map_err(propose_status)?;
+        }
         let sm = self.raft.state_machine.clone();
         let (meta, data) =
             tokio::task::spawn_blocking(move || sm.export().map_err(|e| e.to_string()))
