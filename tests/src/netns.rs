@@ -449,6 +449,34 @@ impl TestNet {
         ])
     }
 
+    /// Cuts host `id` off the network: its namespace drops everything but loopback
+    /// (an nftables table `nemesis`). Its process lives on, its connections stay open.
+    pub fn cut_off(&self, id: &str) -> Result<()> {
+        for rule in [
+            "add table inet nemesis",
+            "add chain inet nemesis cut_in { type filter hook input priority -300; policy drop; }",
+            "add rule inet nemesis cut_in iif lo accept",
+            "add chain inet nemesis cut_out { type filter hook output priority -300; policy drop; }",
+            "add rule inet nemesis cut_out oif lo accept",
+        ] {
+            let args: Vec<&str> = std::iter::once("nft").chain(rule.split(' ')).collect();
+            let out = self.hosts[id].exec(&args)?;
+            if !out.status.success() {
+                anyhow::bail!("nft {rule}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`TestNet::cut_off`].
+    pub fn heal(&self, id: &str) -> Result<()> {
+        let out = self.hosts[id].exec(&["nft", "delete", "table", "inet", "nemesis"])?;
+        if !out.status.success() {
+            anyhow::bail!("nft delete table: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Every node's log and network state, for failure messages.
     pub fn logs(&self) -> String {
         self.hosts
@@ -603,6 +631,20 @@ impl Host {
     /// The node's PID (`ip netns exec` execs it, so it is the child's).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT the node's process.
+    pub fn pause(&self, pause: bool) -> Result<()> {
+        let pid = self.pid().context("not running")?;
+        let sig = if pause { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            anyhow::bail!("kill {sig} {pid}");
+        }
+        Ok(())
     }
 
     pub fn running(&mut self) -> bool {

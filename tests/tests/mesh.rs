@@ -356,21 +356,7 @@ async fn a_leader_cut_off_from_the_network_is_replaced_and_catches_up_after() ->
     // Cut the leader off: its namespace drops everything but loopback. Its process
     // lives on and its TCP connections stay open, so a request forwarded to it gets no
     // answer at all (the case a dead process's closed connections do not show).
-    for rule in [
-        "add table inet nemesis",
-        "add chain inet nemesis cut_in { type filter hook input priority -300; policy drop; }",
-        "add rule inet nemesis cut_in iif lo accept",
-        "add chain inet nemesis cut_out { type filter hook output priority -300; policy drop; }",
-        "add rule inet nemesis cut_out oif lo accept",
-    ] {
-        let args: Vec<&str> = std::iter::once("nft").chain(rule.split(' ')).collect();
-        let out = net.hosts[&leader].exec(&args)?;
-        ensure!(
-            out.status.success(),
-            "nft {rule}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    net.cut_off(&leader)?;
 
     // A write through a survivor does not wait out its 30 s deadline on the silent
     // leader: it fails fast (Unavailable: an election began) or lands on the new leader.
@@ -397,12 +383,7 @@ async fn a_leader_cut_off_from_the_network_is_replaced_and_catches_up_after() ->
     );
 
     // Healed: the old leader follows the new one and has the write made without it.
-    let out = net.hosts[&leader].exec(&["nft", "delete", "table", "inet", "nemesis"])?;
-    ensure!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    net.heal(&leader)?;
     let want = net.hosts[survivor].status().await?.last_applied;
     wait_for("the old leader to follow and catch up", READY, || async {
         let s = net.hosts[&leader].status().await.ok()?;
