@@ -402,3 +402,44 @@ async fn a_leader_cut_off_from_the_network_is_replaced_and_catches_up_after() ->
     .with_context(|| net.logs())?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_while_the_mesh_changed_converges_when_it_comes_back() -> Result<()> {
+    let mut net = three_public_hosts().await?;
+    let key2 = net.hosts["h1"].nodes().await?["h2"].public_key.clone();
+    net.cut_off("h3")?;
+    // While h3 hears nothing, h4 joins and the admin removes h2.
+    join(&mut net, "h4", &["h1"], true, &[]).await?;
+    net.host("h4").wait_ready(READY).await?;
+    net.hosts["h1"]
+        .client()
+        .await?
+        .leave(LeaveRequest { id: "h2".into() })
+        .await
+        .with_context(|| net.logs())?;
+    net.host("h2").stop(Duration::from_secs(10));
+    let nodes = net.hosts["h1"].nodes().await?;
+    ensure!(
+        nodes.contains_key("h4") && !nodes.contains_key("h2"),
+        "{:?}",
+        nodes.keys()
+    );
+    // Back on the network, without a restart: h3 follows the change by itself — h4
+    // becomes its peer (both ways, pings over the mesh), h2 stops being one.
+    net.heal("h3")?;
+    let h4 = v4(&nodes["h4"]);
+    wait_for("h3 to ping h4", READY, || async {
+        net.hosts["h3"].ping(&h4).then_some(())
+    })
+    .await
+    .with_context(|| net.logs())?;
+    let h3 = v4(&nodes["h3"]);
+    ensure!(net.hosts["h4"].ping(&h3), "h4 pings h3");
+    wait_for("h3 to drop h2", READY, || async {
+        let peers = net.hosts["h3"].wg_peers().ok()?;
+        (!peers.iter().any(|p| p.public_key == key2)).then_some(())
+    })
+    .await
+    .with_context(|| net.logs())?;
+    Ok(())
+}
