@@ -449,6 +449,26 @@ impl TestNet {
         ])
     }
 
+    /// The leader, once every one of `voters` is a voter (v1.ClusterStatus: 1 leader,
+    /// 2 voter) and, with `in_sync`, all at the same applied index.
+    pub async fn voters_leader(&self, voters: &[&str], in_sync: bool) -> Option<String> {
+        let mut leader = None;
+        let mut indexes = Vec::new();
+        for id in voters {
+            let s = self.hosts[*id].status().await.ok()?;
+            match s.cluster_status {
+                1 => leader = Some(id.to_string()),
+                2 => {}
+                _ => return None,
+            }
+            indexes.push(s.last_applied);
+        }
+        if in_sync && indexes.iter().any(|i| *i != indexes[0]) {
+            return None;
+        }
+        leader
+    }
+
     /// Cuts host `id` off the network: its namespace drops everything but loopback
     /// (an nftables table `nemesis`). Its process lives on, its connections stay open.
     pub fn cut_off(&self, id: &str) -> Result<()> {

@@ -177,6 +177,15 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A bootstrap node `id` in `dir` on its own IPv4 network, started and ready.
+async fn bootstrap_node(id: &str, dir: &std::path::Path, ipv4: &str) -> anyhow::Result<LocalNode> {
+    let mut node = LocalNode::new(id, dir);
+    node.extra_args = vec!["--bootstrap".into(), "--ipv4-network".into(), ipv4.into()];
+    node.spawn()?;
+    node.wait_ready(Duration::from_secs(60)).await?;
+    Ok(node)
+}
+
 fn entry(key: &str) -> RaftLogEntry {
     RaftLogEntry {
         r#type: 1,
@@ -192,14 +201,7 @@ async fn a_full_disk_refuses_writes_with_a_clear_error_and_the_node_stays_up() -
     let dir = tempfile::tempdir()?;
     // The data dir alone is on a small filesystem (the log stays outside it).
     let disk = Tmpfs::mount(&dir.path().join("full-1"), "160m")?;
-    let mut node = LocalNode::new("full-1", dir.path());
-    node.extra_args = vec![
-        "--bootstrap".into(),
-        "--ipv4-network".into(),
-        "10.43.0.0/16".into(),
-    ];
-    node.spawn()?;
-    node.wait_ready(Duration::from_secs(60)).await?;
+    let mut node = bootstrap_node("full-1", dir.path(), "10.43.0.0/16").await?;
     let mut client = node.client().await?;
     client.apply(entry("/test/before")).await?;
 
@@ -261,14 +263,7 @@ async fn a_full_disk_refuses_writes_with_a_clear_error_and_the_node_stays_up() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_torn_log_tail_after_a_crash_is_never_served() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut node = LocalNode::new("torn-1", dir.path());
-    node.extra_args = vec![
-        "--bootstrap".into(),
-        "--ipv4-network".into(),
-        "10.44.0.0/16".into(),
-    ];
-    node.spawn()?;
-    node.wait_ready(Duration::from_secs(60)).await?;
+    let mut node = bootstrap_node("torn-1", dir.path(), "10.44.0.0/16").await?;
     let mut client = node.client().await?;
     for i in 0..100 {
         let mut e = entry(&format!("/test/k{i:03}"));

@@ -338,19 +338,7 @@ async fn a_leader_cut_off_from_the_network_is_replaced_and_catches_up_after() ->
     // Every voter's admin socket may write.
     net.bind_admin("h1", &["h2", "h3"])?;
     let voters = ["h1", "h2", "h3"];
-    let leader = wait_for("3 voters", READY, || async {
-        let mut leader = None;
-        for id in voters {
-            let s = net.hosts[id].status().await.ok()?;
-            match s.cluster_status {
-                1 => leader = Some(id.to_string()),
-                2 => {}
-                _ => return None,
-            }
-        }
-        leader
-    })
-    .await?;
+    let leader = wait_for("3 voters", READY, || net.voters_leader(&voters, false)).await?;
     let survivor = *voters.iter().find(|v| **v != leader).expect("a survivor");
 
     // Cut the leader off: its namespace drops everything but loopback. Its process

@@ -30,18 +30,9 @@ fn key(k: usize) -> String {
     format!("/nemesis/k{k}")
 }
 
-/// The leader, once all three are voters (1 = leader, 2 = voter).
+/// The leader, once all three are voters.
 async fn leader(net: &TestNet) -> Option<String> {
-    let mut leader = None;
-    for id in VOTERS {
-        let s = net.hosts[id].status().await.ok()?;
-        match s.cluster_status {
-            1 => leader = Some(id.to_string()),
-            2 => {}
-            _ => return None,
-        }
-    }
-    leader
+    net.voters_leader(&VOTERS, false).await
 }
 
 /// Any node's idea of who leads (a survivor's, while one is down).

@@ -729,7 +729,7 @@ async fn failover_bench(rounds: usize) -> Result<()> {
     let mut attempts_total = 0;
     for round in 1..=rounds {
         let leader = wait_for("3 voters in sync", Duration::from_secs(60), || {
-            voters_in_sync(&net, &voters)
+            net.voters_leader(&voters, true)
         })
         .await
         .with_context(|| net.logs())?;
@@ -778,23 +778,4 @@ async fn failover_bench(rounds: usize) -> Result<()> {
         "| wmctl put, retried every 100 ms ({attempts_total} calls) | {rounds} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
     );
     Ok(())
-}
-
-/// The leader, once all of `voters` are voters at the same applied index.
-async fn voters_in_sync(net: &TestNet, voters: &[&str]) -> Option<String> {
-    let mut leader = None;
-    let mut indexes = Vec::new();
-    for id in voters {
-        let s = net.hosts[*id].status().await.ok()?;
-        // 1 = leader, 2 = voter (v1.ClusterStatus).
-        if s.cluster_status != 1 && s.cluster_status != 2 {
-            return None;
-        }
-        if s.cluster_status == 1 {
-            leader = Some(id.to_string());
-        }
-        indexes.push(s.last_applied);
-    }
-    indexes.iter().all(|i| *i == indexes[0]).then_some(())?;
-    leader
 }
