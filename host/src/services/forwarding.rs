@@ -219,7 +219,20 @@ where
                     }
                 }
             }
-            let channel = match ctx.channels.get(&leader.grpc_addr) {
+            // A node's own leave must not travel through its own tunnel: the leader drops
+            // the WireGuard peer as it commits the leave, and the answer would be lost on
+            // the way back. It goes to the leader's primary endpoint when it has one.
+            let target = if path == "/v1.Node/Leave" && leaves_itself(&body, &me) {
+                crate::store::views::load_view(&ctx.raft.engine)
+                    .nodes
+                    .get(&leader.name)
+                    .and_then(super::membership::underlay_member)
+                    .map(|m| m.grpc_addr)
+                    .unwrap_or_else(|| leader.grpc_addr.clone())
+            } else {
+                leader.grpc_addr.clone()
+            };
+            let channel = match ctx.channels.get(&target) {
                 Ok(c) => c,
                 Err(s) => return Ok(s.into_http()),
             };
@@ -252,6 +265,14 @@ where
     }
 }
 
+/// Whether a framed `v1.LeaveRequest` names node `me`.
+fn leaves_itself(body: &[u8], me: &str) -> bool {
+    use prost::Message;
+    body.len() >= 5
+        && body[0] == 0
+        && webmesh_api::v1::LeaveRequest::decode(&body[5..]).is_ok_and(|r| r.id == me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +290,18 @@ mod tests {
         assert_eq!(route("/v1.PeerDiscovery/ListPeers", false), Route::Local);
         assert_eq!(route("/v1.Node/GetStatus", true), Route::Local);
         assert_eq!(route("/v1.Node/Apply", false), Route::LeaderOnly);
+        // A leave names its node inside a gRPC frame.
+        let frame = |id: &str| {
+            use prost::Message;
+            let msg = webmesh_api::v1::LeaveRequest { id: id.into() }.encode_to_vec();
+            let mut b = vec![0];
+            b.extend((msg.len() as u32).to_be_bytes());
+            b.extend(msg);
+            b
+        };
+        assert!(leaves_itself(&frame("n2"), "n2"));
+        assert!(!leaves_itself(&frame("n3"), "n2"));
+        assert!(!leaves_itself(&[0, 0], "n2"));
         assert_eq!(route("/v1.Node/Snapshot", true), Route::PreferLeader);
         assert_eq!(route("/v1.Node/Snapshot", false), Route::Local);
     }

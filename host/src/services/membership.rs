@@ -37,7 +37,7 @@ pub fn member_for(node: &MeshNode, prefer_ipv6: bool) -> Member {
 }
 
 /// A member reached on its primary endpoint (meshes without WireGuard).
-fn underlay_member(node: &MeshNode) -> Option<Member> {
+pub fn underlay_member(node: &MeshNode) -> Option<Member> {
     let ip: IpAddr = node.primary_endpoint.parse().ok()?;
     Some(Member {
         name: node.id.clone(),
