@@ -5,6 +5,7 @@
 
 pub mod reconciler;
 pub mod routing;
+pub mod userspace;
 pub mod wireguard;
 
 use std::collections::BTreeMap;

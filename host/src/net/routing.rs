@@ -22,6 +22,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Brings `iface` up.
+pub fn link_up(iface: &str) -> Result<(), String> {
+    ip(&["link", "set", "dev", iface, "up"])
+}
+
 /// Drops the route for `cidr` through `iface` (it may already be gone).
 pub fn remove_route(iface: &str, cidr: &str) -> Result<(), String> {
     match ip(&["route", "del", cidr, "dev", iface]) {

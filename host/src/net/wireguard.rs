@@ -1,6 +1,7 @@
 //! The node's WireGuard interface, through defguard_wireguard_rs: the kernel module when
-//! it is loaded, else the userspace implementation (boringtun, in this process). Calls
-//! block (netlink / UAPI socket): callers run them on blocking threads.
+//! it is loaded, else a userspace device in this process (GotaTun, `super::userspace`),
+//! configured through its UAPI socket as wireguard-go is. Calls block (netlink / UAPI
+//! socket): callers run them on blocking threads.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,8 +59,9 @@ pub struct Interface {
     pub listen_port: u16,
     pub public_key: String,
     pub addresses: Vec<IpAddrMask>,
-    // The userspace device lives as long as its WGApi: keep it for the node's life.
     api: Mutex<Box<dyn WireguardInterfaceApi + Send>>,
+    /// The userspace device, kept for the node's life (dropping it removes the TUN).
+    device: Mutex<Option<super::userspace::Device>>,
 }
 
 fn iface_err(name: &str, e: impl std::fmt::Display) -> WgError {
@@ -90,19 +92,33 @@ impl Interface {
                     Backend::Userspace,
                 )
             };
-        // A userspace device of a previous run that was killed leaves its socket behind.
-        if backend == Backend::Userspace {
-            let sock = format!("/var/run/wireguard/{name}.sock");
-            if Path::new(&sock).exists() && std::os::unix::net::UnixStream::connect(&sock).is_err()
-            {
-                let _ = std::fs::remove_file(&sock);
+        // The kernel module makes the interface; in userspace it is our own device, which
+        // replaces the socket a killed previous run may have left behind.
+        let device = match backend {
+            Backend::Kernel => {
+                api.create_interface().map_err(|e| {
+                    iface_err(name, format!("cannot create ({}): {e}", backend.as_str()))
+                })?;
+                None
             }
-        }
-        api.create_interface()
-            .map_err(|e| iface_err(name, format!("cannot create ({}): {e}", backend.as_str())))?;
-        if backend == Backend::Userspace {
-            detach_userspace_signal_handlers();
-        }
+            Backend::Userspace => {
+                // The socket directory is shared by every network namespace: never take
+                // over a socket another live device serves.
+                let sock = super::userspace::socket_path(name);
+                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                    return Err(iface_err(
+                        name,
+                        format!(
+                            "another WireGuard device already serves {sock}; choose another interface name"
+                        ),
+                    ));
+                }
+                let device = super::userspace::Device::start(name)
+                    .map_err(|e| iface_err(name, format!("cannot create (userspace): {e}")))?;
+                super::routing::link_up(name).map_err(|e| iface_err(name, e))?;
+                Some(device)
+            }
+        };
         // Duplicate address detection is meaningless on a point-to-point tunnel, and
         // while it runs (about a second) nothing can bind the new IPv6 address.
         let dad = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
@@ -133,6 +149,7 @@ impl Interface {
             public_key: key.public_key().to_string(),
             addresses,
             api: Mutex::new(api),
+            device: Mutex::new(device),
         })
     }
 
@@ -140,8 +157,8 @@ impl Interface {
         self.api.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes an existing peer. The kernel updates in place; userspace WireGuard
-    /// (boringtun) cannot modify a peer, so it is removed and added again, keeping the
+    /// Changes an existing peer. The kernel updates in place; the userspace device
+    /// replaces a peer it is told about again anyway, so it is removed and added, keeping the
     /// endpoint it roamed to when we have none for it (a peer behind NAT).
     pub fn update_peer(
         &self,
@@ -264,36 +281,8 @@ impl Interface {
             // harmlessly where no DNS manager runs.
             tracing::debug!(error = %e, "interface removal reported an error");
         }
-    }
-}
-
-/// boringtun's event loop takes SIGINT and SIGTERM through signalfds and stops the
-/// device when one arrives: it would race our own handler for the signal, leaving the
-/// node running with a dead interface instead of shutting down (and leaving the mesh).
-/// Close those signalfds (boringtun never closes them itself) and unblock the signals
-/// in this thread, so shutdown signals reach the node alone.
-fn detach_userspace_signal_handlers() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let is_signalfd = std::fs::read_link(entry.path())
-            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[signalfd]");
-        if let (true, Ok(fd)) = (
-            is_signalfd,
-            entry.file_name().to_string_lossy().parse::<i32>(),
-        ) {
-            // SAFETY: a signalfd nothing else in this process uses or will close.
-            unsafe { libc::close(fd) };
-        }
-    }
-    // SAFETY: plain libc calls on a local, initialized sigset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        let device = self.device.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(device);
     }
 }
 

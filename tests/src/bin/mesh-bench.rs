@@ -416,9 +416,51 @@ fn sh(cmd: &str) -> Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    let hz: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok(ticks / hz)
+}
+
+/// The CPU clock, from /proc/cpuinfo (MHz → Hz).
+fn cpu_hz() -> Result<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo")?;
+    let mhz: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz"))
+        .and_then(|v| v.trim_start_matches([' ', '\t', ':']).trim().parse().ok())
+        .context("cpu MHz")?;
+    Ok(mhz * 1e6)
+}
+
+/// One iperf3 run over a tunnel: Gbit/s, and the CPU cycles the tunnel's processes
+/// (`pids`, both ends) spent per byte carried.
+fn tunnel_run(ns1: &str, ns2: &str, addr: &str, pids: &[u32], secs: u32) -> Result<(f64, f64)> {
+    let before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum::<Result<f64>>()?;
+    let gbps = iperf(ns1, ns2, addr, secs)?;
+    let after: f64 = pids.iter().map(|p| cpu_secs(*p)).sum::<Result<f64>>()?;
+    let bytes = gbps * 1e9 / 8.0 * f64::from(secs);
+    Ok((gbps, (after - before) * cpu_hz()? / bytes))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Tunnel throughput: webmesh (userspace WireGuard), wireguard-go configured by hand
-/// between the same namespaces, and the raw veth path; node RSS idle and under load.
-async fn iperf_bench() -> Result<()> {
+/// between the same namespaces, and the raw veth path, in alternating rounds so that
+/// load drift on the VM falls on both tunnels alike; CPU cycles per byte of the tunnel
+/// processes; node RSS idle and under load.
+async fn iperf_bench(rounds: usize) -> Result<()> {
+    let secs = 8;
     let mut net = TestNet::new()?;
     bootstrap(&mut net, "warn").await?;
     add_joiner(&mut net, "h2", "warn")?;
@@ -436,24 +478,11 @@ async fn iperf_bench() -> Result<()> {
             .and_then(|p| p.parse().ok())
             .context("pid")
     };
-    let idle = rss_kib(pid("h1")?)?;
+    let (p1, p2) = (pid("h1")?, pid("h2")?);
+    let idle = rss_kib(p1)?;
     let mesh_v4 = v4(&nodes["h1"]);
-    // Warm the tunnel, then measure while sampling RSS.
+    // Warm the tunnel.
     let _ = net.hosts["h2"].ping(&mesh_v4);
-    let p1 = pid("h1")?;
-    let sampler = std::thread::spawn(move || {
-        let mut peak = 0;
-        for _ in 0..40 {
-            if let Ok(r) = rss_kib(p1) {
-                peak = peak.max(r);
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        peak
-    });
-    let webmesh = iperf(&ns1, &ns2, &mesh_v4, 8)?;
-    let loaded = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
-    let veth = iperf(&ns1, &ns2, &net.hosts["h1"].ip.to_string(), 8)?;
 
     // wireguard-go between the same two namespaces, by hand.
     let slot = net.slot;
@@ -477,7 +506,8 @@ async fn iperf_bench() -> Result<()> {
     };
     let (pub1, pub2) = (pubkey(&k1)?, pubkey(&k2)?);
     let (ip1, ip2) = (net.hosts["h1"].ip, net.hosts["h2"].ip);
-    let result = (|| -> Result<f64> {
+    let result = (|| -> Result<_> {
+        let mut wggo_pids = vec![];
         for (ns, dev, key, addr, peer, peer_ip, allowed) in [
             (&ns1, &g1, &k1, "10.250.0.1/24", &pub2, ip2, "10.250.0.2/32"),
             (&ns2, &g2, &k2, "10.250.0.2/24", &pub1, ip1, "10.250.0.1/32"),
@@ -492,6 +522,16 @@ async fn iperf_bench() -> Result<()> {
                 "ip -n {ns} addr add {addr} dev {dev} && ip -n {ns} link set {dev} mtu 1420 up"
             ))?;
             let _ = std::fs::remove_file(&keyfile);
+            let out = Command::new("pgrep")
+                .args(["-f", &format!("^wireguard-go {dev}$")])
+                .output()?;
+            wggo_pids.push(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .context("wireguard-go pid")?,
+            );
         }
         let _ = Command::new("ip")
             .args([
@@ -506,7 +546,34 @@ async fn iperf_bench() -> Result<()> {
                 "10.250.0.1",
             ])
             .status();
-        iperf(&ns1, &ns2, "10.250.0.1", 8)
+        let (mut mesh, mut wggo) = (vec![], vec![]);
+        let mut peak = 0;
+        for round in 0..rounds {
+            let sampler = std::thread::spawn(move || {
+                let mut peak = 0;
+                for _ in 0..(secs * 4) {
+                    if let Ok(r) = rss_kib(p1) {
+                        peak = peak.max(r);
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                peak
+            });
+            let m = tunnel_run(&ns1, &ns2, &mesh_v4, &[p1, p2], secs)?;
+            peak = peak.max(sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?);
+            let g = tunnel_run(&ns1, &ns2, "10.250.0.1", &wggo_pids, secs)?;
+            eprintln!(
+                "round {}: webmesh {:.3} Gbit/s {:.1} cycles/B, wireguard-go {:.3} Gbit/s {:.1} cycles/B",
+                round + 1,
+                m.0,
+                m.1,
+                g.0,
+                g.1
+            );
+            mesh.push(m);
+            wggo.push(g);
+        }
+        Ok((mesh, wggo, peak))
     })();
     for (ns, dev) in [(&ns1, &g1), (&ns2, &g2)] {
         let _ = Command::new("ip")
@@ -514,11 +581,28 @@ async fn iperf_bench() -> Result<()> {
             .status();
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
     }
-    let wggo = result?;
-    println!("| path | iperf3 TCP, 8 s |\n|---|---:|");
-    println!("| raw veth (no tunnel) | {veth:.2} Gbit/s |");
-    println!("| webmesh (userspace WireGuard, boringtun) | {webmesh:.2} Gbit/s |");
-    println!("| wireguard-go, configured by hand | {wggo:.2} Gbit/s |");
+    let (mesh, wggo, loaded) = result?;
+    let veth = iperf(&ns1, &ns2, &net.hosts["h1"].ip.to_string(), secs)?;
+    let med = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
+    };
+    let (m, g) = (med(&mesh), med(&wggo));
+    println!(
+        "| path (iperf3 TCP, {secs} s, median of {rounds}) | throughput | tunnel CPU cycles/byte |\n|---|---:|---:|"
+    );
+    println!("| raw veth (no tunnel) | {veth:.2} Gbit/s | — |");
+    println!(
+        "| webmesh (userspace WireGuard, GotaTun) | {:.2} Gbit/s | {:.1} |",
+        m.0, m.1
+    );
+    println!(
+        "| wireguard-go, configured by hand | {:.2} Gbit/s | {:.1} |",
+        g.0, g.1
+    );
+    println!("| webmesh / wireguard-go | {:.2}× | |", m.0 / g.0);
     println!();
     println!("| node RSS | |\n|---|---:|");
     println!("| idle (2-node mesh) | {:.1} MiB |", idle as f64 / 1024.0);
@@ -534,7 +618,9 @@ async fn main() -> Result<()> {
         Some("propagation") => {
             propagation_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(3)).await
         }
-        Some("iperf") => iperf_bench().await,
+        Some("iperf") => {
+            iperf_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(3)).await
+        }
         Some("acl") => acl_bench().await,
         Some("ice") => ice_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(5)).await,
         Some("failover") => {

@@ -1,0 +1,124 @@
+//! The userspace WireGuard device, where the kernel module is not loaded: GotaTun
+//! (Mullvad's boringtun fork: batched UDP with recvmmsg/sendmmsg and GRO, one task per
+//! direction) on a thread and a single-threaded runtime of its own. It serves the
+//! standard configuration protocol on `/var/run/wireguard/<name>.sock`, as wireguard-go
+//! does, so defguard_wireguard_rs configures it exactly as before.
+//!
+//! Why a runtime of its own: the device's tasks then never wait behind the node's API,
+//! Raft or reconciler work, and on two cores one thread per tunnel end moves more than
+//! two (0.70 against 0.57 Gbit/s, BENCHMARKS.md): the tasks hand packets to each other,
+//! and across threads every hand-off is a wake-up.
+
+use std::os::unix::fs::PermissionsExt;
+use std::thread::JoinHandle;
+
+use gotatun::device::DeviceBuilder;
+use gotatun::device::uapi::UapiServer;
+use tokio::sync::oneshot;
+
+/// A running device; dropping it stops the device and removes its TUN interface.
+pub struct Device {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The configuration socket of interface `name` (the path `wg` and defguard use).
+pub fn socket_path(name: &str) -> String {
+    format!("/var/run/wireguard/{name}.sock")
+}
+
+impl Device {
+    /// Creates TUN interface `name` and its device, and returns once both exist. No key,
+    /// port or peers yet: those come through the configuration socket.
+    pub fn start(name: &str) -> Result<Device, String> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let owned = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("wg-{name}"))
+            .spawn(move || run(owned, ready_tx, stop_rx))
+            .map_err(|e| format!("cannot start the device thread: {e}"))?;
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err("the device thread ended before the device started".into()));
+        let mut device = Device {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        match started {
+            Ok(()) => Ok(device),
+            Err(e) => {
+                device.shutdown();
+                Err(e)
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(
+    name: String,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot build the device runtime: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let built = async {
+            let uapi = UapiServer::default_unix_socket(&name, None, None)
+                .map_err(|e| format!("configuration socket {}: {e}", socket_path(&name)))?;
+            // Whoever can connect can reconfigure the tunnel: root only.
+            std::fs::set_permissions(socket_path(&name), std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("configuration socket {}: {e}", socket_path(&name)))?;
+            DeviceBuilder::new()
+                .with_default_udp()
+                .create_tun(&name)
+                .map_err(|e| format!("cannot create TUN device {name}: {e}"))?
+                .with_uapi(uapi)
+                .build()
+                .await
+                .map_err(|e| format!("cannot start the device: {e}"))
+        }
+        .await;
+        let mut device = match built {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let stopped = tokio::select! {
+            _ = device.wait() => false,
+            _ = stop => true,
+        };
+        if stopped {
+            device.stop().await;
+        } else {
+            tracing::error!(interface = %name, "the userspace WireGuard device failed");
+        }
+        let _ = std::fs::remove_file(socket_path(&name));
+    });
+}
