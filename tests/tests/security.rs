@@ -527,6 +527,48 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
     still_works(&net, "the member's attempts").await
 }
 
+/// The userspace WireGuard device serves the standard configuration socket: whoever
+/// connects can read the private key and rewrite the peers, so it is root's alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_unprivileged_user_cannot_reconfigure_the_tunnel() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut net = TestNet::new()?;
+    let nodes = open_mesh(&mut net, &[]).await?;
+    let h1 = &net.hosts["h1"];
+    let sock = format!("/var/run/wireguard/{}.sock", h1.ifname);
+    let mode = std::fs::metadata(&sock)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "{sock} has mode {mode:o}");
+    let as_nobody = |args: &[&str]| -> Result<std::process::Output> {
+        h1.exec(
+            &[
+                &[
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                ],
+                args,
+            ]
+            .concat(),
+        )
+    };
+    let out = as_nobody(&["wg", "showconf", &h1.ifname])?;
+    ensure!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("PrivateKey"),
+        "nobody read the tunnel's configuration: {out:?}"
+    );
+    let h2_key = &nodes["h2"].public_key;
+    let out = as_nobody(&["wg", "set", &h1.ifname, "peer", h2_key, "remove"])?;
+    ensure!(!out.status.success(), "nobody removed a peer: {out:?}");
+    // Root reads it, and h2 is still h1's peer.
+    let out = h1.exec(&["wg", "show", &h1.ifname, "peers"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(h2_key.as_str()),
+        "root reads the peers: {out:?}"
+    );
+    still_works(&net, "nobody's attempts").await
+}
+
 #[tokio::test]
 async fn a_local_unprivileged_user_cannot_administer_the_node() -> Result<()> {
     let dir = tempfile::tempdir()?;
