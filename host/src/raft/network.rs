@@ -1,8 +1,9 @@
 //! Raft transport, client side: openraft messages, postcard-encoded, over the internal
 //! gRPC service of each member's raft port.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -45,16 +46,78 @@ pub fn fitting<T: Serialize>(entries: &[T], budget: usize) -> usize {
     entries.len()
 }
 
-/// Makes a client per peer; connections are made lazily and kept. Every message is
-/// signed with this node's key (the receiver admits only its configuration's voters).
+/// Makes a client per peer. Every message is signed with this node's key (the receiver
+/// admits only its configuration's voters).
+///
+/// Connections are made lazily and outlive the clients that use them: openraft 0.9
+/// tears down and re-creates every replication stream on each membership change —
+/// every join and every leave — and a fresh connection per stream meant a burst of
+/// one TCP handshake per member at each change, all behind a 1 s SYN retransmission
+/// timeout when one was lost: followers then applied the change 1–3 s late
+/// (BENCHMARKS.md, propagation). A stream for the same member at the same address now
+/// takes the connection its predecessor used.
 #[derive(Clone)]
 pub struct Network {
     signer: Arc<Signer>,
+    pool: Arc<Mutex<HashMap<NodeId, Arc<Conn>>>>,
 }
 
 impl Network {
     pub fn new(signer: Arc<Signer>) -> Network {
-        Network { signer }
+        Network {
+            signer,
+            pool: Arc::default(),
+        }
+    }
+
+    /// The connection to `target` at `addr`: the pooled one, or a new one (a member
+    /// that moved gets a new connection). Connections unused for a minute go.
+    fn conn(&self, target: NodeId, addr: &str) -> Arc<Conn> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        pool.retain(|_, c| {
+            Arc::strong_count(c) > 1 || now.duration_since(c.state().used) < POOL_IDLE
+        });
+        let conn = match pool.get(&target) {
+            Some(c) if c.addr == addr => c.clone(),
+            _ => {
+                let c = Arc::new(Conn {
+                    addr: addr.to_string(),
+                    state: Mutex::new(ConnState {
+                        client: connect(addr),
+                        last_answer: now,
+                        used: now,
+                    }),
+                });
+                pool.insert(target, c.clone());
+                c
+            }
+        };
+        conn.state().used = now;
+        conn
+    }
+}
+
+/// How long an unused pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// A connection to one member, shared by the clients openraft makes for it in turn.
+pub struct Conn {
+    addr: String,
+    state: Mutex<ConnState>,
+}
+
+struct ConnState {
+    client: Result<RaftTransportClient<Channel>, String>,
+    /// When the connection last answered a call.
+    last_answer: Instant,
+    /// When a client last took or used this connection.
+    used: Instant,
+}
+
+impl Conn {
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -64,10 +127,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
         Peer {
             target,
-            addr: node.raft_addr.clone(),
-            client: connect(&node.raft_addr),
+            conn: self.conn(target, &node.raft_addr),
             in_flight: false,
-            last_answer: std::time::Instant::now(),
             signer: self.signer.clone(),
             budget: START_APPEND_BYTES,
             sent_entries: 0,
@@ -99,13 +160,10 @@ fn connect(addr: &str) -> Result<RaftTransportClient<Channel>, String> {
 
 pub struct Peer {
     target: NodeId,
-    addr: String,
-    client: Result<RaftTransportClient<Channel>, String>,
+    conn: Arc<Conn>,
     /// Set while a call is in flight; still set at the next call when openraft dropped
     /// the previous one at its deadline.
     in_flight: bool,
-    /// When the connection last answered a call.
-    last_answer: std::time::Instant,
     signer: Arc<Signer>,
     /// Bytes of entries the next append may carry.
     budget: usize,
@@ -130,9 +188,15 @@ impl Peer {
         if self.in_flight {
             self.redial_if_stale("a call was dropped at its deadline");
         }
-        let client = match &mut self.client {
+        // A clone shares the connection (tonic channels are handles).
+        let client = {
+            let mut state = self.conn.state();
+            state.used = Instant::now();
+            state.client.clone()
+        };
+        let mut client = match client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&StrErr(e.clone())))),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&StrErr(e)))),
         };
         let data =
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -143,7 +207,7 @@ impl Peer {
             request.metadata_mut().insert(PROOF_HEADER, v);
         }
         self.in_flight = true;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let resp = match kind {
             Kind::Append => client.append_entries(request).await,
             Kind::Vote => client.vote(request).await,
@@ -152,11 +216,11 @@ impl Peer {
         self.in_flight = false;
         let msg = match resp {
             Ok(msg) => {
-                self.last_answer = std::time::Instant::now();
+                self.conn.state().last_answer = Instant::now();
                 msg
             }
             Err(s) => {
-                tracing::debug!(target_node = self.target, code = ?s.code(), took = ?started.elapsed(), error = %s.message(), "raft call failed");
+                tracing::debug!(target_node = self.target, code = ?s.code(), took = ?started.elapsed(), error = %s.message(), source = ?std::error::Error::source(&s), "raft call failed");
                 self.redial_if_stale("a call failed");
                 return Err(match s.code() {
                     tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
@@ -179,11 +243,12 @@ impl Peer {
     /// connection at once made each new one miss the deadline too — a mesh of 25 on
     /// two cores replicated nothing for 15 s that way (BENCHMARKS.md).
     fn redial_if_stale(&mut self, why: &str) {
-        if self.last_answer.elapsed() >= STALE {
-            tracing::debug!(target_node = self.target, why, silent = ?self.last_answer.elapsed(), "raft connection answers nothing; dialing afresh");
-            self.client = connect(&self.addr);
+        let mut state = self.conn.state();
+        if state.last_answer.elapsed() >= STALE {
+            tracing::debug!(target_node = self.target, why, silent = ?state.last_answer.elapsed(), "raft connection answers nothing; dialing afresh");
+            state.client = connect(&self.conn.addr);
             // The fresh connection gets its own chance.
-            self.last_answer = std::time::Instant::now();
+            state.last_answer = Instant::now();
         }
     }
 }
@@ -213,6 +278,36 @@ impl Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// openraft makes a new client for every member at each membership change: the
+    /// new one must ride the old one's connection, not dial again.
+    #[tokio::test]
+    async fn clients_for_the_same_member_share_one_connection() {
+        let signer = Signer::new(
+            "me",
+            "eBAIZCV/idFvXEcPcD9yqrXOzqcNSGLgdtlrNjo+tkU=",
+            "XJWwAGPx6RCS9sbUT83DE418349AiNbWhBk/H90Tjlk=",
+        )
+        .unwrap();
+        let net = Network::new(Arc::new(signer));
+        let a = net.conn(1, "10.0.0.1:9443");
+        let again = net.conn(1, "10.0.0.1:9443");
+        assert!(Arc::ptr_eq(&a, &again), "same member, same address");
+        let other = net.conn(2, "10.0.0.2:9443");
+        assert!(!Arc::ptr_eq(&a, &other));
+        // A member that moved gets a connection to its new address.
+        let moved = net.conn(1, "10.0.0.9:9443");
+        assert!(!Arc::ptr_eq(&a, &moved));
+        assert_eq!(moved.addr, "10.0.0.9:9443");
+        // Unused for longer than POOL_IDLE, with no client holding it: dropped.
+        drop((a, again, moved));
+        net.pool.lock().unwrap().get(&2).unwrap().state().used = Instant::now() - POOL_IDLE;
+        drop(other);
+        let _ = net.conn(3, "10.0.0.3:9443");
+        let pool = net.pool.lock().unwrap();
+        assert!(!pool.contains_key(&2), "idle connection pruned");
+        assert!(pool.contains_key(&1), "recently used connection kept");
+    }
 
     #[test]
     fn appends_carry_a_prefix_within_the_budget_and_at_least_one_entry() {

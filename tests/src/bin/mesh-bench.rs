@@ -158,8 +158,17 @@ async fn propagation_bench(n: usize) -> Result<()> {
             .await?;
     }
     let mut samples = Vec::new();
+    let nstat = std::env::var_os("MESH_BENCH_NSTAT").is_some();
     for k in 1..=20 {
         let id = format!("x{k:02}");
+        let before: BTreeMap<String, BTreeMap<String, i64>> = if nstat {
+            net.hosts
+                .iter()
+                .map(|(h, host)| (h.clone(), net_counters(host)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         add_joiner(&mut net, &id, level)?;
         net.host(&id).start()?;
         let leader = net.hosts["h1"].status().await?.current_leader;
@@ -234,6 +243,21 @@ async fn propagation_bench(n: usize) -> Result<()> {
                 .map(|(id, t)| format!("{id} {:.0} ms", (t.unwrap_or(t0) - t0) as f64 / 1e3))
                 .collect();
             eprintln!("change {k} (index {idx}) was slow on: {}", slow.join(", "));
+            if nstat {
+                for (h, was) in &before {
+                    let now = net_counters(&net.hosts[h]);
+                    let d: Vec<String> = now
+                        .iter()
+                        .filter_map(|(c, v)| {
+                            let d = v - was.get(c).copied().unwrap_or(0);
+                            (d != 0).then(|| format!("{c}+{d}"))
+                        })
+                        .collect();
+                    if !d.is_empty() {
+                        eprintln!("  {h}: {}", d.join(" "));
+                    }
+                }
+            }
         }
         net.host(&id).stop(Duration::from_secs(10));
         // Wait until the leave is applied everywhere before the next change.
@@ -256,6 +280,45 @@ async fn propagation_bench(n: usize) -> Result<()> {
     println!("| nodes | changes | p50 | p99 | max |\n|---:|---:|---:|---:|---:|");
     println!("| {n} | 20 | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
     Ok(())
+}
+
+/// Loss and retransmission counters of a host's network namespace (/proc/net/snmp and
+/// /proc/net/netstat): where packets were dropped while a change propagated.
+fn net_counters(h: &webmesh_e2e::netns::Host) -> BTreeMap<String, i64> {
+    const WANT: &[&str] = &[
+        "Udp:InErrors",
+        "Udp:RcvbufErrors",
+        "Udp:SndbufErrors",
+        "Tcp:RetransSegs",
+        "Tcp:AttemptFails",
+        "Tcp:EstabResets",
+        "TcpExt:TCPTimeouts",
+        "TcpExt:TCPLossProbes",
+        "TcpExt:ListenDrops",
+    ];
+    let mut out = BTreeMap::new();
+    for file in ["/proc/net/snmp", "/proc/net/netstat"] {
+        let Ok(o) = h.exec(&["cat", file]) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let (Some((p, names)), Some((_, values))) =
+                (names.split_once(':'), values.split_once(':'))
+            else {
+                continue;
+            };
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                let key = format!("{p}:{n}");
+                if WANT.contains(&key.as_str()) {
+                    out.insert(key, v.parse().unwrap_or(0));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Microseconds since the Unix epoch, the clock the node logs use.
