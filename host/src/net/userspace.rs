@@ -201,3 +201,64 @@ impl UdpSend for Send {
         self.0.set_fwmark(mark)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn params(port: u16) -> UdpTransportFactoryParams {
+        UdpTransportFactoryParams {
+            addr: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            port,
+            fwmark: None,
+        }
+    }
+
+    /// GotaTun 0.10.2's GRO receive path replays stale buffer contents: it must stay off.
+    #[tokio::test]
+    async fn the_device_socket_has_udp_gro_off() {
+        let (_send, recv) = Udp::default().bind(&params(0)).await.unwrap();
+        let mut on: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a local c_int of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                recv.socket().as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt(UDP_GRO)");
+        assert_eq!(on, 0, "UDP GRO is on");
+    }
+
+    /// One datagram the kernel refuses (here: an IPv6 destination on an IPv4 socket)
+    /// must not take the rest of its batch along.
+    #[tokio::test]
+    async fn a_refused_datagram_does_not_drop_its_batch() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let (send, _recv) = Udp::default().bind(&params(0)).await.unwrap();
+        let packet = |b: &[u8]| Packet::from_bytes(bytes::BytesMut::from(b));
+        let mut batch = vec![
+            (packet(b"first"), to),
+            (packet(b"refused"), "[::1]:9".parse().unwrap()),
+            (packet(b"last"), to),
+        ];
+        let mut buf = Default::default();
+        send.send_many_to(&mut buf, &mut batch).await.unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 64];
+        while !got.contains(&b"last".to_vec()) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv(&mut b))
+                .await
+                .expect("the batch's last datagram arrives")
+                .unwrap();
+            got.push(b[..n].to_vec());
+        }
+        assert!(got.contains(&b"first".to_vec()));
+    }
+}
