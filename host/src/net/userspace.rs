@@ -1,5 +1,5 @@
 //! The userspace WireGuard device, where the kernel module is not loaded: GotaTun
-//! (Mullvad's boringtun fork: batched UDP with recvmmsg/sendmmsg and GRO, one task per
+//! (Mullvad's boringtun fork: batched UDP with recvmmsg/sendmmsg, one task per
 //! direction) on a thread and a single-threaded runtime of its own. It serves the
 //! standard configuration protocol on `/var/run/wireguard/<name>.sock`, as wireguard-go
 //! does, so defguard_wireguard_rs configures it exactly as before.
@@ -9,16 +9,15 @@
 //! two (0.70 against 0.57 Gbit/s, BENCHMARKS.md): the tasks hand packets to each other,
 //! and across threads every hand-off is a wake-up.
 
-use std::os::unix::fs::PermissionsExt;
-use std::thread::JoinHandle;
-
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::thread::JoinHandle;
 
 use gotatun::device::DeviceBuilder;
 use gotatun::device::uapi::UapiServer;
 use gotatun::packet::Packet;
-use gotatun::udp::socket::{UdpSocket, UdpSocketFactory};
+use gotatun::udp::socket::{SockOpt, UdpSocket};
 use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use tokio::sync::oneshot;
 
@@ -35,8 +34,16 @@ pub fn socket_path(name: &str) -> String {
 
 impl Device {
     /// Creates TUN interface `name` and its device, and returns once both exist. No key,
-    /// port or peers yet: those come through the configuration socket.
+    /// port or peers yet: those come through the configuration socket. A socket left by
+    /// a killed run is replaced; one another live device answers on is not (the socket
+    /// directory is shared by every network namespace).
     pub fn start(name: &str) -> Result<Device, String> {
+        let sock = socket_path(name);
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return Err(format!(
+                "another WireGuard device already serves {sock}; choose another interface name"
+            ));
+        }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let owned = name.to_string();
@@ -99,7 +106,7 @@ fn run(
             std::fs::set_permissions(socket_path(&name), std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| format!("configuration socket {}: {e}", socket_path(&name)))?;
             DeviceBuilder::new()
-                .with_udp(Udp::default())
+                .with_udp(Udp)
                 .create_tun(&name)
                 .map_err(|e| format!("cannot create TUN device {name}: {e}"))?
                 .with_uapi(uapi)
@@ -129,14 +136,13 @@ fn run(
     });
 }
 
-/// GotaTun's UDP socket, with UDP GRO off (see `bind`) and one more change: a batch (`sendmmsg`) that fails part-way
-/// is finished one datagram at a time rather than dropped whole. A batch holds datagrams
-/// for many peers — the Raft leader's heartbeats to every member — and one refused
-/// datagram would take all of them along: every member's connection losing a segment
-/// in the same instant. Sends are refused in practice: while a node joins a mesh of 25
-/// on two cores, members count `Udp:SndbufErrors` (ENOBUFS from the busy veth).
-#[derive(Default)]
-struct Udp(UdpSocketFactory);
+/// GotaTun's UDP socket with two changes. UDP GRO is off (see `bind`). And a batch
+/// (`sendmmsg`) that fails part-way is finished one datagram at a time rather than
+/// dropped whole: a batch holds datagrams for many peers — the Raft leader's heartbeats
+/// to every member — and one refused datagram would take all of them along. Sends are
+/// refused in practice: while a node joins a mesh of 25 on two cores, members count
+/// `Udp:SndbufErrors` (ENOBUFS from the busy veth).
+struct Udp;
 
 impl UdpTransportFactory for Udp {
     type Send = Send;
@@ -152,11 +158,10 @@ impl UdpTransportFactory for Udp {
         let addr = params
             .addr
             .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into());
-        let opts = gotatun::udp::socket::SockOpt {
+        let opts = SockOpt {
             fwmark: params.fwmark,
             only_v6: addr.is_ipv6().then_some(params.addr.is_some()),
-            recv_buffer_size: self.0.recv_buffer_size,
-            send_buffer_size: self.0.send_buffer_size,
+            ..SockOpt::default()
         };
         let udp = UdpSocket::bind((addr, params.port).into(), opts)?;
         Ok((Send(udp.clone()), udp))
@@ -215,10 +220,32 @@ mod tests {
         }
     }
 
+    /// The socket directory is shared by every network namespace: a name whose socket
+    /// a live device answers on is refused, and that device's socket stays.
+    #[test]
+    fn a_socket_another_live_device_serves_is_not_taken_over() {
+        let name = format!("wmt{}", std::process::id() % 100_000);
+        let path = socket_path(&name);
+        std::fs::create_dir_all("/var/run/wireguard").unwrap();
+        let _ = std::fs::remove_file(&path);
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = Device::start(&name).err().expect("refused");
+        assert!(
+            err.contains("already serves") && err.contains(&path),
+            "{err}"
+        );
+        assert!(
+            std::os::unix::net::UnixStream::connect(&path).is_ok(),
+            "socket kept"
+        );
+        drop(live);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     /// GotaTun 0.10.2's GRO receive path replays stale buffer contents: it must stay off.
     #[tokio::test]
     async fn the_device_socket_has_udp_gro_off() {
-        let (_send, recv) = Udp::default().bind(&params(0)).await.unwrap();
+        let (_send, recv) = Udp.bind(&params(0)).await.unwrap();
         let mut on: libc::c_int = -1;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt into a local c_int of the size given.
@@ -241,7 +268,7 @@ mod tests {
     async fn a_refused_datagram_does_not_drop_its_batch() {
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = rx.local_addr().unwrap();
-        let (send, _recv) = Udp::default().bind(&params(0)).await.unwrap();
+        let (send, _recv) = Udp.bind(&params(0)).await.unwrap();
         let packet = |b: &[u8]| Packet::from_bytes(bytes::BytesMut::from(b));
         let mut batch = vec![
             (packet(b"first"), to),

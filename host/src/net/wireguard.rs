@@ -102,17 +102,6 @@ impl Interface {
                 None
             }
             Backend::Userspace => {
-                // The socket directory is shared by every network namespace: never take
-                // over a socket another live device serves.
-                let sock = super::userspace::socket_path(name);
-                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-                    return Err(iface_err(
-                        name,
-                        format!(
-                            "another WireGuard device already serves {sock}; choose another interface name"
-                        ),
-                    ));
-                }
                 let device = super::userspace::Device::start(name)
                     .map_err(|e| iface_err(name, format!("cannot create (userspace): {e}")))?;
                 super::routing::link_up(name).map_err(|e| iface_err(name, e))?;
@@ -281,8 +270,7 @@ impl Interface {
             // harmlessly where no DNS manager runs.
             tracing::debug!(error = %e, "interface removal reported an error");
         }
-        let device = self.device.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(device);
+        drop(self.device.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 

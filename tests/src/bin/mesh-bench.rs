@@ -513,11 +513,6 @@ fn tunnel_run(ns1: &str, ns2: &str, addr: &str, pids: &[u32], secs: u32) -> Resu
     Ok((gbps, (after - before) * cpu_hz()? / bytes))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Tunnel throughput: webmesh (userspace WireGuard), wireguard-go configured by hand
 /// between the same namespaces, and the raw veth path, in alternating rounds so that
 /// load drift on the VM falls on both tunnels alike; CPU cycles per byte of the tunnel
@@ -648,8 +643,8 @@ async fn iperf_bench(rounds: usize) -> Result<()> {
     let veth = iperf(&ns1, &ns2, &net.hosts["h1"].ip.to_string(), secs)?;
     let med = |v: &[(f64, f64)]| {
         (
-            median(v.iter().map(|x| x.0).collect()),
-            median(v.iter().map(|x| x.1).collect()),
+            stats(v.iter().map(|x| x.0).collect()).0,
+            stats(v.iter().map(|x| x.1).collect()).0,
         )
     };
     let (m, g) = (med(&mesh), med(&wggo));
