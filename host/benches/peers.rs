@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use webmesh::mesh::peers;
-use webmesh::mesh::view::{MeshView, edge_key};
+use webmesh::mesh::view::{Changes, MeshView, edge_key};
 use webmesh_api::v1::{AclAction, MeshEdge, MeshNode, NetworkAcl, Route};
 
 fn mesh(n: usize, acls: usize, routes: usize) -> MeshView {
@@ -121,6 +121,66 @@ fn measure(v: &MeshView, me: &str, runs: usize) -> (Duration, Duration, usize) {
     )
 }
 
+/// The incremental cost: a member joins (its record and its edges to a hub and a zone
+/// head) or leaves again, and `me`'s planner, kept current, updates and plans. The view
+/// change itself (decoding a record) is not counted: every node pays it anyway.
+fn measure_incremental(v: &mut MeshView, me: &str, runs: usize) -> (Duration, Duration, usize) {
+    let mut planner = peers::Planner::new(v, me);
+    let mut times = Vec::with_capacity(runs);
+    let mut peers_n = 0;
+    let n = v.nodes.len();
+    for r in 0..runs {
+        let id = format!("joiner-{}", r / 2);
+        let mut changes = Changes::default();
+        let hub = format!("node-{:05}", r % 10);
+        let head = format!("node-{:05}", 10 + (r * 20) % (n - 10));
+        if r % 2 == 0 {
+            v.insert_node(MeshNode {
+                id: id.clone(),
+                public_key: format!("key-{id}"),
+                private_ipv4: format!("172.31.{}.{}/32", r / 250 % 250, r % 250 + 1),
+                private_ipv6: format!("fd00:1:2:ffff:{:x}::/80", r + 1),
+                ..Default::default()
+            });
+            for other in [&hub, &head] {
+                v.edges.insert(
+                    edge_key(&id, other),
+                    MeshEdge {
+                        source: id.clone(),
+                        target: other.clone(),
+                        weight: 1,
+                        attributes: Default::default(),
+                    },
+                );
+            }
+        } else {
+            v.nodes.remove(&id);
+            v.node_ips.remove(&id);
+            let prev_hub = format!("node-{:05}", (r - 1) % 10);
+            let prev_head = format!("node-{:05}", 10 + ((r - 1) * 20) % (n - 10));
+            for other in [&prev_hub, &prev_head] {
+                v.edges.remove(&edge_key(&id, other));
+                changes.edges.insert(edge_key(&id, other));
+            }
+        }
+        changes.nodes.insert(id.clone());
+        for other in [&hub, &head] {
+            changes.edges.insert(edge_key(&id, other));
+        }
+        let t = Instant::now();
+        planner.update(black_box(v), &changes);
+        let plan = planner.plan(v, &|_| false);
+        times.push(t.elapsed());
+        peers_n = plan.peers.len();
+    }
+    times.sort();
+    (
+        times[runs / 2],
+        times[(runs * 99 / 100).min(runs - 1)],
+        peers_n,
+    )
+}
+
 fn main() {
     println!("| nodes | ACLs | routes | node | peers | p50 | p99 |");
     println!("|---:|---:|---:|---|---:|---:|---:|");
@@ -138,6 +198,23 @@ fn main() {
                 continue;
             }
             let (p50, p99, peers_n) = measure(&v, me, runs);
+            let kind = if me == "node-00000" { "hub" } else { "leaf" };
+            println!(
+                "| {n} | {acls} | {routes} | {kind} | {peers_n} | {:.3} ms | {:.3} ms |",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
+    }
+    println!();
+    println!("Incremental: a member joins or leaves; the node's planner updates and plans.");
+    println!();
+    println!("| nodes | ACLs | routes | node | peers | p50 | p99 |");
+    println!("|---:|---:|---:|---|---:|---:|---:|");
+    for &(n, acls, routes) in &[(1_000, 0, 0), (10_000, 0, 0), (10_000, 100, 100)] {
+        let mut v = mesh(n, acls, routes);
+        for me in ["node-00000", "node-00500"] {
+            let (p50, p99, peers_n) = measure_incremental(&mut v, me, 400);
             let kind = if me == "node-00000" { "hub" } else { "leaf" };
             println!(
                 "| {n} | {acls} | {routes} | {kind} | {peers_n} | {:.3} ms | {:.3} ms |",

@@ -177,8 +177,7 @@ impl IceHub {
 
     /// The ICE peers the state gives this node now (from the peer manager): starts
     /// what is new, stops what is gone, and notes where each one's signals go.
-    pub async fn sync(self: &Arc<Self>, view: &MeshView) {
-        let wanted = peers::ice_peers(view, &self.me);
+    pub async fn sync(self: &Arc<Self>, view: &MeshView, wanted: Vec<String>) {
         let gone: Vec<String> = {
             let st = lock(&self.state);
             st.peers

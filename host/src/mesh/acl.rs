@@ -284,6 +284,33 @@ impl AclIndex {
     pub fn edge_allowed(&self, a: usize, b: usize) -> bool {
         self.traffic_allowed(a, b) || self.traffic_allowed(b, a)
     }
+
+    /// (Re)computes one node's rows, growing the index for a new position: a node
+    /// joining costs one pass over the rules, not a new index. `set` is the set this
+    /// index was built from.
+    pub fn set_node(&mut self, set: &AclSet, i: usize, name: &str, addrs: &[IpAddr]) {
+        let words = self.words;
+        let need = (i + 1) * words;
+        if self.src.len() < need {
+            self.src.resize(need, 0);
+            self.dst.resize(need, 0);
+        }
+        let (src, dst) = (
+            &mut self.src[i * words..][..words],
+            &mut self.dst[i * words..][..words],
+        );
+        src.fill(0);
+        dst.fill(0);
+        for (r, rule) in set.rules.iter().enumerate() {
+            let (w, bit) = (r / 64, 1u64 << (r % 64));
+            if rule.src.matches(name) && rule.src_cidrs.matches(addrs) {
+                src[w] |= bit;
+            }
+            if rule.dst.matches(name) && rule.dst_cidrs.matches(addrs) {
+                dst[w] |= bit;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

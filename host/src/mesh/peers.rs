@@ -19,15 +19,19 @@
 //! unique, hence symmetric; with hops first, a direct edge is always the path between
 //! its two ends, and weights choose among equally short paths.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use webmesh_api::v1::{MeshNode, WireGuardPeer};
+use webmesh_api::v1::WireGuardPeer;
 
-use super::acl::{AclSet, node_addrs};
-use super::view::MeshView;
+use super::view::{Changes, MeshView};
+
+mod graph;
+mod paths;
+
+pub use graph::Graph;
+use paths::Paths;
 
 /// The default WireGuard port, for a primary endpoint given without one.
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
@@ -70,131 +74,64 @@ fn edge_cost(a: &str, b: &str, weight: i32) -> u128 {
     (1u128 << 112) | (w << 64) | u128::from(h & 0xffff_ffff_ffff)
 }
 
-/// The graph of allowed edges, indexed, ready for path queries.
-pub struct Graph<'a> {
-    pub nodes: Vec<&'a MeshNode>,
-    index: HashMap<&'a str, usize, fnv::FnvBuildHasher>,
-    /// Adjacency in compressed form: the neighbours of `i` (with edge costs) are
-    /// `adj[offsets[i]..offsets[i + 1]]`. One allocation, scanned linearly.
-    offsets: Vec<usize>,
-    adj: Vec<(usize, u128)>,
-    /// ICE edges the ACLs allow (kept out of `adj`: they carry only their two ends).
-    ice: Vec<(usize, usize)>,
-    /// Which pairs the network ACLs let talk (a relay must not carry the others).
-    acls: super::acl::AclIndex,
+/// One node's peers, kept current as the view changes: the graph and the node's
+/// shortest paths are updated from the view's [`Changes`] instead of being rebuilt, so
+/// a change costs what it touches (see `paths`).
+pub struct Planner {
+    me: String,
+    graph: Graph,
+    paths: Option<Paths>,
 }
 
-impl<'a> Graph<'a> {
-    pub fn build(view: &'a MeshView) -> Graph<'a> {
-        let nodes: Vec<&MeshNode> = view.nodes.values().collect();
-        let mut index: HashMap<&str, usize, fnv::FnvBuildHasher> =
-            HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
-        for (i, n) in nodes.iter().enumerate() {
-            index.insert(n.id.as_str(), i);
+impl Planner {
+    pub fn new(view: &MeshView, me: &str) -> Planner {
+        let graph = Graph::build(view);
+        let paths = graph.index_of(me).map(|i| Paths::new(&graph, i));
+        Planner {
+            me: me.to_string(),
+            graph,
+            paths,
         }
-        let names: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-        let acls = AclSet::new(view.acls.values(), &view.groups)
-            .index(&names, &index, |i| node_addrs(nodes[i]));
-        let mut allowed: Vec<(usize, usize, u128)> = Vec::with_capacity(view.edges.len());
-        let mut degree = vec![0usize; nodes.len() + 1];
-        let mut ice = Vec::new();
-        for ((a, b), edge) in &view.edges {
-            let (Some(&ia), Some(&ib)) = (index.get(a.as_str()), index.get(b.as_str())) else {
-                continue;
-            };
-            if ia == ib || !acls.edge_allowed(ia, ib) {
-                continue;
+    }
+
+    /// Brings the plan up to date with `view`, which changed by `changes` since the
+    /// last call (or since [`Planner::new`]).
+    pub fn update(&mut self, view: &MeshView, changes: &Changes) {
+        if changes.rebuild {
+            *self = Planner::new(view, &self.me);
+            return;
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let ev = self.graph.apply(view, changes);
+        match (self.graph.index_of(&self.me), &mut self.paths) {
+            (Some(i), Some(p)) if p.src == i => p.update(&self.graph, &ev),
+            (Some(i), _) => self.paths = Some(Paths::new(&self.graph, i)),
+            (None, _) => self.paths = None,
+        }
+    }
+
+    /// My peers, with the ICE peers whose path `ice_up` says is up.
+    pub fn plan(&self, view: &MeshView, ice_up: &dyn Fn(&str) -> bool) -> PeerPlan {
+        match &self.paths {
+            Some(p) => render(&self.graph, p, view, ice_up),
+            None => PeerPlan::default(),
+        }
+    }
+
+    /// The nodes I have an ICE edge to (whether or not their path is up).
+    pub fn ice_peers(&self) -> Vec<String> {
+        match self.graph.index_of(&self.me) {
+            Some(i) => {
+                let mut out: Vec<String> = (self.graph.ice_neighbours(i).iter())
+                    .map(|&v| self.graph.id(v).to_string())
+                    .collect();
+                out.sort_unstable();
+                out
             }
-            if is_ice_edge(edge) {
-                ice.push((ia, ib));
-                continue;
-            }
-            allowed.push((ia, ib, edge_cost(a, b, edge.weight)));
-            degree[ia] += 1;
-            degree[ib] += 1;
+            None => Vec::new(),
         }
-        let mut offsets = Vec::with_capacity(nodes.len() + 1);
-        let mut total = 0;
-        for d in &degree[..nodes.len()] {
-            offsets.push(total);
-            total += d;
-        }
-        offsets.push(total);
-        let mut fill = offsets.clone();
-        let mut adj = vec![(0usize, 0u128); total];
-        for (a, b, cost) in allowed {
-            adj[fill[a]] = (b, cost);
-            fill[a] += 1;
-            adj[fill[b]] = (a, cost);
-            fill[b] += 1;
-        }
-        Graph {
-            nodes,
-            index,
-            offsets,
-            adj,
-            ice,
-            acls,
-        }
-    }
-
-    /// The nodes `i` has an ICE edge to (sorted).
-    pub fn ice_neighbours(&self, i: usize) -> Vec<usize> {
-        let mut out: Vec<usize> = self
-            .ice
-            .iter()
-            .filter_map(|&(a, b)| match (a == i, b == i) {
-                (true, _) => Some(b),
-                (_, true) => Some(a),
-                _ => None,
-            })
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    /// Whether the ACLs let `a` and `b` talk (in either direction: the packet filter
-    /// enforces direction, protocols and ports).
-    pub fn may_talk(&self, a: usize, b: usize) -> bool {
-        self.acls.edge_allowed(a, b)
-    }
-
-    pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
-    }
-
-    /// For every node, the neighbour of `src` that starts the shortest path to it
-    /// (`None`: unreachable, or `src` itself), and the path costs.
-    pub fn first_hops(&self, src: usize) -> (Vec<Option<usize>>, Vec<Option<u128>>) {
-        let n = self.nodes.len();
-        let mut dist: Vec<Option<u128>> = vec![None; n];
-        let mut hop: Vec<Option<usize>> = vec![None; n];
-        let mut heap = BinaryHeap::new();
-        dist[src] = Some(0);
-        heap.push(Reverse((0u128, src)));
-        while let Some(Reverse((d, u))) = heap.pop() {
-            if dist[u].is_some_and(|best| d > best) {
-                continue;
-            }
-            for &(v, c) in self.edges_of(u) {
-                let nd = d + c;
-                if dist[v].is_none_or(|old| nd < old) {
-                    dist[v] = Some(nd);
-                    hop[v] = if u == src { Some(v) } else { hop[u] };
-                    heap.push(Reverse((nd, v)));
-                }
-            }
-        }
-        (hop, dist)
-    }
-
-    fn edges_of(&self, i: usize) -> &[(usize, u128)] {
-        &self.adj[self.offsets[i]..self.offsets[i + 1]]
-    }
-
-    pub fn neighbours(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        self.edges_of(i).iter().map(|&(v, _)| v)
     }
 }
 
@@ -205,49 +142,34 @@ pub fn compute(view: &MeshView, me: &str) -> PeerPlan {
 
 /// [`compute`], with the ICE peers whose path `ice_up` says is up.
 pub fn compute_with_ice(view: &MeshView, me: &str, ice_up: &dyn Fn(&str) -> bool) -> PeerPlan {
-    let graph = Graph::build(view);
-    plan_with_ice(&graph, view, me, ice_up)
+    Planner::new(view, me).plan(view, ice_up)
 }
 
 /// The nodes I have an ICE edge to (whether or not their path is up).
 pub fn ice_peers(view: &MeshView, me: &str) -> Vec<String> {
-    let graph = Graph::build(view);
-    match graph.index_of(me) {
-        Some(i) => graph
-            .ice_neighbours(i)
-            .into_iter()
-            .map(|v| graph.nodes[v].id.clone())
-            .collect(),
-        None => Vec::new(),
-    }
+    Planner::new(view, me).ice_peers()
 }
 
-/// [`compute`] on a graph already built (to plan for many nodes of one view).
+/// The plan for `paths.src` from its shortest paths.
 ///
 /// WireGuard picks a peer by longest-prefix match on allowed IPs, so the neighbour that
 /// relays the most nodes carries the whole mesh networks instead of one entry per
 /// relayed node; every other peer's more specific entries still win. A leaf of a large
 /// mesh then configures a handful of allowed IPs, not one per node.
-pub fn plan_for(graph: &Graph<'_>, view: &MeshView, me: &str) -> PeerPlan {
-    plan_with_ice(graph, view, me, &|_| false)
-}
-
-/// [`plan_for`], with the ICE peers whose path `ice_up` says is up.
-pub fn plan_with_ice(
-    graph: &Graph<'_>,
+fn render(
+    graph: &Graph,
+    paths: &Paths,
     view: &MeshView,
-    me: &str,
     ice_up: &dyn Fn(&str) -> bool,
 ) -> PeerPlan {
-    let Some(src) = graph.index_of(me) else {
-        return PeerPlan::default();
-    };
-    let (mut hop, dist) = graph.first_hops(src);
+    let src = paths.src;
+    let (mut hop, dist) = (paths.hop.clone(), &paths.dist);
     // ICE peers whose path is up are reached straight, not through the relay.
     let ice: Vec<usize> = graph
         .ice_neighbours(src)
-        .into_iter()
-        .filter(|&v| ice_up(&graph.nodes[v].id))
+        .iter()
+        .copied()
+        .filter(|&v| ice_up(graph.id(v)))
         .collect();
     for &v in &ice {
         hop[v] = None;
@@ -261,8 +183,9 @@ pub fn plan_with_ice(
             denied = true;
         }
     }
+    // In ID order, so that ties break the same way however slots were assigned.
     let mut neighbours: Vec<usize> = graph.neighbours(src).collect();
-    neighbours.sort_unstable();
+    neighbours.sort_unstable_by(|&a, &b| graph.id(a).cmp(graph.id(b)));
     neighbours.dedup();
     let slot: HashMap<usize, usize> = neighbours
         .iter()
@@ -288,8 +211,14 @@ pub fn plan_with_ice(
             .map(|(s, _)| s),
         _ => None,
     };
+    let node = |v: usize| view.nodes.get(graph.id(v));
     let peer = |v: usize, ice: bool| {
-        let n = graph.nodes[v];
+        let Some(n) = node(v) else {
+            return WireGuardPeer {
+                id: graph.id(v).to_string(),
+                ..Default::default()
+            };
+        };
         WireGuardPeer {
             id: n.id.clone(),
             public_key: n.public_key.clone(),
@@ -319,10 +248,9 @@ pub fn plan_with_ice(
             && *h != v
             && let Some(&s) = slot.get(h)
             && Some(s) != summary
+            && let Some(n) = node(v)
         {
-            peers[s]
-                .allowed_ips
-                .extend(view.allowed_ips_of(graph.nodes[v]));
+            peers[s].allowed_ips.extend(view.allowed_ips_of(n));
         }
     }
     // Routes: towards the nearest node serving them (their next hop, if they name one).
@@ -357,7 +285,7 @@ pub fn plan_with_ice(
         let best = servers
             .into_iter()
             .filter(|&s| ice_slot.contains_key(&s) || (dist[s].is_some() && hop[s].is_some()))
-            .min_by_key(|&s| (!ice_slot.contains_key(&s), dist[s], s));
+            .min_by_key(|&s| (!ice_slot.contains_key(&s), dist[s], graph.id(s)));
         let first = best.and_then(|s| {
             ice_slot
                 .get(&s)
@@ -378,7 +306,7 @@ pub fn plan_with_ice(
     }
     // I relay if my neighbourhood is not a clique: some neighbour misses an edge to
     // another (one pass over the neighbours' adjacency lists).
-    let mut is_neighbour = vec![false; graph.nodes.len()];
+    let mut is_neighbour = vec![false; graph.slots()];
     for &v in &neighbours {
         is_neighbour[v] = true;
     }
@@ -392,6 +320,11 @@ pub fn plan_with_ice(
         linked.len() < neighbours.len() - 1
     });
     peers.sort_by(|a, b| a.id.cmp(&b.id));
+    // Relayed nodes come in slot order, which depends on history: sorted, a plan is
+    // the same however the view came to be.
+    for p in &mut peers {
+        p.allowed_ips.sort_unstable();
+    }
     PeerPlan {
         peers,
         relays: relays || serves_route,

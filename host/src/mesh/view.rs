@@ -1,7 +1,7 @@
 //! An in-memory, decoded view of the mesh objects in the state: kept current from
 //! change events, so a state change costs one record's decoding, not a full reload.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use webmesh_api::v1::{Group, MeshEdge, MeshNode, NetworkAcl, Route};
@@ -32,6 +32,55 @@ pub struct MeshView {
     pub ipv4_network: Option<Ipv4Net>,
     pub ipv6_network: Option<Ipv6Net>,
     pub mesh_domain: String,
+}
+
+/// What changed in a view since some point: what an incremental peer computation
+/// must look at again. Routes and settings are not listed: planning reads them whole.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Node records written or deleted.
+    pub nodes: BTreeSet<String>,
+    /// Edges written or deleted.
+    pub edges: BTreeSet<EdgeKey>,
+    /// ACLs or groups changed, or the view was reloaded: start again from the view.
+    pub rebuild: bool,
+}
+
+impl Changes {
+    /// Past this many changed records, one rebuild is cheaper than the increments,
+    /// and the list stops growing.
+    pub const MAX: usize = 4096;
+
+    /// Notes that `key` was written or deleted.
+    pub fn record(&mut self, key: &str) {
+        if self.rebuild {
+            return;
+        }
+        if self.nodes.len() + self.edges.len() >= Self::MAX {
+            *self = Changes {
+                rebuild: true,
+                ..Default::default()
+            };
+            return;
+        }
+        match section(key) {
+            Section::Nodes => {
+                self.nodes.insert(key[keys::NODES.len()..].to_string());
+            }
+            Section::Edges => match key[keys::EDGES.len()..].split_once('/') {
+                Some((a, b)) => {
+                    self.edges.insert(edge_key(a, b));
+                }
+                None => self.rebuild = true,
+            },
+            Section::Acls | Section::Groups => self.rebuild = true,
+            Section::Routes | Section::Settings | Section::Other => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.edges.is_empty() && !self.rebuild
+    }
 }
 
 /// Which part of the view a key belongs to.
@@ -249,5 +298,25 @@ mod tests {
         assert!(v.nodes.is_empty());
         assert!(v.apply("/registry/nodes/x", Some("not json")).is_err());
         assert_eq!(v.apply("/test/other", Some("x")).unwrap(), Section::Other);
+    }
+
+    #[test]
+    fn changes_name_what_planning_must_look_at_and_stay_bounded() {
+        let mut c = Changes::default();
+        c.record("/registry/nodes/a");
+        c.record("/registry/edges/b/a");
+        c.record("/registry/routes/r");
+        c.record(keys::MESH_IPV4);
+        assert_eq!(c.nodes.iter().collect::<Vec<_>>(), ["a"]);
+        assert!(c.edges.contains(&edge_key("a", "b")));
+        assert!(!c.rebuild);
+        c.record("/registry/network-acls/x");
+        assert!(c.rebuild, "an ACL change rebuilds");
+        let mut c = Changes::default();
+        for i in 0..Changes::MAX + 10 {
+            c.record(&format!("/registry/nodes/n{i}"));
+        }
+        assert!(c.rebuild, "too many changes become one rebuild");
+        assert!(c.nodes.len() <= Changes::MAX);
     }
 }

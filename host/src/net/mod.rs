@@ -127,6 +127,9 @@ impl Worker {
                 .await;
         }
         let mut dirty = true;
+        // Kept current from the view's changes: a change costs what it touches.
+        let _ = follower.take_changes();
+        let mut planner = peers::Planner::new(&follower.view, &self.me);
         // Paths coming up or going down change the plan (a pending future otherwise).
         let mut ice_changed = match &self.ice {
             Some(i) => i.subscribe(),
@@ -136,16 +139,16 @@ impl Worker {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = tokio::time::interval(Duration::from_secs(1));
         loop {
+            let started = Instant::now();
+            let changes = follower.take_changes();
             let view = &follower.view;
+            planner.update(view, &changes);
             if dirty && view.nodes.contains_key(&self.me) {
-                let started = Instant::now();
                 if let Some(ice) = &self.ice {
-                    ice.sync(view).await;
+                    ice.sync(view, planner.ice_peers()).await;
                 }
                 let ice = self.ice.clone();
-                let plan = peers::compute_with_ice(view, &self.me, &|p| {
-                    ice.as_ref().is_some_and(|i| i.is_up(p))
-                });
+                let plan = planner.plan(view, &|p| ice.as_ref().is_some_and(|i| i.is_up(p)));
                 let filter = crate::mesh::filter::ruleset(view, &self.me, &self.iface.name);
                 let mut want = Desired::from_plan(&plan, &self.my_zone, filter);
                 // An ICE peer's WireGuard endpoint is its proxy port on the ICE socket.
@@ -170,6 +173,8 @@ impl Worker {
                 },
                 _ = resync.tick() => {
                     self.resync().await;
+                    // From scratch now and then: a bound on what any increment missed.
+                    planner = peers::Planner::new(&follower.view, &self.me);
                     dirty = true;
                 }
                 _ = progress.tick() => self.report_progress().await,

@@ -5,7 +5,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use super::{RaftNode, StateEvent};
-use crate::mesh::view::{MeshView, Section};
+use crate::mesh::view::{Changes, MeshView, Section};
 use crate::store::views::load_view;
 
 pub struct ViewFollower {
@@ -14,6 +14,9 @@ pub struct ViewFollower {
     pub index: u64,
     raft: RaftNode,
     events: broadcast::Receiver<StateEvent>,
+    /// What changed since [`ViewFollower::take_changes`], for incremental consumers
+    /// (`None`: no one asked, so nothing is kept).
+    changes: Option<Changes>,
 }
 
 impl ViewFollower {
@@ -27,7 +30,14 @@ impl ViewFollower {
             index,
             raft: raft.clone(),
             events,
+            changes: None,
         }
+    }
+
+    /// What changed in the view since the last call (the first call: nothing; the view
+    /// as loaded is the starting point). Changes are kept from the first call on.
+    pub fn take_changes(&mut self) -> Changes {
+        self.changes.replace(Changes::default()).unwrap_or_default()
     }
 
     /// Waits for state events and applies every one already queued. Returns whether a
@@ -41,6 +51,9 @@ impl ViewFollower {
                 Ok(StateEvent::Applied { index, changes, .. }) => {
                     self.index = index;
                     for c in changes.iter() {
+                        if let Some(ch) = &mut self.changes {
+                            ch.record(c.key());
+                        }
                         match self.view.apply(c.key(), c.value()) {
                             Ok(Section::Other) => {}
                             Ok(_) => changed = true,
@@ -76,5 +89,11 @@ impl ViewFollower {
 
     fn reload(&mut self) {
         self.view = load_view(&self.raft.engine);
+        if let Some(ch) = &mut self.changes {
+            *ch = Changes {
+                rebuild: true,
+                ..Default::default()
+            };
+        }
     }
 }
