@@ -104,6 +104,13 @@ fn mesh(n: usize, acls: usize, routes: usize) -> MeshView {
     v
 }
 
+/// p50 and p99 of `times`, with the plan's peer count.
+fn percentiles(mut times: Vec<Duration>, peers_n: usize) -> (Duration, Duration, usize) {
+    times.sort();
+    let n = times.len();
+    (times[n / 2], times[(n * 99 / 100).min(n - 1)], peers_n)
+}
+
 fn measure(v: &MeshView, me: &str, runs: usize) -> (Duration, Duration, usize) {
     let mut times = Vec::with_capacity(runs);
     let mut peers_n = 0;
@@ -113,12 +120,7 @@ fn measure(v: &MeshView, me: &str, runs: usize) -> (Duration, Duration, usize) {
         times.push(t.elapsed());
         peers_n = plan.peers.len();
     }
-    times.sort();
-    (
-        times[runs / 2],
-        times[(runs * 99 / 100).min(runs - 1)],
-        peers_n,
-    )
+    percentiles(times, peers_n)
 }
 
 /// The incremental cost: a member joins (its record and its edges to a hub and a zone
@@ -173,12 +175,7 @@ fn measure_incremental(v: &mut MeshView, me: &str, runs: usize) -> (Duration, Du
         times.push(t.elapsed());
         peers_n = plan.peers.len();
     }
-    times.sort();
-    (
-        times[runs / 2],
-        times[(runs * 99 / 100).min(runs - 1)],
-        peers_n,
-    )
+    percentiles(times, peers_n)
 }
 
 fn main() {
