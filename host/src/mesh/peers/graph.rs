@@ -18,8 +18,6 @@ pub struct EdgeEvents {
     /// Removed, or about to be re-added with another cost.
     pub removed: Vec<(usize, usize)>,
     pub inserted: Vec<(usize, usize, u128)>,
-    /// Slots that were allocated (the path state must grow to them).
-    pub slots: usize,
 }
 
 /// The graph of allowed edges, indexed by slot (a node's position; freed slots are
@@ -162,7 +160,6 @@ impl Graph {
             self.ids[i].clear();
             self.free.push(i);
         }
-        ev.slots = self.ids.len();
         ev
     }
 

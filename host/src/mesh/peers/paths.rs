@@ -42,7 +42,7 @@ impl Paths {
 
     /// Brings the paths up to date with the edges `graph.apply` changed.
     pub fn update(&mut self, graph: &Graph, ev: &EdgeEvents) {
-        let n = ev.slots.max(self.dist.len());
+        let n = graph.slots().max(self.dist.len());
         self.dist.resize(n, None);
         self.hop.resize(n, None);
         self.parent.resize(n, None);
