@@ -59,8 +59,9 @@ pub struct Mux<P> {
     order: Remotes<P>,
 }
 
-/// Remotes a peer's WireGuard is accepted from: the selected one and those before it.
-const PEER_REMOTES: usize = 3;
+/// Remotes a peer's WireGuard is accepted from: the selected one, those before it, and
+/// those its checks came from.
+const PEER_REMOTES: usize = 8;
 
 #[derive(Debug)]
 struct Remotes<P>(Vec<(P, Vec<SocketAddr>)>);
@@ -107,6 +108,13 @@ impl<P: Clone + PartialEq> Mux<P> {
             }
         }
         self.peers.insert(remote, peer);
+    }
+
+    /// A connectivity check of `peer` came from `remote`: its WireGuard may too. The
+    /// remotes age by their last check or selection (the pair in use keeps being
+    /// checked, so it stays while pairs that failed age out).
+    pub fn learn(&mut self, peer: P, remote: SocketAddr) {
+        self.set_peer(peer, remote);
     }
 
     pub fn remove_peer(&mut self, peer: &P) {
@@ -229,5 +237,11 @@ mod tests {
         assert_eq!(m.route_relayed(relayed, &stun(4)), Route::Agents);
         m.remove_peer(&"b");
         assert_eq!(m.route_relayed(relayed, &wireguard(1, 148)), Route::Drop);
+        // A check of b's from another address (b sends on a pair of its own choosing):
+        // b's WireGuard is accepted from there, relayed or not.
+        let chose: SocketAddr = "198.51.100.9:35190".parse().unwrap();
+        m.learn("b", chose);
+        assert_eq!(m.route_relayed(chose, &wireguard(4, 64)), Route::Peer("b"));
+        assert_eq!(m.route(chose, &wireguard(4, 64)), Route::Peer("b"));
     }
 }

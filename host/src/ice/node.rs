@@ -111,6 +111,8 @@ pub struct HubConfig {
     pub me: String,
     /// The ICE socket's address (a specific IP: the host candidate).
     pub listen: SocketAddr,
+    /// The socket our own WireGuard device bound and shares (else the task binds it).
+    pub datapath: Option<Arc<super::datapath::Datapath>>,
     /// WireGuard's port on this host.
     pub wireguard_port: u16,
     pub raft: RaftNode,
@@ -133,13 +135,14 @@ impl IceHub {
         let HubConfig {
             me,
             listen,
+            datapath,
             wireguard_port,
             raft,
             signer,
             dialer,
         } = c;
         let (notes_tx, notes) = mpsc::channel(1024);
-        let (ice, task) = super::shell::spawn(listen, notes_tx, stop).await?;
+        let (ice, task) = super::shell::spawn(listen, datapath, notes_tx, stop).await?;
         info!(addr = %ice.addr, "ICE socket");
         tasks.push(task);
         let hub = Arc::new(IceHub {

@@ -6,6 +6,10 @@
 //! pair comes back to WireGuard from the proxy port. Signals (credentials and
 //! candidates) go out and come in through the caller, who carries them over the mesh.
 //!
+//! With our own WireGuard device the proxies only lend their addresses: the device
+//! reads and writes the ICE socket itself (`datapath`), hands this task what is not a
+//! direct peer's WireGuard, and takes relayed WireGuard from it.
+//!
 //! A restart gives a peer a fresh agent (new credentials, every local candidate again)
 //! while WireGuard keeps using the pair selected before, until the new agent selects
 //! one: a relayed path keeps working while a direct one is tried.
@@ -19,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::datapath::{Datapath, TaskEnd};
 use super::mux::{Mux, Route};
 use super::path::{Event, Local, Path, Selected};
 use crate::turn::client::{Client, Event as TurnEvent};
@@ -162,10 +167,12 @@ struct Peer {
     /// Addresses of the peer's candidates (our relays must permit them).
     remotes: Vec<SocketAddr>,
     proxy: Arc<UdpSocket>,
+    proxy_addr: SocketAddr,
     /// The pair's remote when it starts at our socket: the proxy's reader sends there
     /// itself, off this task (the fast path); `None` while relayed or unknown.
     direct: Arc<std::sync::RwLock<Option<SocketAddr>>>,
-    reader: tokio::task::JoinHandle<()>,
+    /// Forwards what WireGuard sends to the proxy (not with a shared socket).
+    reader: Option<tokio::task::JoinHandle<()>>,
     wireguard: SocketAddr,
 }
 
@@ -195,6 +202,8 @@ struct Out {
 
 struct Task {
     addr: SocketAddr,
+    /// The socket shared with our own WireGuard device, if it is.
+    dp: Option<Arc<Datapath>>,
     peers: HashMap<String, Peer>,
     // Signals from peers not added yet (signalling races the peer's setup), bounded.
     early: HashMap<String, Vec<Signal>>,
@@ -209,10 +218,13 @@ impl Task {
     fn datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         match self.mux.route(from, data) {
             Route::Agents => {
-                for p in self.peers.values_mut() {
-                    if p.path.handle(now, from, self.addr, data) {
-                        break;
-                    }
+                let addr = self.addr;
+                let agent = self
+                    .peers
+                    .iter_mut()
+                    .find_map(|(id, p)| p.path.handle(now, from, addr, data).then_some((id, &*p)));
+                if let Some((id, p)) = agent {
+                    learn(&mut self.mux, self.dp.as_deref(), id, p, from);
                 }
             }
             Route::Peer(id) => self.deliver(&id, data),
@@ -228,6 +240,10 @@ impl Task {
 
     fn deliver(&mut self, id: &str, data: &[u8]) {
         if let Some(p) = self.peers.get(id) {
+            if let Some(dp) = &self.dp {
+                dp.to_device(p.proxy_addr, data.to_vec());
+                return;
+            }
             self.out
                 .to_wireguard
                 .push((p.proxy.clone(), p.wireguard, data.to_vec()));
@@ -314,10 +330,11 @@ impl Task {
         for (relay, from, d) in data {
             match self.mux.route_relayed(from, &d) {
                 Route::Agents => {
-                    for p in self.peers.values_mut() {
-                        if p.path.handle(now, from, relay, &d) {
-                            break;
-                        }
+                    let agent = self.peers.iter_mut().find_map(|(id, p)| {
+                        p.path.handle(now, from, relay, &d).then_some((id, &*p))
+                    });
+                    if let Some((id, p)) = agent {
+                        learn(&mut self.mux, self.dp.as_deref(), id, p, from);
                     }
                 }
                 Route::Peer(id) => self.deliver(&id, &d),
@@ -458,8 +475,11 @@ impl Task {
                         }
                         p.route = Some(selected);
                         p.connected = true;
-                        *p.direct.write().unwrap_or_else(|e| e.into_inner()) =
-                            (selected.local == self.addr).then_some(selected.remote);
+                        let direct = (selected.local == self.addr).then_some(selected.remote);
+                        *p.direct.write().unwrap_or_else(|e| e.into_inner()) = direct;
+                        if let Some(dp) = &self.dp {
+                            dp.routes_mut().set_direct(p.proxy_addr, direct);
+                        }
                         self.mux.set_peer(id.clone(), selected.remote);
                         self.out.notes.push(Note::Path {
                             peer: id.clone(),
@@ -484,20 +504,62 @@ impl Task {
     }
 }
 
-/// Binds `listen` (a specific address: it is the host candidate) and runs until `stop`.
+/// `from` passed a connectivity check of `id`'s agent (the agent knew the credentials),
+/// so the peer sends from there: its WireGuard is accepted from there too. The two ends
+/// may nominate different pairs (each sends on its own), so the selected pair's remote
+/// alone would not do: WireGuard from the pair the peer chose arrives from another
+/// address. WireGuard authenticates every packet, so an address buys a sender nothing.
+fn learn(mux: &mut Mux<String>, dp: Option<&Datapath>, id: &str, p: &Peer, from: SocketAddr) {
+    mux.learn(id.to_string(), from);
+    if let Some(dp) = dp {
+        dp.routes_mut().learn(p.proxy_addr, from);
+    }
+}
+
+/// The next item of a channel that may not be there (then never).
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds `listen` (a specific address: it is the host candidate) and runs until `stop`;
+/// with `dp`, uses the socket our own WireGuard device bound there instead (and leaves
+/// reading it to the device).
 pub async fn spawn(
     listen: SocketAddr,
+    dp: Option<Arc<Datapath>>,
     notes: mpsc::Sender<Note>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(Ice, tokio::task::JoinHandle<()>), IceError> {
-    let sock = Arc::new(UdpSocket::bind(listen).await?);
+    let (sock, end) = match &dp {
+        Some(dp) => {
+            let (s, end) = dp.for_task().ok_or_else(|| {
+                std::io::Error::other("the WireGuard device has not bound the ICE socket")
+            })?;
+            s.set_nonblocking(true)?;
+            (Wire::Shared(s), Some(end))
+        }
+        None => (Wire::Own(UdpSocket::bind(listen).await?), None),
+    };
+    let sock = Arc::new(sock);
     let addr = sock.local_addr()?;
+    let shared = dp.is_some();
+    let (mut from_socket, mut from_device) = match end {
+        Some(TaskEnd {
+            from_socket,
+            from_wireguard,
+        }) => (Some(from_socket), Some(from_wireguard)),
+        None => (None, None),
+    };
     let (cmds, mut cmd_rx) = mpsc::channel(64);
     let (relays_tx, relays) = watch::channel(0usize);
     let (from_wg_tx, mut from_wg) = mpsc::channel::<(String, Vec<u8>)>(1024);
     let task = tokio::spawn(async move {
         let mut t = Task {
             addr,
+            dp,
             peers: HashMap::new(),
             early: HashMap::new(),
             mux: Mux::default(),
@@ -509,7 +571,7 @@ pub async fn spawn(
         loop {
             let wake = t.wake();
             tokio::select! {
-                r = sock.recv_from(&mut buf) => {
+                r = sock.recv_from(&mut buf), if !shared => {
                     let Ok((n, from)) = r else { continue };
                     // WireGuard from a peer's pair: straight to its proxy, no copy;
                     // under load, what else is queued too, before waiting again.
@@ -541,14 +603,19 @@ pub async fn spawn(
                     t.datagram(Instant::now(), from, &buf[..n]);
                 }
                 Some((id, data)) = from_wg.recv() => t.send_wireguard(Instant::now(), &id, data),
+                Some((from, data)) = next(&mut from_socket) => t.datagram(Instant::now(), from, &data),
+                Some((id, data)) = next(&mut from_device) => t.send_wireguard(Instant::now(), &id, data),
                 Some(cmd) = cmd_rx.recv() => match cmd {
                     Cmd::AddPeer { peer, controlling, wireguard, reply } => {
                         if let Some(p) = t.peers.get(&peer) {
                             let _ = reply.send(p.proxy.local_addr());
                         } else {
-                            match add_peer(&peer, controlling, wireguard, &from_wg_tx, &sock).await {
+                            match add_peer(&peer, controlling, wireguard, &from_wg_tx, &sock, shared).await {
                                 Ok(p) => {
-                                    let proxy = p.proxy.local_addr();
+                                    let proxy = Ok(p.proxy_addr);
+                                    if let Some(dp) = &t.dp {
+                                        dp.routes_mut().add(p.proxy_addr, &peer);
+                                    }
                                     t.peers.insert(peer.clone(), p);
                                     t.fresh_agent(&peer);
                                     for signal in t.early.remove(&peer).unwrap_or_default() {
@@ -568,7 +635,12 @@ pub async fn spawn(
                     }
                     Cmd::RemovePeer { peer } => {
                         if let Some(p) = t.peers.remove(&peer) {
-                            p.reader.abort();
+                            if let Some(r) = p.reader {
+                                r.abort();
+                            }
+                            if let Some(dp) = &t.dp {
+                                dp.routes_mut().remove(p.proxy_addr);
+                            }
                         }
                         t.mux.remove_peer(&peer);
                     }
@@ -600,16 +672,65 @@ pub async fn spawn(
             relays_tx.send_if_modified(|r| std::mem::replace(r, n) != n);
         }
         for p in t.peers.into_values() {
-            p.reader.abort();
+            if let Some(r) = p.reader {
+                r.abort();
+            }
         }
     });
     Ok((Ice { cmds, addr, relays }, task))
 }
 
+/// The ICE socket as the task uses it: its own, or (shared with our WireGuard device,
+/// which reads it) a duplicate it only sends on. The duplicate is not registered with
+/// the runtime: registered, every datagram the device reads would wake this runtime
+/// too. Its sends do not wait: one the socket cannot take now is dropped, as a full
+/// queue would (ICE and TURN retransmit, WireGuard's protocols above recover).
+enum Wire {
+    Own(UdpSocket),
+    Shared(std::net::UdpSocket),
+}
+
+impl Wire {
+    async fn send_to(&self, data: &[u8], to: SocketAddr) {
+        match self {
+            Wire::Own(s) => {
+                let _ = s.send_to(data, to).await;
+            }
+            Wire::Shared(s) => {
+                if let Err(e) = s.send_to(data, to) {
+                    debug!(%to, error = %e, "ICE socket send dropped");
+                }
+            }
+        }
+    }
+
+    /// The next datagram, when the socket is the task's own (else never).
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Wire::Own(s) => s.recv_from(buf).await,
+            Wire::Shared(_) => std::future::pending().await,
+        }
+    }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Wire::Own(s) => s.try_recv_from(buf),
+            Wire::Shared(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Wire::Own(s) => s.local_addr(),
+            Wire::Shared(s) => s.local_addr(),
+        }
+    }
+}
+
 /// Sends what the task decided to send.
-async fn flush(sock: &UdpSocket, notes: &mpsc::Sender<Note>, out: Out) {
+async fn flush(sock: &Wire, notes: &mpsc::Sender<Note>, out: Out) {
     for (to, data) in out.wire {
-        let _ = sock.send_to(&data, to).await;
+        sock.send_to(&data, to).await;
     }
     for (proxy, wg, data) in out.to_wireguard {
         let _ = proxy.send_to(&data, wg).await;
@@ -619,13 +740,16 @@ async fn flush(sock: &UdpSocket, notes: &mpsc::Sender<Note>, out: Out) {
     }
 }
 
-/// A peer and its proxy port (on loopback, where WireGuard reaches it).
+/// A peer and its proxy port (on loopback, where WireGuard reaches it). With a shared
+/// socket the port is only bound (its address is the peer's endpoint, which the device
+/// maps; nothing arrives there).
 async fn add_peer(
     peer: &str,
     controlling: bool,
     wireguard: SocketAddr,
     from_wg: &mpsc::Sender<(String, Vec<u8>)>,
-    ice: &Arc<UdpSocket>,
+    ice: &Arc<Wire>,
+    shared: bool,
 ) -> std::io::Result<Peer> {
     let loopback = if wireguard.is_ipv4() {
         "127.0.0.1:0"
@@ -633,6 +757,7 @@ async fn add_peer(
         "[::1]:0"
     };
     let proxy = Arc::new(UdpSocket::bind(loopback).await?);
+    let proxy_addr = proxy.local_addr()?;
     let direct = Arc::new(std::sync::RwLock::new(None));
     let (p, tx, id, d, ice) = (
         proxy.clone(),
@@ -641,36 +766,38 @@ async fn add_peer(
         direct.clone(),
         ice.clone(),
     );
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
-        while let Ok((n, from)) = p.recv_from(&mut buf).await {
-            // Only WireGuard's own port speaks to the proxy.
-            if from != wireguard {
-                continue;
-            }
-            let to = *d.read().unwrap_or_else(|e| e.into_inner());
-            match to {
-                Some(to) => {
-                    let _ = ice.send_to(&buf[..n], to).await;
-                    // Under load, take what else is queued without waiting again.
-                    for _ in 0..64 {
-                        match p.try_recv_from(&mut buf) {
-                            Ok((n, from)) if from == wireguard => {
-                                let _ = ice.send_to(&buf[..n], to).await;
+    let reader = (!shared).then(|| {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = p.recv_from(&mut buf).await {
+                // Only WireGuard's own port speaks to the proxy.
+                if from != wireguard {
+                    continue;
+                }
+                let to = *d.read().unwrap_or_else(|e| e.into_inner());
+                match to {
+                    Some(to) => {
+                        ice.send_to(&buf[..n], to).await;
+                        // Under load, take what else is queued without waiting again.
+                        for _ in 0..64 {
+                            match p.try_recv_from(&mut buf) {
+                                Ok((n, from)) if from == wireguard => {
+                                    ice.send_to(&buf[..n], to).await;
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
                             }
-                            Ok(_) => {}
-                            Err(_) => break,
+                        }
+                    }
+                    // Relayed (or no pair yet): the task wraps it for the TURN server.
+                    None => {
+                        if tx.send((id.clone(), buf[..n].to_vec())).await.is_err() {
+                            return;
                         }
                     }
                 }
-                // Relayed (or no pair yet): the task wraps it for the TURN server.
-                None => {
-                    if tx.send((id.clone(), buf[..n].to_vec())).await.is_err() {
-                        return;
-                    }
-                }
             }
-        }
+        })
     });
     Ok(Peer {
         path: Path::new(controlling),
@@ -679,6 +806,7 @@ async fn add_peer(
         connected: false,
         remotes: Vec::new(),
         proxy,
+        proxy_addr,
         direct,
         reader,
         wireguard,

@@ -39,10 +39,15 @@ fn two_nodes_find_a_direct_path_and_carry_wireguard_over_it() {
         let (_stop, stopped) = watch::channel(false);
         let (na, notes_a) = mpsc::channel(64);
         let (nb, notes_b) = mpsc::channel(64);
-        let (a, _ta) = spawn("10.201.0.1:51821".parse().unwrap(), na, stopped.clone())
-            .await
-            .unwrap();
-        let (b, _tb) = spawn("10.201.0.2:51821".parse().unwrap(), nb, stopped)
+        let (a, _ta) = spawn(
+            "10.201.0.1:51821".parse().unwrap(),
+            None,
+            na,
+            stopped.clone(),
+        )
+        .await
+        .unwrap();
+        let (b, _tb) = spawn("10.201.0.2:51821".parse().unwrap(), None, nb, stopped)
             .await
             .unwrap();
         // Stand-ins for the two WireGuard interfaces.

@@ -62,6 +62,8 @@ pub struct Interface {
     api: Mutex<Box<dyn WireguardInterfaceApi + Send>>,
     /// The userspace device, kept for the node's life (dropping it removes the TUN).
     device: Mutex<Option<super::userspace::Device>>,
+    /// With ICE on our own device: the ICE socket the device shares with the ICE task.
+    pub datapath: Option<std::sync::Arc<crate::ice::datapath::Datapath>>,
 }
 
 fn iface_err(name: &str, e: impl std::fmt::Display) -> WgError {
@@ -73,12 +75,15 @@ fn iface_err(name: &str, e: impl std::fmt::Display) -> WgError {
 
 impl Interface {
     /// Creates and configures the interface: key, port, MTU and addresses; no peers.
+    /// `ice`: the ICE socket's address, which our own (userspace) device binds and
+    /// serves ICE peers on (the kernel module cannot; the ICE task binds it then).
     pub fn create(
         name: &str,
         key: &Key,
         listen_port: u16,
         mtu: u32,
         addresses: &[(IpAddr, u8)],
+        ice: Option<std::net::SocketAddr>,
     ) -> Result<Interface, WgError> {
         let (mut api, backend): (Box<dyn WireguardInterfaceApi + Send>, Backend) =
             if Path::new("/sys/module/wireguard").exists() {
@@ -94,6 +99,10 @@ impl Interface {
             };
         // The kernel module makes the interface; in userspace it is our own device, which
         // replaces the socket a killed previous run may have left behind.
+        let datapath = match backend {
+            Backend::Userspace => ice.map(crate::ice::datapath::Datapath::new),
+            Backend::Kernel => None,
+        };
         let device = match backend {
             Backend::Kernel => {
                 api.create_interface().map_err(|e| {
@@ -102,7 +111,7 @@ impl Interface {
                 None
             }
             Backend::Userspace => {
-                let device = super::userspace::Device::start(name)
+                let device = super::userspace::Device::start(name, datapath.clone())
                     .map_err(|e| iface_err(name, format!("cannot create (userspace): {e}")))?;
                 super::routing::link_up(name).map_err(|e| iface_err(name, e))?;
                 Some(device)
@@ -139,6 +148,7 @@ impl Interface {
             addresses,
             api: Mutex::new(api),
             device: Mutex::new(device),
+            datapath,
         })
     }
 

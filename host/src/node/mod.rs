@@ -301,7 +301,7 @@ impl Node {
                 Self::start_ice(
                     cfg,
                     name,
-                    i.listen_port,
+                    i,
                     &raft,
                     &trust,
                     stop_rx.clone(),
@@ -639,23 +639,28 @@ impl Node {
         })
     }
 
-    /// The WireGuard interface with this node's addresses (none with `--no-wireguard`).
-    /// The ICE socket and the tasks around it (`--ice`).
+    /// The ICE socket and the tasks around it (`--ice`). Our own WireGuard device has
+    /// bound the socket already (`iface.datapath`); with the kernel module the ICE task
+    /// binds it.
     async fn start_ice(
         cfg: &Config,
         name: &str,
-        wireguard_port: u16,
+        iface: &Interface,
         raft: &RaftNode,
         trust: &Arc<Trust>,
         stop: tokio::sync::watch::Receiver<bool>,
         tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<Arc<crate::ice::node::IceHub>, NodeError> {
-        let listen = ice_listen(cfg)?;
+        let listen = match &iface.datapath {
+            Some(dp) => dp.listen,
+            None => ice_listen(cfg)?,
+        };
         let dialer = crate::tls::Dialer::for_members(&cfg.tls()).map_err(NodeError::Usage)?;
         let c = crate::ice::node::HubConfig {
             me: name.to_string(),
             listen,
-            wireguard_port,
+            datapath: iface.datapath.clone(),
+            wireguard_port: iface.listen_port,
             raft: raft.clone(),
             signer: trust.signer().clone(),
             dialer,
@@ -665,6 +670,7 @@ impl Node {
             .map_err(|e| NodeError::Network(format!("ice-listen {listen}: {e}")))
     }
 
+    /// The WireGuard interface with this node's addresses (none with `--no-wireguard`).
     async fn bring_up_wireguard(
         cfg: &Config,
         key: &Key,
@@ -673,6 +679,11 @@ impl Node {
         if cfg.no_wireguard {
             return Ok(None);
         }
+        let ice = if cfg.ice {
+            Some(ice_listen(cfg)?)
+        } else {
+            None
+        };
         let (ifname, port, mtu, k, list) = (
             cfg.interface.clone(),
             cfg.wireguard_port,
@@ -680,11 +691,12 @@ impl Node {
             key.clone(),
             place.addrs.interface(),
         );
-        let iface =
-            tokio::task::spawn_blocking(move || Interface::create(&ifname, &k, port, mtu, &list))
-                .await
-                .map_err(|e| NodeError::Network(e.to_string()))?
-                .map_err(|e| NodeError::Network(e.to_string()))?;
+        let iface = tokio::task::spawn_blocking(move || {
+            Interface::create(&ifname, &k, port, mtu, &list, ice)
+        })
+        .await
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .map_err(|e| NodeError::Network(e.to_string()))?;
         info!(interface = %iface.name, backend = iface.backend.as_str(), port = iface.listen_port, addresses = ?place.addrs.interface(), "WireGuard interface up");
         Ok(Some(Arc::new(iface)))
     }

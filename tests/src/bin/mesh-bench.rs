@@ -463,6 +463,10 @@ fn iperf(server_ns: &str, client_ns: &str, addr: &str, secs: u32) -> Result<f64>
             "-J",
         ])
         .output()?;
+    // A client that never connected leaves the one-shot server waiting: stop it.
+    if !out.status.success() {
+        let _ = server.kill();
+    }
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
     v["end"]["sum_received"]["bits_per_second"]
@@ -716,7 +720,8 @@ async fn ice_sites(nat: Nat, extra: &[&str]) -> Result<TestNet> {
     let via = net.grpc("h1");
     for (router, id) in [("r2", "a2"), ("r3", "a3")] {
         let h = net.add_nat_site(router, id, nat)?;
-        h.args = ["--join", &via, "--ice", "--log-level", "warn"]
+        let level = std::env::var("MESH_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+        h.args = ["--join", &via, "--ice", "--log-level", &level]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -792,16 +797,39 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         &["--turn-allocation-rate", "0", "--turn-total-rate", "0"],
     )
     .await?;
-    // A public member too, for the plain WireGuard path h2 -> h1.
-    add_joiner(&mut net, "h2", "warn")?;
-    for id in ["a2", "a3", "h2"] {
+    // Public members too: h2 for the plain WireGuard path h2 -> h1, and h3 with an ICE
+    // edge to h2: the same ICE path as behind the NATs, without the NAT routers'
+    // forwarding in the way.
+    let level = std::env::var("MESH_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    add_joiner(&mut net, "h2", &level)?;
+    add_joiner(&mut net, "h3", &level)?;
+    for id in ["h2", "h3"] {
+        net.host(id).args.push("--ice".into());
+    }
+    for id in ["a2", "a3", "h2", "h3"] {
         net.host(id).start()?;
     }
-    for id in ["a2", "a3", "h2"] {
+    for id in ["a2", "a3", "h2", "h3"] {
         net.host(id).wait_ready(Duration::from_secs(60)).await?;
+    }
+    let edge = net.path().join("ice-edge.json");
+    std::fs::write(
+        &edge,
+        r#"{"items": [
+            {"source": "h2", "target": "h3", "attributes": {"EDGE_ATTRIBUTE_ICE": "true"}},
+            {"source": "h3", "target": "h2", "attributes": {"EDGE_ATTRIBUTE_ICE": "true"}}
+        ]}"#,
+    )?;
+    let out = Command::new(webmesh_e2e::bin("wmctl"))
+        .args(["-s", &net.hosts["h1"].admin_server(), "put", "edges", "-f"])
+        .arg(&edge)
+        .output()?;
+    if !out.status.success() {
+        bail!("wmctl put edges: {}", String::from_utf8_lossy(&out.stderr));
     }
     let nodes = net.hosts["h1"].nodes().await?;
     let (a3, h1) = (v4(&nodes["a3"]), v4(&nodes["h1"]));
+    let h2 = v4(&net.hosts["h1"].nodes().await?["h2"]);
     let ns = |id: &str| net.hosts[id].ns.clone();
     let path = |want: &'static str| {
         let net = &net;
@@ -824,20 +852,53 @@ async fn ice_bench(rounds: usize) -> Result<()> {
     };
     path("relayed:").await?;
     first_ping(&net, "a2", &a3, Duration::from_secs(30))?;
+    eprintln!("iperf3 over the relayed path");
     let relayed = iperf(&ns("a3"), &ns("a2"), &a3, 8)?;
     net.set_nat("r2", Nat::Cone)?;
     net.set_nat("r3", Nat::Cone)?;
     path("direct:").await?;
     first_ping(&net, "a2", &a3, Duration::from_secs(30))?;
+    eprintln!("iperf3 over the direct path");
+    let relayed_before = turn_relayed(&ns("h1"));
     let direct = iperf(&ns("a3"), &ns("a2"), &a3, 8)?;
+    // A direct path relays nothing: what the TURN server relayed meanwhile tells.
+    eprintln!(
+        "TURN packets relayed during the direct run: {}",
+        turn_relayed(&ns("h1")) - relayed_before
+    );
     first_ping(&net, "h2", &h1, Duration::from_secs(30))?;
     let plain = iperf(&ns("h1"), &ns("h2"), &h1, 8)?;
+    // h2 and h3 signal through h1 (they have only their ICE edge): h1 forwards again.
+    sh(&format!(
+        "ip netns exec {} nft delete table inet bench_noforward",
+        ns("h1")
+    ))?;
+    wait_for(
+        "h3's path to h2: direct",
+        Duration::from_secs(90),
+        || async {
+            net.hosts["h3"]
+                .ice_paths()
+                .await
+                .ok()?
+                .get("h2")
+                .filter(|p| p.starts_with("direct:"))
+                .cloned()
+        },
+    )
+    .await?;
+    first_ping(&net, "h3", &h2, Duration::from_secs(30))?;
+    let public = iperf(&ns("h2"), &ns("h3"), &h2, 8)?;
     println!();
     println!("| iperf3, 8 s, one stream | Gbit/s | vs plain WireGuard |");
     println!("|---|---:|---:|");
     println!("| plain WireGuard path (public members) | {plain:.3} | 1.00x |");
     println!(
-        "| ICE direct path (cone NATs, through the ICE proxy) | {direct:.3} | {:.2}x |",
+        "| ICE direct path (public members, on the shared ICE socket) | {public:.3} | {:.2}x |",
+        public / plain
+    );
+    println!(
+        "| ICE direct path (cone NATs, on the shared ICE socket) | {direct:.3} | {:.2}x |",
         direct / plain
     );
     println!(
@@ -846,6 +907,28 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         relayed / direct
     );
     Ok(())
+}
+
+/// The TURN server's relayed datagrams so far (its metrics, in namespace `ns`).
+fn turn_relayed(ns: &str) -> f64 {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "http://127.0.0.1:8080/metrics",
+        ])
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("webmesh_turn_relayed_packets_total "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// Three voters (h1..h3, public). Each round kills the leader with SIGKILL and measures
