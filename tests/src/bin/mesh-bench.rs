@@ -806,10 +806,25 @@ async fn ice_bench(rounds: usize) -> Result<()> {
     for id in ["h2", "h3"] {
         net.host(id).args.push("--ice".into());
     }
-    for id in ["a2", "a3", "h2", "h3"] {
+    // And plain WireGuard across two cone NATs, for the same hops as a2 -> a3: b4 behind
+    // r4, b5 behind r5, whose router forwards WireGuard's port to it (its endpoint).
+    let via = net.grpc("h1");
+    net.add_nat_site("r4", "b4", Nat::Cone)?.args = ["--join", &via, "--log-level", "warn"]
+        .map(String::from)
+        .to_vec();
+    let b5_lan = net.add_nat_site("r5", "b5", Nat::Cone)?.ip.to_string();
+    let r5 = net.hosts["r5"].ip.to_string();
+    net.host("b5").args = ["--join", &via, "--endpoint", &r5, "--log-level", "warn"]
+        .map(String::from)
+        .to_vec();
+    sh(&format!(
+        "ip netns exec {} nft 'add table ip bench_fwd; add chain ip bench_fwd pre {{ type nat hook prerouting priority dstnat; }}; add rule ip bench_fwd pre iifname \"eth0\" udp dport 51820 dnat to {b5_lan}'",
+        net.hosts["r5"].ns
+    ))?;
+    for id in ["a2", "a3", "h2", "h3", "b4", "b5"] {
         net.host(id).start()?;
     }
-    for id in ["a2", "a3", "h2", "h3"] {
+    for id in ["a2", "a3", "h2", "h3", "b4", "b5"] {
         net.host(id).wait_ready(Duration::from_secs(60)).await?;
     }
     let edge = net.path().join("ice-edge.json");
@@ -817,7 +832,8 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         &edge,
         r#"{"items": [
             {"source": "h2", "target": "h3", "attributes": {"EDGE_ATTRIBUTE_ICE": "true"}},
-            {"source": "h3", "target": "h2", "attributes": {"EDGE_ATTRIBUTE_ICE": "true"}}
+            {"source": "h3", "target": "h2", "attributes": {"EDGE_ATTRIBUTE_ICE": "true"}},
+            {"source": "b4", "target": "b5", "weight": 1}
         ]}"#,
     )?;
     let out = Command::new(webmesh_e2e::bin("wmctl"))
@@ -889,6 +905,9 @@ async fn ice_bench(rounds: usize) -> Result<()> {
     .await?;
     first_ping(&net, "h3", &h2, Duration::from_secs(30))?;
     let public = iperf(&ns("h2"), &ns("h3"), &h2, 8)?;
+    let b5 = v4(&net.hosts["h1"].nodes().await?["b5"]);
+    first_ping(&net, "b4", &b5, Duration::from_secs(30))?;
+    let natted = iperf(&ns("b5"), &ns("b4"), &b5, 8)?;
     println!();
     println!("| iperf3, 8 s, one stream | Gbit/s | vs plain WireGuard |");
     println!("|---|---:|---:|");
@@ -898,8 +917,13 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         public / plain
     );
     println!(
-        "| ICE direct path (cone NATs, on the shared ICE socket) | {direct:.3} | {:.2}x |",
-        direct / plain
+        "| plain WireGuard path across two cone NATs (port forward to b5) | {natted:.3} | {:.2}x |",
+        natted / plain
+    );
+    println!(
+        "| ICE direct path (cone NATs, on the shared ICE socket) | {direct:.3} | {:.2}x (vs the same NATs' plain path {:.2}x) |",
+        direct / plain,
+        direct / natted
     );
     println!(
         "| ICE relayed path (symmetric NATs, TURN on h1, uncapped) | {relayed:.3} | {:.2}x (vs direct {:.2}x) |",
