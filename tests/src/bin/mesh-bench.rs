@@ -847,32 +847,13 @@ async fn ice_bench(rounds: usize) -> Result<()> {
     let (a3, h1) = (v4(&nodes["a3"]), v4(&nodes["h1"]));
     let h2 = v4(&net.hosts["h1"].nodes().await?["h2"]);
     let ns = |id: &str| net.hosts[id].ns.clone();
-    let path = |want: &'static str| {
-        let net = &net;
-        async move {
-            wait_for(
-                &format!("a2's path to a3: {want}"),
-                Duration::from_secs(90),
-                || async {
-                    net.hosts["a2"]
-                        .ice_paths()
-                        .await
-                        .ok()?
-                        .get("a3")
-                        .filter(|p| p.starts_with(want))
-                        .cloned()
-                },
-            )
-            .await
-        }
-    };
-    path("relayed:").await?;
+    ice_path(&net, "a2", "a3", "relayed:").await?;
     first_ping(&net, "a2", &a3, Duration::from_secs(30))?;
     eprintln!("iperf3 over the relayed path");
     let relayed = iperf(&ns("a3"), &ns("a2"), &a3, 8)?;
     net.set_nat("r2", Nat::Cone)?;
     net.set_nat("r3", Nat::Cone)?;
-    path("direct:").await?;
+    ice_path(&net, "a2", "a3", "direct:").await?;
     first_ping(&net, "a2", &a3, Duration::from_secs(30))?;
     eprintln!("iperf3 over the direct path");
     let relayed_before = turn_relayed(&ns("h1"));
@@ -889,20 +870,7 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         "ip netns exec {} nft delete table inet bench_noforward",
         ns("h1")
     ))?;
-    wait_for(
-        "h3's path to h2: direct",
-        Duration::from_secs(90),
-        || async {
-            net.hosts["h3"]
-                .ice_paths()
-                .await
-                .ok()?
-                .get("h2")
-                .filter(|p| p.starts_with("direct:"))
-                .cloned()
-        },
-    )
-    .await?;
+    ice_path(&net, "h3", "h2", "direct:").await?;
     first_ping(&net, "h3", &h2, Duration::from_secs(30))?;
     let public = iperf(&ns("h2"), &ns("h3"), &h2, 8)?;
     let b5 = v4(&net.hosts["h1"].nodes().await?["b5"]);
@@ -931,6 +899,24 @@ async fn ice_bench(rounds: usize) -> Result<()> {
         relayed / direct
     );
     Ok(())
+}
+
+/// Waits until `from` reports its ICE path to `to` as `want` (`direct:`, `relayed:`).
+async fn ice_path(net: &TestNet, from: &str, to: &str, want: &str) -> Result<String> {
+    wait_for(
+        &format!("{from}'s path to {to}: {want}"),
+        Duration::from_secs(90),
+        || async {
+            net.hosts[from]
+                .ice_paths()
+                .await
+                .ok()?
+                .get(to)
+                .filter(|p| p.starts_with(want))
+                .cloned()
+        },
+    )
+    .await
 }
 
 /// The TURN server's relayed datagrams so far (its metrics, in namespace `ns`).
