@@ -72,6 +72,32 @@ async fn pings(net: &TestNet, from: &str, to: &str, timeout: Duration) -> Result
     .with_context(|| net.logs())
 }
 
+/// Waits until a burst of 10 pings from `from` to `to` over 2 s gets at least 8
+/// answers: the path keeps carrying traffic once both ends settled on their pairs, not
+/// just one packet.
+async fn keeps_answering(net: &TestNet, from: &str, to: &str, timeout: Duration) -> Result<()> {
+    let nodes = net.hosts["h1"].nodes().await?;
+    let addr = v4(&nodes[to]);
+    wait_for(
+        &format!("{from} to get 8 of 10 pings to {to} ({addr}) answered"),
+        timeout,
+        || async {
+            let out = net.hosts[from]
+                .exec(&["ping", "-q", "-c", "10", "-i", "0.2", "-W", "1", &addr])
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let received: u32 = text
+                .split(',')
+                .find_map(|f| f.trim().strip_suffix(" received"))?
+                .parse()
+                .ok()?;
+            (received >= 8).then_some(())
+        },
+    )
+    .await
+    .with_context(|| net.logs())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn behind_cone_nats_the_path_is_direct_and_survives_lost_mappings() -> Result<()> {
     let net = two_sites(Nat::Cone).await?;
@@ -129,6 +155,8 @@ async fn behind_symmetric_nats_the_path_is_relayed_then_direct_once_the_nats_tur
         "sym/sym: relayed path and pings {:?} after both nodes were ready",
         started.elapsed()
     );
+    keeps_answering(&net, "a2", "a3", Duration::from_secs(20)).await?;
+    keeps_answering(&net, "a3", "a2", Duration::from_secs(20)).await?;
     let paths = net.hosts["a2"].ice_paths().await?;
     ensure!(
         paths["a3"].starts_with(&format!("relayed:{h1}:")) || {
