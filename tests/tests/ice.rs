@@ -61,29 +61,36 @@ async fn direct_both_ways(net: &TestNet, timeout: Duration) -> Result<()> {
 }
 
 async fn pings(net: &TestNet, from: &str, to: &str, timeout: Duration) -> Result<()> {
-    let nodes = net.hosts["h1"].nodes().await?;
-    let addr = v4(&nodes[to]);
-    wait_for(
-        &format!("{from} to ping {to} ({addr})"),
-        timeout,
-        || async { net.hosts[from].ping(&addr).then_some(()) },
-    )
-    .await
-    .with_context(|| net.logs())
+    answered(net, from, to, (1, 1), timeout).await
 }
 
 /// Waits until a burst of 10 pings from `from` to `to` over 2 s gets at least 8
 /// answers: the path keeps carrying traffic once both ends settled on their pairs, not
 /// just one packet.
 async fn keeps_answering(net: &TestNet, from: &str, to: &str, timeout: Duration) -> Result<()> {
+    answered(net, from, to, (10, 8), timeout).await
+}
+
+/// Waits until `need` of a burst of `count` pings (0.2 s apart, 1 s timeout) from
+/// `from` to `to`'s mesh address are answered.
+async fn answered(
+    net: &TestNet,
+    from: &str,
+    to: &str,
+    (count, need): (u32, u32),
+    timeout: Duration,
+) -> Result<()> {
     let nodes = net.hosts["h1"].nodes().await?;
     let addr = v4(&nodes[to]);
+    let count_arg = count.to_string();
     wait_for(
-        &format!("{from} to get 8 of 10 pings to {to} ({addr}) answered"),
+        &format!("{from} to get {need} of {count} pings to {to} ({addr}) answered"),
         timeout,
         || async {
             let out = net.hosts[from]
-                .exec(&["ping", "-q", "-c", "10", "-i", "0.2", "-W", "1", &addr])
+                .exec(&[
+                    "ping", "-q", "-c", &count_arg, "-i", "0.2", "-W", "1", &addr,
+                ])
                 .ok()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let received: u32 = text
@@ -91,7 +98,7 @@ async fn keeps_answering(net: &TestNet, from: &str, to: &str, timeout: Duration)
                 .find_map(|f| f.trim().strip_suffix(" received"))?
                 .parse()
                 .ok()?;
-            (received >= 8).then_some(())
+            (received >= need).then_some(())
         },
     )
     .await

@@ -545,17 +545,18 @@ pub async fn spawn(
     };
     let sock = Arc::new(sock);
     let addr = sock.local_addr()?;
-    let shared = dp.is_some();
-    let (mut from_socket, mut from_device) = match end {
+    let (cmds, mut cmd_rx) = mpsc::channel(64);
+    let (relays_tx, relays) = watch::channel(0usize);
+    // WireGuard for peers whose pair the task handles: from the proxies' readers, or
+    // (shared socket) from the device.
+    let (from_wg_tx, from_wg) = mpsc::channel::<(Arc<str>, Vec<u8>)>(1024);
+    let (mut from_socket, mut from_wg) = match end {
         Some(TaskEnd {
             from_socket,
             from_wireguard,
-        }) => (Some(from_socket), Some(from_wireguard)),
-        None => (None, None),
+        }) => (Some(from_socket), from_wireguard),
+        None => (None, from_wg),
     };
-    let (cmds, mut cmd_rx) = mpsc::channel(64);
-    let (relays_tx, relays) = watch::channel(0usize);
-    let (from_wg_tx, mut from_wg) = mpsc::channel::<(String, Vec<u8>)>(1024);
     let task = tokio::spawn(async move {
         let mut t = Task {
             addr,
@@ -571,7 +572,7 @@ pub async fn spawn(
         loop {
             let wake = t.wake();
             tokio::select! {
-                r = sock.recv_from(&mut buf), if !shared => {
+                r = sock.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
                     // WireGuard from a peer's pair: straight to its proxy, no copy;
                     // under load, what else is queued too, before waiting again.
@@ -604,13 +605,12 @@ pub async fn spawn(
                 }
                 Some((id, data)) = from_wg.recv() => t.send_wireguard(Instant::now(), &id, data),
                 Some((from, data)) = next(&mut from_socket) => t.datagram(Instant::now(), from, &data),
-                Some((id, data)) = next(&mut from_device) => t.send_wireguard(Instant::now(), &id, data),
                 Some(cmd) = cmd_rx.recv() => match cmd {
                     Cmd::AddPeer { peer, controlling, wireguard, reply } => {
                         if let Some(p) = t.peers.get(&peer) {
                             let _ = reply.send(p.proxy.local_addr());
                         } else {
-                            match add_peer(&peer, controlling, wireguard, &from_wg_tx, &sock, shared).await {
+                            match add_peer(&peer, controlling, wireguard, &from_wg_tx, &sock).await {
                                 Ok(p) => {
                                     let proxy = Ok(p.proxy_addr);
                                     if let Some(dp) = &t.dp {
@@ -747,10 +747,10 @@ async fn add_peer(
     peer: &str,
     controlling: bool,
     wireguard: SocketAddr,
-    from_wg: &mpsc::Sender<(String, Vec<u8>)>,
+    from_wg: &mpsc::Sender<(Arc<str>, Vec<u8>)>,
     ice: &Arc<Wire>,
-    shared: bool,
 ) -> std::io::Result<Peer> {
+    let shared = matches!(**ice, Wire::Shared(_));
     let loopback = if wireguard.is_ipv4() {
         "127.0.0.1:0"
     } else {
@@ -762,7 +762,7 @@ async fn add_peer(
     let (p, tx, id, d, ice) = (
         proxy.clone(),
         from_wg.clone(),
-        peer.to_string(),
+        Arc::<str>::from(peer),
         direct.clone(),
         ice.clone(),
     );

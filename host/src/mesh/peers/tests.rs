@@ -518,6 +518,16 @@ fn write(v: &mut MeshView, changes: &mut Changes, key: &str, value: Option<Strin
     changes.record(key);
 }
 
+/// `write` of a record as the state stores it (JSON).
+fn put<T: serde::Serialize>(v: &mut MeshView, changes: &mut Changes, key: &str, record: &T) {
+    write(
+        v,
+        changes,
+        key,
+        Some(serde_json::to_string(record).unwrap()),
+    );
+}
+
 #[test]
 fn incremental_plans_equal_full_plans_on_random_changes() {
     // Property: after any sequence of node, edge, weight, ICE, address and ACL changes,
@@ -563,12 +573,7 @@ fn incremental_plans_equal_full_plans_on_random_changes() {
                             ..Default::default()
                         };
                         let key = format!("{}{a}", keys::NODES);
-                        write(
-                            &mut v,
-                            &mut changes,
-                            &key,
-                            Some(serde_json::to_string(&n).unwrap()),
-                        );
+                        put(&mut v, &mut changes, &key, &n);
                     }
                     3 => write(&mut v, &mut changes, &format!("{}{a}", keys::NODES), None),
                     4..=6 => {
@@ -582,12 +587,7 @@ fn incremental_plans_equal_full_plans_on_random_changes() {
                             e.attributes.insert(ICE_ATTRIBUTE.into(), "true".into());
                         }
                         let key = format!("{}{a}/{b}", keys::EDGES);
-                        write(
-                            &mut v,
-                            &mut changes,
-                            &key,
-                            Some(serde_json::to_string(&e).unwrap()),
-                        );
+                        put(&mut v, &mut changes, &key, &e);
                     }
                     7 | 8 => write(
                         &mut v,
@@ -605,12 +605,7 @@ fn incremental_plans_equal_full_plans_on_random_changes() {
                             ..Default::default()
                         };
                         let key = format!("{}pair", keys::NETWORK_ACLS);
-                        write(
-                            &mut v,
-                            &mut changes,
-                            &key,
-                            Some(serde_json::to_string(&acl).unwrap()),
-                        );
+                        put(&mut v, &mut changes, &key, &acl);
                     }
                 }
             }
