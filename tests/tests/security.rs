@@ -435,7 +435,10 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
         ));
         // Raft: a vote with a huge term, from a non-voter, to h1's raft port.
         let data = vote_message(1 << 40, "m")?;
-        let mut req = tonic::Request::new(RaftMessage { data: data.clone() });
+        let mut req = tonic::Request::new(RaftMessage {
+            data: data.clone(),
+            ..Default::default()
+        });
         req.metadata_mut().insert(
             PROOF_HEADER,
             as_m.sign(Purpose::Raft, "raft/vote", &data, &[]).parse()?,
@@ -446,7 +449,10 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
             code(&RaftTransportClient::new(raft.clone()).vote(req).await),
         ));
         // ... claiming to be h2 (a member's name, m's key).
-        let mut req = tonic::Request::new(RaftMessage { data: data.clone() });
+        let mut req = tonic::Request::new(RaftMessage {
+            data: data.clone(),
+            ..Default::default()
+        });
         req.metadata_mut().insert(
             PROOF_HEADER,
             signer("h2", &key)
@@ -458,11 +464,81 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
             code(&RaftTransportClient::new(raft.clone()).vote(req).await),
         ));
         // ... unsigned.
-        let req = tonic::Request::new(RaftMessage { data });
+        let req = tonic::Request::new(RaftMessage {
+            data,
+            ..Default::default()
+        });
         out.push((
             "unsigned raft",
-            code(&RaftTransportClient::new(raft).vote(req).await),
+            code(&RaftTransportClient::new(raft.clone()).vote(req).await),
         ));
+        // The log stream (`Follow`, postcard of `{ next, stream }`): unsigned, as
+        // another member, and past any real index are refused; m itself, a member, may
+        // follow, and what comes back is signed by the voter for this stream only.
+        let follow = postcard::to_stdvec(&(0u64, 7u64))?;
+        let req = tonic::Request::new(RaftMessage {
+            data: follow.clone(),
+            ..Default::default()
+        });
+        out.push((
+            "unsigned follow",
+            code(&RaftTransportClient::new(raft.clone()).follow(req).await),
+        ));
+        let mut req = tonic::Request::new(RaftMessage {
+            data: follow.clone(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            PROOF_HEADER,
+            signer("h2", &key)
+                .sign(Purpose::Raft, "raft/follow", &follow, &[])
+                .parse()?,
+        );
+        out.push((
+            "follow as h2",
+            code(&RaftTransportClient::new(raft.clone()).follow(req).await),
+        ));
+        let huge = postcard::to_stdvec(&(u64::MAX - 1, 7u64))?;
+        let mut req = tonic::Request::new(RaftMessage {
+            data: huge.clone(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            PROOF_HEADER,
+            as_m.sign(Purpose::Raft, "raft/follow", &huge, &[])
+                .parse()?,
+        );
+        out.push((
+            "follow past any index",
+            code(&RaftTransportClient::new(raft.clone()).follow(req).await),
+        ));
+        let mut req = tonic::Request::new(RaftMessage {
+            data: follow.clone(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            PROOF_HEADER,
+            as_m.sign(Purpose::Raft, "raft/follow", &follow, &[])
+                .parse()?,
+        );
+        let mut stream = RaftTransportClient::new(raft)
+            .max_decoding_message_size(64 << 20)
+            .follow(req)
+            .await?
+            .into_inner();
+        let first = stream.message().await?.context("a first message")?;
+        let proof = webmesh_client::proof::Proof::parse(&first.proof)?;
+        let digest = webmesh_client::proof::body_digest(&first.data);
+        let now = webmesh_client::proof::now_ms();
+        proof.verify(Purpose::Raft, "raft/follow", &digest, &["7"], now, 300_000)?;
+        ensure!(proof.node == "h1", "the stream is signed by {}", proof.node);
+        let other_stream =
+            proof.verify(Purpose::Raft, "raft/follow", &digest, &["8"], now, 300_000);
+        ensure!(
+            other_stream.is_err(),
+            "a message is good for its own stream only"
+        );
+        out.push(("member follows", Code::Ok));
         Ok(out)
     })?;
     let want = [
@@ -476,6 +552,10 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
         ("raft vote from a non-voter", Code::PermissionDenied),
         ("raft vote as h2", Code::PermissionDenied),
         ("unsigned raft", Code::Unauthenticated),
+        ("unsigned follow", Code::Unauthenticated),
+        ("follow as h2", Code::PermissionDenied),
+        ("follow past any index", Code::InvalidArgument),
+        ("member follows", Code::Ok),
     ];
     for ((what, got), (_, expected)) in results.iter().zip(want) {
         ensure!(*got == expected, "{what}: {got:?}, expected {expected:?}");
@@ -505,7 +585,10 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
     let key = m_key.clone();
     let code_huge = in_netns(&ns, move || async move {
         let data = vote_message(u64::MAX - 1, "m")?;
-        let mut req = tonic::Request::new(RaftMessage { data: data.clone() });
+        let mut req = tonic::Request::new(RaftMessage {
+            data: data.clone(),
+            ..Default::default()
+        });
         req.metadata_mut().insert(
             PROOF_HEADER,
             signer("m", &key)

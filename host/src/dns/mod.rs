@@ -129,7 +129,7 @@ pub async fn serve(
     tasks.push(tokio::spawn(
         async move {
             let raft = keeper_raft;
-            let mut metrics = raft.raft.metrics();
+            let mut metrics = raft.watch_metrics();
             let mut known = (leader, voters);
             loop {
                 let rebuild = tokio::select! {
@@ -208,7 +208,7 @@ pub async fn serve(
 
 /// The leader's name and the voters' names, as Raft knows them now.
 fn roles(raft: &RaftNode) -> (Option<String>, Vec<String>) {
-    let m = raft.raft.metrics();
+    let m = raft.watch_metrics();
     let m = m.borrow();
     let membership = m.membership_config.membership();
     let leader = m

@@ -19,23 +19,33 @@ pub enum IpamError {
 /// The lowest address of `net` that is not in `used`, skipping the network and
 /// broadcast addresses (so a /30 holds two nodes).
 pub fn next_ipv4(net: Ipv4Net, used: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
-    let first = u32::from(net.network()).saturating_add(1);
-    let last = u32::from(net.broadcast()).saturating_sub(1);
-    (first..=last)
-        .map(Ipv4Addr::from)
+    ipv4_hosts(net)
         .find(|a| !used.contains(a))
         .ok_or(IpamError::V4Exhausted(net))
+}
+
+/// The host addresses of `net` in order, without the network and broadcast addresses.
+pub fn ipv4_hosts(net: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
+    let first = u32::from(net.network()).saturating_add(1);
+    let last = u32::from(net.broadcast()).saturating_sub(1);
+    (first..=last).map(Ipv4Addr::from)
 }
 
 /// The lowest /64 of the /48 `net` not in `used`, skipping subnet 0 (kept for the mesh
 /// itself, e.g. anycast services).
 pub fn next_ipv6_prefix(net: Ipv6Net, used: &HashSet<Ipv6Net>) -> Result<Ipv6Net, IpamError> {
-    let base = u128::from(net.network());
-    let subnets: u128 = 1 << (64 - u32::from(net.prefix_len().min(64)));
-    (1..subnets)
-        .map(|i| Ipv6Net::new(Ipv6Addr::from(base | (i << 64)), 64).expect("64 is a valid prefix"))
+    ipv6_prefixes(net)
         .find(|p| !used.contains(p))
         .ok_or(IpamError::V6Exhausted(net))
+}
+
+/// The /64s of `net` in order, without subnet 0.
+pub fn ipv6_prefixes(net: Ipv6Net) -> impl Iterator<Item = Ipv6Net> {
+    let base = u128::from(net.network());
+    let subnets: u128 = 1 << (64 - u32::from(net.prefix_len().min(64)));
+    (1..subnets).map(move |i| {
+        Ipv6Net::new(Ipv6Addr::from(base | (i << 64)), 64).expect("64 is a valid prefix")
+    })
 }
 
 /// A node's own address inside its /64: the first host address.

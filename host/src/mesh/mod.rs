@@ -17,6 +17,7 @@ pub mod membership;
 pub mod ops;
 pub mod peers;
 pub mod rbac;
+pub mod registry;
 pub mod rules;
 pub mod view;
 pub mod writes;

@@ -10,21 +10,24 @@
 //!   every replica holds (so concurrent joins never share one), keeping a rejoining
 //!   node's, refusing addresses another node holds.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use webmesh_api::v1::MeshNode;
 
 use super::ops::Op;
+use super::registry::{NodeIndex, addresses};
 use super::{ipam, keys};
 
 /// The state as a proposal sees it (earlier writes of the same log entry included).
 pub trait StateRead {
     /// A key's value and expiry (0: none), expired or not.
     fn current(&self, key: &str) -> Result<Option<(String, u64)>, String>;
-    /// Every node record, expired or not (an address stays taken until its record goes).
-    fn nodes(&self) -> Result<Vec<MeshNode>, String>;
+    /// Node records written earlier in the same log entry, decoded (`None`: deleted).
+    fn staged_nodes(&self) -> Result<Vec<(String, Option<MeshNode>)>, String>;
+    /// Runs `f` over the index of the node records as they stood before this log entry
+    /// (expired or not: an address stays taken until its record goes).
+    fn with_index<R>(&self, f: impl FnOnce(&NodeIndex) -> R) -> R;
 }
 
 /// One write an operation decides; once applied, the change watchers and storage
@@ -111,25 +114,12 @@ pub fn register_node(
     let mut node: MeshNode =
         serde_json::from_str(node_json).map_err(|e| format!("node record: {e}"))?;
     let key = keys::node(&node.id);
-    let others: Vec<MeshNode> = state
-        .nodes()?
-        .into_iter()
-        .filter(|n| n.id != node.id)
-        .collect();
+    let staged = state.staged_nodes()?;
     let existing = state
         .current(&key)?
         .map(|(v, _)| serde_json::from_str::<MeshNode>(&v))
         .transpose()
         .map_err(|e| format!("{key}: {e}"))?;
-    if existing.is_none()
-        && let Some(twin) = others.iter().find(|o| o.id.eq_ignore_ascii_case(&node.id))
-    {
-        // IDs are DNS names, which ignore case: a twin would take the other's name.
-        return Err(format!(
-            "node ID {:?} differs only in case from node {:?}; choose another ID",
-            node.id, twin.id
-        ));
-    }
     if let Some(old) = &existing {
         // A rejoin keeps the addresses it had.
         if node.private_ipv4.is_empty() {
@@ -142,44 +132,82 @@ pub fn register_node(
             node.created_at = old.created_at;
         }
     }
-    // Addresses the caller chose (e.g. an IPAM plugin) must still be unique.
-    for other in &others {
-        if !node.private_ipv4.is_empty() && node.private_ipv4 == other.private_ipv4 {
+    let v4_net: Option<Ipv4Net> = match assign_ipv4 && node.private_ipv4.is_empty() {
+        true => Some(
+            setting(state, keys::MESH_IPV4)?
+                .parse()
+                .map_err(|e| format!("mesh IPv4 network: {e}"))?,
+        ),
+        false => None,
+    };
+    let v6_net: Option<Ipv6Net> = match node.private_ipv6.is_empty() {
+        true => Some(
+            setting(state, keys::MESH_IPV6)?
+                .parse()
+                .map_err(|e| format!("mesh IPv6 network: {e}"))?,
+        ),
+        false => None,
+    };
+    let me = node.id.clone();
+    // Who else holds something: the records staged in this entry first, then the index
+    // of what was committed before it (minus records staged since).
+    let staged_other = |f: &dyn Fn(&MeshNode) -> bool| {
+        staged
+            .iter()
+            .find(|(id, n)| *id != me && n.as_ref().is_some_and(f))
+            .map(|(id, _)| id.clone())
+    };
+    let is_staged = |id: &str| staged.iter().any(|(s, _)| s == id);
+    state.with_index(|ix| {
+        let committed = |owner: Option<&str>| {
+            owner
+                .filter(|o| *o != me && !is_staged(o))
+                .map(str::to_string)
+        };
+        let v4_owner = |a: Ipv4Addr| {
+            staged_other(&|n| addresses(n).0 == Some(a)).or_else(|| committed(ix.ipv4_owner(a)))
+        };
+        let v6_owner = |p: Ipv6Net| {
+            staged_other(&|n| addresses(n).1 == Some(p)).or_else(|| committed(ix.ipv6_owner(p)))
+        };
+        if existing.is_none() {
+            let twin = staged_other(&|n| n.id.eq_ignore_ascii_case(&me))
+                .or_else(|| committed(ix.folded_owner(&me)));
+            if let Some(twin) = twin {
+                // IDs are DNS names, which ignore case: a twin would take the other's name.
+                return Err(format!(
+                    "node ID {me:?} differs only in case from node {twin:?}; choose another ID"
+                ));
+            }
+        }
+        // Addresses the caller chose (e.g. an IPAM plugin) must still be unique.
+        let (v4, v6) = addresses(&node);
+        if let Some(owner) = v4.and_then(v4_owner) {
             return Err(format!(
-                "IPv4 {} already belongs to node {}",
-                node.private_ipv4, other.id
+                "IPv4 {} already belongs to node {owner}",
+                node.private_ipv4
             ));
         }
-        if !node.private_ipv6.is_empty() && node.private_ipv6 == other.private_ipv6 {
+        if let Some(owner) = v6.and_then(v6_owner) {
             return Err(format!(
-                "IPv6 {} already belongs to node {}",
-                node.private_ipv6, other.id
+                "IPv6 {} already belongs to node {owner}",
+                node.private_ipv6
             ));
         }
-    }
-    if assign_ipv4 && node.private_ipv4.is_empty() {
-        let net: Ipv4Net = setting(state, keys::MESH_IPV4)?
-            .parse()
-            .map_err(|e| format!("mesh IPv4 network: {e}"))?;
-        let used: HashSet<Ipv4Addr> = others
-            .iter()
-            .filter_map(|n| n.private_ipv4.parse::<Ipv4Net>().ok().map(|a| a.addr()))
-            .collect();
-        let addr = ipam::next_ipv4(net, &used).map_err(|e| e.to_string())?;
-        node.private_ipv4 = format!("{addr}/32");
-    }
-    if node.private_ipv6.is_empty() {
-        let net: Ipv6Net = setting(state, keys::MESH_IPV6)?
-            .parse()
-            .map_err(|e| format!("mesh IPv6 network: {e}"))?;
-        let used: HashSet<Ipv6Net> = others
-            .iter()
-            .filter_map(|n| n.private_ipv6.parse::<Ipv6Net>().ok())
-            .collect();
-        node.private_ipv6 = ipam::next_ipv6_prefix(net, &used)
-            .map_err(|e| e.to_string())?
-            .to_string();
-    }
+        if let Some(net) = v4_net {
+            let addr = ipam::ipv4_hosts(net)
+                .find(|a| v4_owner(*a).is_none())
+                .ok_or_else(|| ipam::IpamError::V4Exhausted(net).to_string())?;
+            node.private_ipv4 = format!("{addr}/32");
+        }
+        if let Some(net) = v6_net {
+            node.private_ipv6 = ipam::ipv6_prefixes(net)
+                .find(|p| v6_owner(*p).is_none())
+                .ok_or_else(|| ipam::IpamError::V6Exhausted(net).to_string())?
+                .to_string();
+        }
+        Ok(())
+    })?;
     let stamp = Some(webmesh_api::wkt::Timestamp {
         seconds: (now_ms / 1000) as i64,
         nanos: ((now_ms % 1000) * 1_000_000) as i32,
@@ -194,7 +222,7 @@ pub fn register_node(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashSet};
 
     use super::*;
 
@@ -206,12 +234,15 @@ mod tests {
         fn current(&self, key: &str) -> Result<Option<(String, u64)>, String> {
             Ok(self.0.get(key).cloned())
         }
-        fn nodes(&self) -> Result<Vec<MeshNode>, String> {
-            self.0
-                .iter()
-                .filter(|(k, _)| k.starts_with(keys::NODES))
-                .map(|(_, (v, _))| serde_json::from_str(v).map_err(|e| e.to_string()))
-                .collect()
+        fn staged_nodes(&self) -> Result<Vec<(String, Option<MeshNode>)>, String> {
+            Ok(Vec::new())
+        }
+        fn with_index<R>(&self, f: impl FnOnce(&NodeIndex) -> R) -> R {
+            let mut ix = NodeIndex::default();
+            for (k, (v, _)) in &self.0 {
+                ix.apply(k, Some(v));
+            }
+            f(&ix)
         }
     }
 

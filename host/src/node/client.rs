@@ -160,6 +160,7 @@ pub(super) async fn refresh_record(
     want: JoinRequest,
     join: Vec<String>,
     creds: Credentials,
+    underlay: bool,
 ) {
     let view = crate::store::views::load_view(&raft.engine);
     let Some(have) = view.nodes.get(&raft.name) else {
@@ -184,7 +185,7 @@ pub(super) async fn refresh_record(
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         let result = if raft.is_leader() {
-            crate::services::membership::update(&raft, &req)
+            crate::services::membership::update(&raft, &req, underlay)
                 .await
                 .map_err(|s| s.message().to_string())
         } else {
@@ -287,6 +288,8 @@ pub(super) fn dns_settings(cfg: &Config) -> Option<crate::dns::Settings> {
 pub(super) struct Joined {
     pub resp: JoinResponse,
     pub voters: Vec<(String, String)>,
+    /// The voters' raft addresses, the leader first.
+    pub voter_addrs: Vec<(String, String)>,
 }
 
 /// Tries each join address in order, with backoff between rounds, until one accepts.
@@ -392,9 +395,16 @@ async fn try_join(
         .and_then(|v| v.to_str().ok())
         .map(parse_voters)
         .unwrap_or_default();
+    let voter_addrs = resp
+        .metadata()
+        .get(crate::services::node::VOTER_ADDRS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(parse_voters)
+        .unwrap_or_default();
     Ok(Joined {
         resp: resp.into_inner(),
         voters,
+        voter_addrs,
     })
 }
 

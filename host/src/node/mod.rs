@@ -147,9 +147,17 @@ impl Parts {
                 plugins.shutdown().await;
             }
         }
-        for t in self.tasks {
+        for t in &self.tasks {
             t.abort();
         }
+        // An aborted task is dropped when the runtime next polls it, and what it holds
+        // goes with it — RocksDB among them: wait, so that a node started again in this
+        // process (the AppDaemon's Connect) finds the data dir free.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::future::join_all(self.tasks),
+        )
+        .await;
     }
 }
 
@@ -339,6 +347,16 @@ impl Node {
             &mut parts.tasks,
         )
         .await?;
+        // A node that is no Raft member (it joined without a raft port) follows the log
+        // by stream from a voter; before anything reads Raft's figures.
+        if Self::follows_by_stream(cfg, &raft, mode) {
+            info!("following the log by stream from a voter");
+            parts.tasks.push(crate::raft::stream::spawn_follower(
+                raft.clone(),
+                trust.clone(),
+                place.voter_addrs.clone(),
+            ));
+        }
         let (grpc_bound, grpc_incoming) = servers::bind_all(&[cfg.grpc_listen], "gRPC API").await?;
         let grpc_addr = grpc_bound[0];
         cancellable(
@@ -422,6 +440,7 @@ impl Node {
                     client::join_request(cfg, name, &key),
                     cfg.join.iter().chain(&cfg.discover).cloned().collect(),
                     creds.clone(),
+                    cfg.no_wireguard,
                 )
                 .in_current_span(),
             ));
@@ -598,6 +617,7 @@ impl Node {
                 },
                 bootstrap_v6: None,
                 voters: vec![],
+                voter_addrs: vec![],
                 dns_servers: view.dns_servers(name, |id| raft.is_voter(id)),
                 mesh_domain: view.mesh_domain.clone(),
             });
@@ -610,11 +630,16 @@ impl Node {
                 zone,
                 bootstrap_v6: Some(v6net),
                 voters: vec![],
+                voter_addrs: vec![],
                 dns_servers: vec![],
                 mesh_domain: cfg.mesh_domain.clone(),
             });
         }
-        let client::Joined { resp, voters } = client::join_mesh(cfg, name, key, creds).await?;
+        let client::Joined {
+            resp,
+            voters,
+            voter_addrs,
+        } = client::join_mesh(cfg, name, key, creds).await?;
         let me = MeshNode {
             private_ipv4: resp
                 .address_ipv4
@@ -634,6 +659,7 @@ impl Node {
             zone,
             bootstrap_v6: None,
             voters,
+            voter_addrs,
             dns_servers: resp.dns_servers,
             mesh_domain: resp.mesh_domain,
         })
@@ -699,6 +725,17 @@ impl Node {
         .map_err(|e| NodeError::Network(e.to_string()))?;
         info!(interface = %iface.name, backend = iface.backend.as_str(), port = iface.listen_port, addresses = ?place.addrs.interface(), "WireGuard interface up");
         Ok(Some(Arc::new(iface)))
+    }
+
+    /// Whether this node follows the log by stream: it is no member of its Raft
+    /// configuration (only voters are; a joiner that asked for a vote becomes a learner
+    /// first). Once the leader makes it one (a promotion), Raft takes over.
+    fn follows_by_stream(cfg: &Config, raft: &RaftNode, mode: Mode) -> bool {
+        match mode {
+            Mode::Bootstrap { .. } => false,
+            Mode::Join | Mode::Rejoin => !cfg.voter,
+            Mode::Resume => !raft.in_raft(),
+        }
     }
 
     /// A new mesh initializes Raft with this node as its only voter; then every node

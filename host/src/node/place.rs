@@ -59,6 +59,8 @@ pub(super) struct Place {
     pub(super) bootstrap_v6: Option<Ipv6Net>,
     /// The voters and their keys a join answer named.
     pub(super) voters: Vec<(String, String)>,
+    /// The voters' raft addresses a join answer named, the leader first.
+    pub(super) voter_addrs: Vec<(String, String)>,
     /// `ip:port` of the mesh's DNS servers, and the mesh domain.
     pub(super) dns_servers: Vec<String>,
     pub(super) mesh_domain: String,

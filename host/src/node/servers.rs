@@ -94,11 +94,16 @@ pub(super) async fn serve_raft(
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<SocketAddr, NodeError> {
     let (bound, incoming) = bind_all(listen, "raft").await?;
-    let svc = webmesh_api::internal::raft_transport_server::RaftTransportServer::new(
-        crate::raft::server::RaftServer::new(raft.raft.clone(), trust, raft.disk.clone()),
-    )
-    .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES);
+    let server = crate::raft::server::RaftServer::new(raft, trust);
+    let slot = server.slot();
+    let mut stopping = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }));
+    let svc = webmesh_api::internal::raft_transport_server::RaftTransportServer::new(server)
+        .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES);
     // The leader cancels appends that outlive their deadline (a busy follower); each is
     // a stream reset on the shared HTTP/2 connection, and hyper's default of 20 pending
     // resets would drop the whole connection. Bounded all the same (rapid reset): the

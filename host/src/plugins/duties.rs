@@ -164,7 +164,7 @@ pub fn spawn_watch(
         return tasks;
     }
     let mut events = raft.subscribe();
-    let mut metrics = raft.raft.metrics();
+    let mut metrics = raft.watch_metrics();
     let mut known = Known::default();
     if let Ok(entries) = raft.engine.list(keys::NODES) {
         for e in entries {

@@ -4,6 +4,7 @@ pub mod follow;
 pub mod network;
 pub mod server;
 pub mod storage;
+pub mod stream;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -156,6 +157,13 @@ pub struct RaftNode {
     proposals: tokio::sync::mpsc::UnboundedSender<Queued>,
     /// Whether the data dir takes writes; checked before every proposal.
     pub disk: crate::store::disk::DiskGuard,
+    /// Members this voter streams the log to (`raft::stream`).
+    pub served: stream::Served,
+    /// Raft's figures when this node follows the log by stream instead.
+    stream: Arc<stream::StreamMetrics>,
+    /// The view joins read (on the leader), kept current from state events rather
+    /// than decoded afresh per join; its lock makes joins one at a time.
+    pub join_view: Arc<tokio::sync::Mutex<Option<follow::ViewFollower>>>,
 }
 
 /// Timing for meshes of modest hosts: openraft bounds each AppendEntries by the
@@ -212,8 +220,12 @@ impl RaftNode {
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         spawn_batcher(raft.clone(), queue);
         let disk = crate::store::disk::DiskGuard::watch(engine.path());
+        let stream = Arc::new(stream::StreamMetrics::new(raft.metrics().borrow().clone()));
         Ok(RaftNode {
             disk,
+            served: stream::Served::default(),
+            stream,
+            join_view: Arc::default(),
             raft,
             engine,
             state_machine,
@@ -246,9 +258,31 @@ impl RaftNode {
             .map_err(|e| ProposeError::Unavailable(e.to_string()))
     }
 
+    /// Raft's figures as they change: openraft's, or, on a member that follows the log
+    /// by stream, what its stream says.
+    pub fn watch_metrics(
+        &self,
+    ) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>> {
+        if self.stream.is_on() {
+            self.stream.subscribe()
+        } else {
+            self.raft.metrics()
+        }
+    }
+
+    /// Whether this node takes part in Raft (a voter or a learner of its membership).
+    pub fn in_raft(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some_and(|n| n.name == self.name)
+    }
+
     /// Waits until some node leads, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ProposeError> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.watch_metrics();
         let wait = rx.wait_for(|m| m.current_leader.is_some());
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(m)) => Ok(m.current_leader.expect("waited for a leader")),
@@ -264,7 +298,7 @@ impl RaftNode {
     }
 
     pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
-        self.raft.metrics().borrow().clone()
+        self.watch_metrics().borrow().clone()
     }
 
     /// Raft's figures for the metrics.
@@ -289,7 +323,7 @@ impl RaftNode {
 
     /// Counts leader changes as this node sees them, for as long as Raft runs.
     pub fn spawn_leader_watch(&self) -> tokio::task::JoinHandle<()> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.watch_metrics();
         tokio::spawn(async move {
             let mut leader = rx.borrow().current_leader;
             while rx.changed().await.is_ok() {
@@ -305,14 +339,14 @@ impl RaftNode {
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
+        let m = self.watch_metrics();
         let m = m.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
     /// The member record of `id` in the current membership.
     pub fn member(&self, id: NodeId) -> Option<Member> {
-        let m = self.raft.metrics();
+        let m = self.watch_metrics();
         let m = m.borrow();
         m.membership_config.membership().get_node(&id).cloned()
     }
@@ -337,12 +371,12 @@ impl RaftNode {
     /// Resolves once `leader` is not the leader this node knows any more: an election
     /// began (it stopped hearing from it), another node won, or Raft stopped.
     pub async fn leader_moved_from(&self, leader: NodeId) {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.watch_metrics();
         let _ = rx.wait_for(|m| m.current_leader != Some(leader)).await;
     }
 
     pub fn leader_id(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.watch_metrics().borrow().current_leader
     }
 
     pub fn leader(&self) -> Option<Member> {
@@ -358,7 +392,7 @@ impl RaftNode {
     /// Whether the node named `name` is a voter in the current membership.
     pub fn is_voter(&self, name: &str) -> bool {
         let id = ids::raft_id(name);
-        let m = self.raft.metrics();
+        let m = self.watch_metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
         membership.voter_ids().any(|v| v == id)
@@ -530,6 +564,7 @@ impl RaftNode {
     }
 
     pub async fn shutdown(&self) {
+        self.stream.close();
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft did not shut down cleanly");
         } else {

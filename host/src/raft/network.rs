@@ -201,7 +201,10 @@ impl Peer {
         let data =
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let proof = self.signer.sign(Purpose::Raft, kind.path(), &data, &[]);
-        let mut request = tonic::Request::new(RaftMessage { data });
+        let mut request = tonic::Request::new(RaftMessage {
+            data,
+            proof: String::new(),
+        });
         request.set_timeout(option.hard_ttl());
         if let Ok(v) = proof.parse() {
             request.metadata_mut().insert(PROOF_HEADER, v);

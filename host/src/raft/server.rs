@@ -4,7 +4,8 @@
 //! mesh reaches, and hands the decoded message to the local Raft.
 //!
 //! Learners never send Raft requests; only voters campaign and only the leader (a
-//! voter) appends, so nothing else is let through.
+//! voter) appends, so nothing else is let through. The one call members make is
+//! `Follow` (`raft::stream`): any registered member proving its key may follow a voter.
 
 use std::sync::Arc;
 
@@ -26,14 +27,68 @@ use crate::trust::Trust;
 pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 
 pub struct RaftServer {
+    /// Taken away when the node stops ([`RaftServer::slot`]): the server's connection
+    /// tasks outlive it, and must not keep the node's RocksDB open.
+    node: Arc<std::sync::Mutex<Option<super::RaftNode>>>,
     raft: Raft,
     trust: Arc<Trust>,
     disk: crate::store::disk::DiskGuard,
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft, trust: Arc<Trust>, disk: crate::store::disk::DiskGuard) -> RaftServer {
-        RaftServer { raft, trust, disk }
+    pub fn new(node: &super::RaftNode, trust: Arc<Trust>) -> RaftServer {
+        RaftServer {
+            raft: node.raft.clone(),
+            disk: node.disk.clone(),
+            node: Arc::new(std::sync::Mutex::new(Some(node.clone()))),
+            trust,
+        }
+    }
+
+    /// Emptied when the node stops.
+    pub fn slot(&self) -> Arc<std::sync::Mutex<Option<super::RaftNode>>> {
+        self.node.clone()
+    }
+
+    fn node(&self) -> Result<super::RaftNode, Status> {
+        self.node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Status::unavailable("raft: this node is stopping"))
+    }
+
+    /// The member asking to follow the log, if it proves a registered key (its nonce
+    /// is taken: a follow request is good once).
+    fn admit_follower(&self, req: &Request<RaftMessage>) -> Result<String, Status> {
+        let header = req
+            .metadata()
+            .get(PROOF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "raft: a follow request must carry its member's proof of key",
+                )
+            })?;
+        let digest = proof::body_digest(&req.get_ref().data);
+        let claim = self
+            .trust
+            .check(
+                header,
+                Purpose::Raft,
+                super::stream::FOLLOW_PATH,
+                &digest,
+                &[],
+                true,
+            )
+            .map_err(|e| Status::unauthenticated(format!("raft: {e}")))?;
+        if !claim.registered {
+            return Err(Status::permission_denied(format!(
+                "raft: {} is not a member with that key",
+                claim.node
+            )));
+        }
+        Ok(claim.node)
     }
 
     /// The sender, if it may speak Raft to this node.
@@ -56,7 +111,9 @@ impl RaftServer {
                 claim.node
             )));
         }
-        let metrics = self.raft.metrics();
+        // Raft's configuration, or on a member that follows the log by stream (and is
+        // being made a learner) the one its stream applied.
+        let metrics = self.node()?.watch_metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();
         let voter = membership
@@ -83,7 +140,12 @@ fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
     postcard::to_stdvec(v)
-        .map(|data| Response::new(RaftMessage { data }))
+        .map(|data| {
+            Response::new(RaftMessage {
+                data,
+                proof: String::new(),
+            })
+        })
         .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))
 }
 
@@ -113,6 +175,25 @@ pub fn check_bounds<'a>(
 
 #[tonic::async_trait]
 impl RaftTransport for RaftServer {
+    type FollowStream = tokio_stream::wrappers::ReceiverStream<Result<RaftMessage, Status>>;
+
+    async fn follow(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let member = self.admit_follower(&req)?;
+        let follow: super::stream::FollowRequest = decode(req)?;
+        if follow.next >= MAX_TERM_OR_INDEX {
+            return Err(Status::invalid_argument(format!(
+                "raft: index {} is beyond {MAX_TERM_OR_INDEX}; no mesh gets there",
+                follow.next
+            )));
+        }
+        let rx = super::stream::serve(&self.node()?, self.trust.clone(), member, follow)?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,

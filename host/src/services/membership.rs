@@ -81,17 +81,21 @@ pub async fn join(
     // One join at a time from reading the view to committing: a join's edges depend on
     // the nodes already there, and two joins that each read the view before the other
     // committed would miss the edges between them (two public nodes, two nodes behind
-    // NATs that negotiate ICE).
-    static JOINS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let one_at_a_time = JOINS.lock().await;
-    let view = load_view(&raft.engine);
+    // NATs that negotiate ICE). The view is kept current from state events: decoding
+    // every record per join would cost tens of milliseconds at 10,000 nodes.
+    let mut cached = raft.join_view.lock().await;
+    let follower = cached.get_or_insert_with(|| crate::raft::follow::ViewFollower::new(raft));
+    if follower.catch_up().is_none() {
+        return Err(Status::unavailable("raft stopped"));
+    }
+    let view = &follower.view;
     if !req.direct_peers.is_empty() && view.ice_servers(&req.id).is_empty() {
         return Err(Status::failed_precondition(
             "direct_peers: no public node of this mesh negotiates ICE (run one with --ice); \
              join without them",
         ));
     }
-    writes::check_routes("routes", &req.routes, &view)
+    writes::check_routes("routes", &req.routes, view)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut record = membership::node_record(req);
     // IPAM plugins choose first; the state machine still checks uniqueness, and
@@ -130,9 +134,9 @@ pub async fn join(
         node_json: serde_json::to_string(&record).map_err(|e| Status::internal(e.to_string()))?,
         assign_ipv4: req.assign_ipv4,
     }];
-    ops.extend(membership::default_edges(&view, &record, handler));
+    ops.extend(membership::default_edges(view, &record, handler));
     ops.extend(
-        membership::ice_edges(&view, &record, &req.direct_peers)
+        membership::ice_edges(view, &record, &req.direct_peers)
             .map_err(|e| Status::invalid_argument(e.to_string()))?,
     );
     let deadline = crate::store::ops::now_ms() + admission.timeout.as_millis() as u64;
@@ -153,7 +157,6 @@ pub async fn join(
             return Err(propose_status(e));
         }
     };
-    drop(one_at_a_time);
     debug!(node = %req.id, index = committed.index, "node registered");
     let node = mesh_node(committed.outcome.value.as_deref())?;
     let member = if underlay {
@@ -165,8 +168,11 @@ pub async fn join(
     } else {
         member_for(&node, req.prefer_raft_ipv6)
     };
-    raft.add_learner(member).await.map_err(propose_status)?;
+    // Only a joiner that asks for a vote takes part in Raft (a learner until it has
+    // caught up); every other member follows the log by stream from a voter
+    // (`raft::stream`): no replication stream on the leader per member.
     if req.as_voter {
+        raft.add_learner(member).await.map_err(propose_status)?;
         let r = raft.clone();
         let name = req.id.clone();
         tokio::spawn(async move {
@@ -179,8 +185,12 @@ pub async fn join(
             }
         });
     }
-    let view = load_view(&raft.engine);
-    let plan = peers::compute(&view, &req.id);
+    // The commit is applied here before it returns: catching up takes it in.
+    if follower.catch_up().is_none() {
+        return Err(Status::unavailable("raft stopped"));
+    }
+    let view = &follower.view;
+    let plan = peers::compute(view, &req.id);
     info!(node = %req.id, via = %handler, address_v4 = %node.private_ipv4, address_v6 = %node.private_ipv6, peers = plan.peers.len(), "node joined");
     Ok(JoinResponse {
         address_ipv4: with_network_bits(
@@ -222,7 +232,7 @@ fn route_op(node: &str, cidrs: &[String]) -> Op {
 }
 
 /// An update, on the leader: only the set fields change; `as_voter` promotes.
-pub async fn update(raft: &RaftNode, req: &UpdateRequest) -> Result<(), Status> {
+pub async fn update(raft: &RaftNode, req: &UpdateRequest, underlay: bool) -> Result<(), Status> {
     if !req.routes.is_empty() {
         writes::check_routes("routes", &req.routes, &load_view(&raft.engine))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -246,10 +256,22 @@ pub async fn update(raft: &RaftNode, req: &UpdateRequest) -> Result<(), Status> 
     }
     let committed = raft.propose(ops).await.map_err(propose_status)?;
     let node = mesh_node(committed.outcome.value.as_deref())?;
-    if new.raft_port != old.raft_port || new.grpc_port != old.grpc_port {
-        raft.add_learner(member_for(&node, false))
-            .await
-            .map_err(propose_status)?;
+    let in_raft = raft.member(crate::mesh::ids::raft_id(&req.id)).is_some();
+    // A Raft member that moved is re-addressed; a member that follows by stream and is
+    // to vote becomes a learner first (its node hands over from the stream to Raft).
+    if (in_raft && (new.raft_port != old.raft_port || new.grpc_port != old.grpc_port))
+        || (!in_raft && req.as_voter)
+    {
+        let member = match underlay {
+            true => underlay_member(&node).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "{} has no primary endpoint, which a mesh without WireGuard reaches it on",
+                    req.id
+                ))
+            })?,
+            false => member_for(&node, false),
+        };
+        raft.add_learner(member).await.map_err(propose_status)?;
     }
     if req.as_voter {
         raft.promote_when_caught_up(&req.id, Duration::from_secs(30))
@@ -305,10 +327,11 @@ pub fn spawn_pending_sweeper(raft: RaftNode, ipam: Ipam) -> tokio::task::JoinHan
                     let id = &e.key[keys::PENDING.len()..];
                     let deadline = e.value.parse().unwrap_or(0);
                     let has_record = raft.engine.get(&keys::node(id)).ok().flatten().is_some();
-                    let reached = m.replication.as_ref().is_some_and(|r| {
-                        r.get(&crate::mesh::ids::raft_id(id))
-                            .is_some_and(|matched| matched.is_some())
-                    });
+                    let reached = raft.served.contains(id)
+                        || m.replication.as_ref().is_some_and(|r| {
+                            r.get(&crate::mesh::ids::raft_id(id))
+                                .is_some_and(|matched| matched.is_some())
+                        });
                     use crate::mesh::admission::{Pending, pending};
                     let verdict = pending(now, deadline, has_record, reached);
                     let res = match verdict {

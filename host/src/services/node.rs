@@ -204,6 +204,20 @@ impl NodeService {
         }
     }
 
+    /// The voters' raft addresses, the leader first, for a joiner that follows the log
+    /// by stream.
+    fn voter_addrs(&self) -> String {
+        let m = self.raft.metrics();
+        let membership = m.membership_config.membership();
+        let mut ids: Vec<_> = membership.voter_ids().collect();
+        ids.sort_by_key(|id| Some(*id) != m.current_leader);
+        ids.iter()
+            .filter_map(|v| membership.get_node(v))
+            .map(|n| format!("{}={}", n.name, n.raft_addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The voters and their keys, for a joiner to check its first Raft messages by.
     fn voter_keys(&self) -> String {
         let m = self.raft.metrics();
@@ -231,6 +245,7 @@ impl NodeService {
             {
                 ClusterStatus::ClusterNonVoter
             }
+            _ if self.raft.follows_by_stream() => ClusterStatus::ClusterNonVoter,
             _ => ClusterStatus::Unknown,
         };
         let started = self
@@ -260,13 +275,29 @@ impl NodeService {
 
     /// Asks another member for its own status.
     async fn remote_status(&self, id: &str) -> Result<NodeStatus, Status> {
-        let member = self
-            .raft
-            .member(ids::raft_id(id))
-            .filter(|m| m.name == id)
-            .ok_or_else(|| {
-                Status::not_found(format!("id: no node {id:?} is a member of this mesh"))
-            })?;
+        // Raft members by their membership record; members that follow the log by
+        // stream by their node record.
+        let member = match self.raft.member(ids::raft_id(id)).filter(|m| m.name == id) {
+            Some(m) => m,
+            None => {
+                let record = self
+                    .raft
+                    .engine
+                    .get(&keys::node(id))
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .and_then(|e| serde_json::from_str::<webmesh_api::v1::MeshNode>(&e.value).ok())
+                    .ok_or_else(|| {
+                        Status::not_found(format!("id: no node {id:?} is a member of this mesh"))
+                    })?;
+                match self.underlay {
+                    true => membership_svc::underlay_member(&record),
+                    false => Some(membership_svc::member_for(&record, false)),
+                }
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!("id: node {id:?} has no address to reach"))
+                })?
+            }
+        };
         let mut req = Request::new(GetStatusRequest { id: id.to_string() });
         req.set_timeout(Duration::from_secs(5));
         let status = NodeClient::new(self.channels.get(&member.grpc_addr)?)
@@ -345,6 +376,9 @@ pub fn validate_entry(e: &RaftLogEntry) -> Result<Op, Status> {
 /// Response metadata of a join: the voters and their keys (`id=key,...`), so that the
 /// joiner can check its first Raft messages before it holds the state.
 pub const VOTERS_HEADER: &str = "x-webmesh-voters";
+/// Response metadata of a join: the voters' raft addresses (`id=host:port,...`, the
+/// leader first), where a joiner that follows the log by stream finds it.
+pub const VOTER_ADDRS_HEADER: &str = "x-webmesh-voter-addrs";
 
 type DataChannelStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<DataChannelNegotiation, Status>> + Send + 'static>>;
@@ -390,6 +424,9 @@ impl Node for NodeService {
         if let Ok(v) = self.voter_keys().parse() {
             resp.metadata_mut().insert(VOTERS_HEADER, v);
         }
+        if let Ok(v) = self.voter_addrs().parse() {
+            resp.metadata_mut().insert(VOTER_ADDRS_HEADER, v);
+        }
         Ok(resp)
     }
 
@@ -411,7 +448,7 @@ impl Node for NodeService {
                 direct_peers: false,
             },
         )?;
-        membership_svc::update(&self.raft, &update).await?;
+        membership_svc::update(&self.raft, &update, self.underlay).await?;
         Ok(Response::new(UpdateResponse {}))
     }
 

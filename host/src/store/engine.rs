@@ -5,9 +5,9 @@
 //! failure is re-applied from the synced log, because the applied index is written in
 //! the same batch as the state it describes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use prost::Message;
 use rocksdb::{
@@ -19,6 +19,7 @@ use webmesh_api::v1::MeshNode;
 
 use super::ops::{ApplyOutcome, Change, Proposal};
 use crate::mesh::keys;
+use crate::mesh::registry::NodeIndex;
 use crate::mesh::rules::{self, StateRead, Write};
 
 pub const CF_LOG: &str = "log";
@@ -81,6 +82,8 @@ fn live(exp: u64, now_ms: u64) -> bool {
 #[derive(Clone)]
 pub struct Engine {
     db: Arc<DB>,
+    /// The node records' addresses and IDs, as written (registrations check it).
+    nodes: Arc<RwLock<NodeIndex>>,
 }
 
 impl Engine {
@@ -95,7 +98,31 @@ impl Engine {
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Engine { db: Arc::new(db) })
+        let engine = Engine {
+            db: Arc::new(db),
+            nodes: Arc::default(),
+        };
+        engine.reload_nodes()?;
+        Ok(engine)
+    }
+
+    /// Rebuilds the node index from the state (after a snapshot replaced it).
+    pub fn reload_nodes(&self) -> Result<(), StoreError> {
+        let mut ix = NodeIndex::default();
+        for e in self.list_at(keys::NODES, 0, false)? {
+            ix.apply(&e.key, Some(&e.value));
+        }
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = ix;
+        Ok(())
+    }
+
+    /// Keeps the node index in step with changes just written.
+    pub fn note_changes(&self, changes: &[Change]) {
+        let mut ix = None;
+        for c in changes.iter().filter(|c| c.key().starts_with(keys::NODES)) {
+            ix.get_or_insert_with(|| self.nodes.write().unwrap_or_else(|p| p.into_inner()))
+                .apply(c.key(), c.value());
+        }
     }
 
     /// The directory RocksDB keeps its files in.
@@ -397,33 +424,27 @@ impl StateRead for Txn<'_> {
             .transpose()
     }
 
-    /// All node records (live or not: an address stays taken until its record is gone).
-    fn nodes(&self) -> Result<Vec<MeshNode>, String> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
+    fn staged_nodes(&self) -> Result<Vec<(String, Option<MeshNode>)>, String> {
         let from_base = self
             .base
             .iter()
             .filter(|(k, _)| !self.overlay.contains_key(*k));
+        let mut out = Vec::new();
         for (key, (_, new)) in self.overlay.iter().chain(from_base) {
-            if key.starts_with(keys::NODES) {
-                seen.insert(key.clone());
-                if let Some((v, _)) = new {
-                    out.push(serde_json::from_str(v).map_err(|e| format!("{key}: {e}"))?);
-                }
-            }
-        }
-        for e in self
-            .engine
-            .list_at(keys::NODES, 0, false)
-            .map_err(|e| e.to_string())?
-        {
-            if !seen.contains(&e.key) {
-                out.push(
-                    serde_json::from_str(&e.value).map_err(|err| format!("{}: {err}", e.key))?,
-                );
+            if let Some(id) = key.strip_prefix(keys::NODES) {
+                let node = match new {
+                    Some((v, _)) => {
+                        Some(serde_json::from_str(v).map_err(|e| format!("{key}: {e}"))?)
+                    }
+                    None => None,
+                };
+                out.push((id.to_string(), node));
             }
         }
         Ok(out)
+    }
+
+    fn with_index<R>(&self, f: impl FnOnce(&NodeIndex) -> R) -> R {
+        f(&self.engine.nodes.read().unwrap_or_else(|p| p.into_inner()))
     }
 }

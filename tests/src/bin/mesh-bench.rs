@@ -8,6 +8,7 @@
 //!   target/release/mesh-bench acl             # wmctl put networkacl -> every node, 5 nodes
 //!   target/release/mesh-bench ice 5           # ICE path setup (5 rounds each) and throughput
 //!   target/release/mesh-bench failover 20     # kill -9 the leader -> writes accepted again
+//!   target/release/mesh-bench scale 10000     # 10,000 simulated members: joins, RSS, changes
 //!
 //! Needs root. Prints Markdown tables.
 
@@ -688,7 +689,18 @@ async fn main() -> Result<()> {
         Some("failover") => {
             failover_bench(args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(20)).await
         }
-        _ => bail!("usage: mesh-bench join | propagation N | iperf | acl | ice N | failover N"),
+        Some("scale") => {
+            scale_bench(
+                args.get(2)
+                    .map(|n| n.parse())
+                    .transpose()?
+                    .unwrap_or(10_000),
+            )
+            .await
+        }
+        _ => bail!(
+            "usage: mesh-bench join | propagation N | iperf | acl | ice N | failover N | scale N"
+        ),
     }
 }
 
@@ -1015,4 +1027,269 @@ async fn failover_bench(rounds: usize) -> Result<()> {
         "| wmctl put, retried every 100 ms ({attempts_total} calls) | {rounds} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
     );
     Ok(())
+}
+
+/// A fresh WireGuard key pair (private, public), base64, without a process per key.
+fn sim_keypair(seed: &[u8; 32]) -> (String, String) {
+    use base64::Engine as _;
+    let secret = x25519_dalek::StaticSecret::from(*seed);
+    let public = x25519_dalek::PublicKey::from(&secret);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (b64.encode(secret.to_bytes()), b64.encode(public.as_bytes()))
+}
+
+/// The first "peers applied" line of a node at or past `index`, scanning from the end.
+fn applied_at(log: &str, index: u64) -> Option<(i64, Option<f64>)> {
+    let mut found = None;
+    for l in log.lines().rev().filter(|l| l.contains("peers applied")) {
+        match field(l, "index") {
+            Some(i) if i >= index => {
+                let took = l
+                    .split("took=")
+                    .nth(1)
+                    .and_then(|t| t.split_whitespace().next())
+                    .and_then(duration_ms);
+                found = log_time_us(l).map(|t| (t, took));
+            }
+            _ => break,
+        }
+    }
+    found
+}
+
+/// "1.5ms", "800µs", "2.1s" (Debug of a Duration) in milliseconds.
+fn duration_ms(s: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("µs") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix("ns") {
+        (n, 1e-6)
+    } else {
+        (s.strip_suffix('s')?, 1e3)
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// `n` simulated members join a mesh of 3 voters and 20 real members through the real
+/// Join path (a key, a record, addresses and an edge each; no WireGuard device, no log
+/// stream), then single changes are timed to every real node.
+async fn scale_bench(n: usize) -> Result<()> {
+    let level = std::env::var("MESH_BENCH_LOG")
+        .unwrap_or_else(|_| "info,webmesh::net=debug,webmesh::services=debug".into());
+    // Simulated members never come up: their pending-join markers must neither hold
+    // joins back nor expire during the run.
+    let common = [
+        "--join-rate",
+        "0",
+        "--max-pending-joins",
+        "100000",
+        "--join-timeout",
+        "604800",
+        "--log-level",
+        level.as_str(),
+    ];
+    let mut net = TestNet::new()?;
+    net.bootstrap("h1", &common).await?;
+    net.join(&["h2", "h3"], "h1", true, &common).await?;
+    net.promote("h1", &["h2", "h3"]).await?;
+    let members: Vec<String> = (4..=23).map(|i| format!("m{i:02}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    net.join(&refs, "h1", true, &common).await?;
+    let leader = net.hosts["h1"].status().await?.current_leader;
+    let follower = ["h1", "h2", "h3"]
+        .into_iter()
+        .find(|h| *h != leader)
+        .context("a follower voter")?
+        .to_string();
+    let pid = |h: &str| net.hosts[h].pid().context("a running node");
+    let (lp, fp, mp) = (pid(&leader)?, pid(&follower)?, pid("m04")?);
+    let rss0 = (rss_kib(lp)?, rss_kib(fp)?, rss_kib(mp)?);
+    let sim_ns = net.add_host("sim")?.ns.clone();
+    let targets: Vec<String> = members.iter().map(|m| net.grpc(m)).collect();
+    let mut seeds = vec![0u8; 32 * (n + 20)];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seeds))
+        .context("/dev/urandom")?;
+    let keys: Vec<(String, String)> = seeds
+        .chunks_exact(32)
+        .map(|c| sim_keypair(c.try_into().expect("32 bytes")))
+        .collect();
+    let keys = std::sync::Arc::new(keys);
+    let cpu0 = (cpu_secs(lp)?, cpu_secs(fp)?);
+    let started = Instant::now();
+    let (lat, marks) = {
+        let keys = keys.clone();
+        let targets = targets.clone();
+        webmesh_e2e::in_netns(&sim_ns, move || async move {
+            sim_joins(0..n, keys, &targets, 32).await
+        })?
+    };
+    let took = started.elapsed().as_secs_f64();
+    let cpu = (cpu_secs(lp)? - cpu0.0, cpu_secs(fp)? - cpu0.1);
+    let rss = (rss_kib(lp)?, rss_kib(fp)?, rss_kib(mp)?);
+    let count = net.hosts[&leader].nodes().await?.len();
+    eprintln!("{count} node records on the leader");
+    let (p50, p99, max) = stats(lat.clone());
+    println!("### {n} simulated members, 3 voters, 20 real members\n");
+    println!("| joins | took | joins/s | join p50 | p99 | max |\n|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {took:.0} s | {:.0} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |",
+        lat.len(),
+        lat.len() as f64 / took
+    );
+    println!(
+        "\njoins/s per thousand: {}",
+        marks
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("\n| process | RSS before | RSS after | CPU during joins |\n|---|---:|---:|---:|");
+    println!(
+        "| leader ({leader}) | {:.0} MiB | {:.0} MiB | {:.0} s |",
+        rss0.0 as f64 / 1024.0,
+        rss.0 as f64 / 1024.0,
+        cpu.0
+    );
+    println!(
+        "| follower voter ({follower}) | {:.0} MiB | {:.0} MiB | {:.0} s |",
+        rss0.1 as f64 / 1024.0,
+        rss.1 as f64 / 1024.0,
+        cpu.1
+    );
+    println!(
+        "| member (m04) | {:.0} MiB | {:.0} MiB | |",
+        rss0.2 as f64 / 1024.0,
+        rss.2 as f64 / 1024.0
+    );
+    // Changes at that size: one more member joins (every real node recomputes).
+    let real: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(members.iter().cloned())
+        .collect();
+    let mut lags = Vec::new();
+    let mut recompute = Vec::new();
+    for k in 0..20 {
+        let i = n + k;
+        let (keys2, targets2) = (keys.clone(), targets.clone());
+        webmesh_e2e::in_netns(&sim_ns, move || async move {
+            sim_joins(i..i + 1, keys2, &targets2, 1).await
+        })?;
+        let id = format!("sim{i:05}");
+        let (idx, t0) = wait_for("the registration", Duration::from_secs(30), || async {
+            net.hosts[&leader]
+                .log_text()
+                .lines()
+                .rev()
+                .find(|l| l.contains("node registered") && l.contains(&format!("node={id}")))
+                .and_then(|l| Some((field(l, "index")?, log_time_us(l)?)))
+        })
+        .await?;
+        let times = wait_for(
+            "every real node to apply it",
+            Duration::from_secs(60),
+            || async {
+                let t: Vec<(i64, Option<f64>)> = real
+                    .iter()
+                    .filter_map(|h| applied_at(&net.hosts[h].log_text(), idx))
+                    .collect();
+                (t.len() == real.len()).then_some(t)
+            },
+        )
+        .await?;
+        let last = times.iter().map(|(t, _)| *t).max().expect("nodes");
+        lags.push((last - t0) as f64 / 1e3);
+        recompute.extend(times.iter().filter_map(|(_, took)| *took));
+    }
+    let (c50, c99, cmax) = stats(lags);
+    let (r50, r99, _) = stats(recompute);
+    println!(
+        "\n| change → all {} real nodes | changes | p50 | p99 | max |\n|---|---:|---:|---:|---:|",
+        real.len()
+    );
+    println!("| a member joins | 20 | {c50:.0} ms | {c99:.0} ms | {cmax:.0} ms |");
+    println!(
+        "\nrecompute + apply on a real node (\"peers applied\" took): p50 {r50:.1} ms, p99 {r99:.1} ms"
+    );
+    if let Ok(keep) = std::env::var("MESH_BENCH_KEEP_LOGS") {
+        std::fs::create_dir_all(&keep)?;
+        for h in net.hosts.values() {
+            std::fs::write(format!("{keep}/{}.log", h.id), h.log_text())?;
+        }
+    }
+    Ok(())
+}
+
+/// Joins members `range` (keys from `keys`), `concurrency` at a time, spread over
+/// `targets`; returns each join's latency (ms) and the join rate per thousand.
+async fn sim_joins(
+    range: std::ops::Range<usize>,
+    keys: std::sync::Arc<Vec<(String, String)>>,
+    targets: &[String],
+    concurrency: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    use webmesh_api::v1::JoinRequest;
+    use webmesh_api::v1::node_client::NodeClient;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
+    let done = std::sync::Arc::new(std::sync::Mutex::new((
+        Vec::new(),
+        Vec::new(),
+        Instant::now(),
+    )));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, done) = (next.clone(), done.clone());
+        let keys = keys.clone();
+        let targets = targets.to_vec();
+        let end = range.end;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= end {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let id = format!("sim{i:05}");
+                let signer = webmesh_e2e::signer(&id, &keys[i]);
+                let target = &targets[i % targets.len()];
+                let mut client = NodeClient::new(webmesh_e2e::signed_channel(target, signer)?);
+                let req = JoinRequest {
+                    id: id.clone(),
+                    public_key: keys[i].1.clone(),
+                    raft_port: 9443,
+                    grpc_port: 8443,
+                    assign_ipv4: true,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let mut tries = 0;
+                loop {
+                    match client.join(req.clone()).await {
+                        Ok(_) => break,
+                        Err(s) if s.code() == tonic::Code::Unavailable && tries < 20 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(s) => bail!("join {id}: {s}"),
+                    }
+                }
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+                d.0.push(ms);
+                if d.0.len() % 1000 == 0 {
+                    let rate = 1000.0 / d.2.elapsed().as_secs_f64();
+                    d.1.push(rate);
+                    d.2 = Instant::now();
+                    eprintln!("{} joined ({rate:.0}/s)", d.0.len());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let d = done.lock().unwrap_or_else(|p| p.into_inner());
+    Ok((d.0.clone(), d.1.clone()))
 }

@@ -81,6 +81,34 @@ impl LogStore {
     }
 }
 
+/// Log entries from `start` to `last` (inclusive) as the log holds them, up to
+/// `max_bytes` (at least one entry); empty when `start` is not in the log (purged, or a
+/// node whose state came from a snapshot).
+pub fn read_log(
+    engine: &Engine,
+    start: u64,
+    last: u64,
+    max_bytes: usize,
+) -> Result<Vec<Entry>, SErr> {
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    let start_key = start.to_be_bytes();
+    let iter = engine.db().iterator_cf(
+        engine.cf(CF_LOG),
+        IteratorMode::From(&start_key, Direction::Forward),
+    );
+    for item in iter {
+        let (k, v) = item.map_err(read_err)?;
+        let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(read_err)?);
+        if idx > last || (!out.is_empty() && used.saturating_add(v.len()) > max_bytes) {
+            break;
+        }
+        used = used.saturating_add(v.len());
+        out.push(dec(&v)?);
+    }
+    Ok(out)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,

@@ -12,7 +12,7 @@ mod log_store;
 mod state_machine;
 
 pub use events::StateEvent;
-pub use log_store::LogStore;
+pub use log_store::{LogStore, read_log};
 pub use state_machine::StateMachine;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};

@@ -11,7 +11,7 @@ use openraft::{
 };
 use prost::Message;
 use rocksdb::WriteBatch;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::super::types::{Member, NodeId, TypeConfig};
 use super::*;
@@ -29,6 +29,12 @@ pub struct StateMachine {
     members: Arc<RwLock<Members>>,
     /// Bumped whenever the RBAC objects change, so the compiled policy is rebuilt.
     rbac_version: Arc<AtomicU64>,
+    /// The index after the applied one (0: nothing applied; openraft's first entry is
+    /// 0), for the log streams a voter serves (`raft::stream`).
+    applied_tx: Arc<watch::Sender<u64>>,
+    /// Applying (and restoring) is one at a time: a member handing over from the log
+    /// stream to Raft may get the same entries from both, and each must apply once.
+    apply_lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// The member index of what `engine` holds now.
@@ -44,12 +50,39 @@ fn load_members(engine: &Engine) -> Members {
 impl StateMachine {
     pub fn new(engine: Engine, events: broadcast::Sender<StateEvent>) -> StateMachine {
         let members = Arc::new(RwLock::new(load_members(&engine)));
+        let applied = meta::<Option<LogId<NodeId>>>(&engine, APPLIED)
+            .ok()
+            .flatten()
+            .flatten()
+            .map_or(0, |l| l.index + 1);
         StateMachine {
             engine,
             events,
             members,
             rbac_version: Arc::new(AtomicU64::new(0)),
+            applied_tx: Arc::new(watch::channel(applied).0),
+            apply_lock: Arc::default(),
         }
+    }
+
+    /// The index after the applied one as it moves.
+    pub fn watch_next(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// The index after the applied one (0: nothing applied yet).
+    pub fn next_index(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
+    /// The last applied log ID, as stored.
+    pub fn applied_log_id(&self) -> Option<LogId<NodeId>> {
+        self.applied().ok().flatten()
+    }
+
+    /// The Raft membership as of the applied index.
+    pub fn stored_membership(&self) -> StoredMembership<NodeId, Member> {
+        self.membership().unwrap_or_default()
     }
 
     pub fn rbac_version(&self) -> Arc<AtomicU64> {
@@ -103,6 +136,7 @@ impl StateMachine {
 
     /// Replaces the state with snapshot bytes, as `install_snapshot` does.
     pub fn restore(&self, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> Result<(), SErr> {
+        let _one = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let snap = Engine::decode_snapshot(data).map_err(read_err)?;
         let mut b = WriteBatch::default();
         self.engine.restore_into(&mut b, &snap).map_err(write_err)?;
@@ -112,8 +146,11 @@ impl StateMachine {
         b.put_cf(cf, SNAPSHOT_META, enc(meta)?);
         b.put_cf(cf, SNAPSHOT_DATA, data);
         self.engine.write(b, true).map_err(write_err)?;
+        self.engine.reload_nodes().map_err(read_err)?;
         *self.members.write().unwrap_or_else(|p| p.into_inner()) = load_members(&self.engine);
         self.rbac_version.fetch_add(1, Ordering::AcqRel);
+        self.applied_tx
+            .send_replace(meta.last_log_id.map_or(0, |l| l.index + 1));
         let _ = self.events.send(StateEvent::Reset {
             index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
         });
@@ -152,6 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let _one = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut applied = self.applied()?;
         let mut out = Vec::new();
         for entry in entries {
@@ -185,6 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.rbac_version.fetch_add(1, Ordering::AcqRel);
             }
             if changes.iter().any(|c| c.key().starts_with(keys::NODES)) {
+                self.engine.note_changes(&changes);
                 let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
                 for c in &changes {
                     m.apply(c.key(), c.value());
@@ -199,6 +238,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 });
             }
             out.push(outcomes);
+        }
+        if let Some(a) = applied {
+            self.applied_tx.send_if_modified(|i| {
+                let moved = *i != a.index + 1;
+                *i = a.index + 1;
+                moved
+            });
         }
         Ok(out)
     }
