@@ -129,6 +129,57 @@ async fn hosts_without_an_edge_reach_each_other_through_a_relay() -> Result<()> 
         net.hosts["h1"].log_text().contains("IP forwarding on"),
         "the relay turned forwarding on"
     );
+
+    // n3 serves a route: n2's peer h1 (its first hop) takes the route's CIDR, changed
+    // in place — the session with h1 stays (no new handshake), and n3 still answers.
+    let before = n2.wg_peers()?[0].latest_handshake;
+    wait_for(
+        "a second past n2's handshake",
+        Duration::from_secs(5),
+        || async { (webmesh_e2e::netns::unix_now() > before).then_some(()) },
+    )
+    .await?;
+    let wmctl = webmesh_e2e::bin("wmctl").display().to_string();
+    let server = net.hosts["h1"].admin_server();
+    let out = net.hosts["h1"].exec(&[
+        &wmctl,
+        "-s",
+        &server,
+        "put",
+        "route",
+        "--name",
+        "lab",
+        "--node",
+        "n3",
+        "--cidr",
+        "10.99.0.0/24",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n3 = v4(&nodes["n3"]);
+    wait_for(
+        "n2's peer h1 to carry the route",
+        Duration::from_secs(30),
+        || async {
+            let peers = n2.wg_peers().ok()?;
+            peers[0]
+                .allowed_ips
+                .iter()
+                .any(|a| a == "10.99.0.0/24")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    ensure!(n2.ping(&n3), "n3 answers n2 after the change");
+    let after = n2.wg_peers()?[0].latest_handshake;
+    ensure!(
+        after == before,
+        "n2's session with h1 was replaced ({before} -> {after}) when its allowed IPs changed"
+    );
     Ok(())
 }
 
@@ -185,6 +236,22 @@ async fn leader_loss_among_three_voters_elects_a_new_leader() -> Result<()> {
         .wait_ready(READY)
         .await
         .with_context(|| net.logs())?;
+
+    // h4 and h5 are no Raft members: they follow the log by stream from a voter, move
+    // to a survivor when theirs dies, and take in what the new leader commits.
+    for id in ["h4", "h5"] {
+        wait_for(
+            &format!("{id} to follow the new leader's log"),
+            Duration::from_secs(30),
+            || async {
+                let s = net.hosts[id].status().await.ok()?;
+                let nodes = net.hosts[id].nodes().await.ok()?;
+                (s.current_leader == new_leader && nodes.contains_key("h6")).then_some(())
+            },
+        )
+        .await
+        .with_context(|| net.logs())?;
+    }
 
     // The killed host comes back with the same data dir and the same addresses.
     net.host(&leader).start()?;

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use gotatun::device::DeviceBuilder;
 use gotatun::device::uapi::UapiServer;
@@ -32,6 +33,24 @@ use crate::ice::mux::{Kind, classify};
 pub struct Device {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    changes: tokio::sync::mpsc::UnboundedSender<Change>,
+}
+
+/// A change to a peer in place: what the configuration socket cannot do (a `set` of a
+/// known peer replaces it, and its session with it: every change of a peer's allowed
+/// IPs — each member that joins behind it — cost a new handshake and the packets
+/// waiting for it).
+pub struct PeerChange {
+    pub public_key: [u8; 32],
+    pub allowed_ips: Vec<ipnetwork::IpNetwork>,
+    /// `None` keeps the endpoint the peer roamed to.
+    pub endpoint: Option<SocketAddr>,
+    pub keepalive: Option<u16>,
+}
+
+struct Change {
+    peer: PeerChange,
+    done: std::sync::mpsc::Sender<bool>,
 }
 
 /// The configuration socket of interface `name` (the path `wg` and defguard use).
@@ -54,10 +73,11 @@ impl Device {
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let owned = name.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("wg-{name}"))
-            .spawn(move || run(owned, ice, ready_tx, stop_rx))
+            .spawn(move || run(owned, ice, ready_tx, stop_rx, changes_rx))
             .map_err(|e| format!("cannot start the device thread: {e}"))?;
         let started = ready_rx
             .recv()
@@ -65,6 +85,7 @@ impl Device {
         let mut device = Device {
             stop: Some(stop_tx),
             thread: Some(thread),
+            changes,
         };
         match started {
             Ok(()) => Ok(device),
@@ -73,6 +94,17 @@ impl Device {
                 Err(e)
             }
         }
+    }
+
+    /// Changes a known peer in place, keeping its session (blocking; from a blocking
+    /// thread). `false`: the device has no such peer.
+    pub fn change_peer(&self, peer: PeerChange) -> Result<bool, String> {
+        let (done, rx) = std::sync::mpsc::channel();
+        self.changes
+            .send(Change { peer, done })
+            .map_err(|_| "the userspace device stopped".to_string())?;
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .map_err(|_| "the userspace device did not answer".to_string())
     }
 
     fn shutdown(&mut self) {
@@ -95,7 +127,8 @@ fn run(
     name: String,
     ice: Option<Arc<Datapath>>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
-    stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -136,9 +169,26 @@ fn run(
             }
         };
         let _ = ready.send(Ok(()));
-        let stopped = tokio::select! {
-            _ = device.wait() => false,
-            _ = stop => true,
+        let stopped = loop {
+            tokio::select! {
+                _ = device.wait() => break false,
+                _ = &mut stop => break true,
+                Some(Change { peer, done }) = changes.recv() => {
+                    let key = x25519_dalek::PublicKey::from(peer.public_key);
+                    let known = device
+                        .modify_peer(&key, |p| {
+                            p.clear_allowed_ips();
+                            p.add_allowed_ips(peer.allowed_ips);
+                            if peer.endpoint.is_some() {
+                                p.set_endpoint(peer.endpoint);
+                            }
+                            p.set_keepalive(peer.keepalive);
+                        })
+                        .await
+                        .unwrap_or(false);
+                    let _ = done.send(known);
+                }
+            }
         };
         if stopped {
             device.stop().await;
@@ -214,15 +264,31 @@ struct SendBufs {
 
 /// Sends a batch; one that fails part-way is finished one datagram at a time. What
 /// went before the failure goes again: the receiver's replay window drops the copies.
-/// A datagram refused again is lost alone.
+/// A datagram the kernel has no room for (ENOBUFS: the interface's queue is full, as
+/// when the Raft leader of 25 members on two cores sends a change to all of them at
+/// once) is tried again shortly: dropped, it is a lost TCP segment inside the tunnel,
+/// and the retransmission timer's back-off turned such a loss into seconds of silence
+/// between the leader and every member. A datagram refused otherwise is lost alone.
 async fn send_batch(sock: &UdpSocket, buf: &mut Batch, packets: &mut Vec<(Packet, SocketAddr)>) {
     if let Err(e) = sock.send_many_to(buf, packets).await {
         tracing::debug!(error = %e, datagrams = packets.len(), "batch send failed; sending one by one");
         for (packet, to) in packets.drain(..) {
-            let _ = sock.send_to(packet, to).await;
+            let mut wait = Duration::from_micros(250);
+            loop {
+                match sock.socket().send_to(&packet, to).await {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && wait <= NOBUFS_WAIT => {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 }
+
+/// The longest single wait for room in the interface's queue (about 16 ms in all).
+const NOBUFS_WAIT: Duration = Duration::from_millis(8);
 
 impl Send {
     /// Where a datagram to `to` goes (an ICE peer's proxy address is never sent to).

@@ -156,9 +156,10 @@ impl Interface {
         self.api.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes an existing peer. The kernel updates in place; the userspace device
-    /// replaces a peer it is told about again anyway, so it is removed and added, keeping the
-    /// endpoint it roamed to when we have none for it (a peer behind NAT).
+    /// Changes an existing peer in place, keeping its session. The kernel does so through
+    /// its API; our userspace device through its handle (its configuration socket would
+    /// replace the peer); a device we do not own is told to remove and add it, keeping
+    /// the endpoint it roamed to when we have none for it (a peer behind NAT).
     pub fn update_peer(
         &self,
         p: &PeerConfig,
@@ -167,6 +168,37 @@ impl Interface {
         if self.backend == Backend::Kernel {
             return self.set_peer(p);
         }
+        let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(device) = device.as_ref() {
+            let peer_err = |reason: String| WgError::Peer {
+                peer: p.public_key.clone(),
+                reason,
+            };
+            let key =
+                Key::try_from(p.public_key.as_str()).map_err(|e| peer_err(format!("{e:?}")))?;
+            let allowed_ips = p
+                .allowed_ips
+                .iter()
+                .map(|c| {
+                    c.parse::<ipnetwork::IpNetwork>()
+                        .map_err(|e| peer_err(format!("allowed IP {c}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let public_key: [u8; 32] = key.as_array();
+            let known = device
+                .change_peer(super::userspace::PeerChange {
+                    public_key,
+                    allowed_ips,
+                    endpoint: p.endpoint,
+                    keepalive: p.keepalive,
+                })
+                .map_err(peer_err)?;
+            if known {
+                return Ok(());
+            }
+            return self.set_peer(p);
+        }
+        drop(device);
         self.remove_peer(&p.public_key)?;
         let mut p = p.clone();
         p.endpoint = p.endpoint.or(live_endpoint);

@@ -47,9 +47,22 @@ pub(super) async fn bind_all(
     let incoming = futures::stream::StreamExt::map(futures::stream::select_all(streams), |conn| {
         conn.inspect(|c| {
             let _ = c.set_nodelay(true);
+            thin_linear_timeouts(c);
         })
     });
     Ok((bound, Box::pin(incoming)))
+}
+
+/// A lost segment of a thin stream (few segments in flight: a log stream's entries,
+/// an answer) is retransmitted at a steady timeout instead of doubling it each time
+/// (Linux's thin-stream mode, for its first six retransmissions): a mesh on a busy
+/// host loses a datagram now and then, and the exponential back-off turned one unlucky
+/// segment of the leader's log stream into seconds of a member's silence. Bulk
+/// transfers keep the usual back-off.
+fn thin_linear_timeouts(c: &tokio::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(c).set_tcp_thin_linear_timeouts(true) {
+        tracing::debug!(error = %e, "thin-stream timeouts not set");
+    }
 }
 
 pub(super) type Incoming =

@@ -1128,8 +1128,6 @@ async fn scale_bench(n: usize) -> Result<()> {
     let took = started.elapsed().as_secs_f64();
     let cpu = (cpu_secs(lp)? - cpu0.0, cpu_secs(fp)? - cpu0.1);
     let rss = (rss_kib(lp)?, rss_kib(fp)?, rss_kib(mp)?);
-    let count = net.hosts[&leader].nodes().await?.len();
-    eprintln!("{count} node records on the leader");
     let (p50, p99, max) = stats(lat.clone());
     println!("### {n} simulated members, 3 voters, 20 real members\n");
     println!("| joins | took | joins/s | join p50 | p99 | max |\n|---:|---:|---:|---:|---:|---:|");
