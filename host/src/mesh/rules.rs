@@ -159,17 +159,24 @@ pub fn register_node(
     };
     let is_staged = |id: &str| staged.iter().any(|(s, _)| s == id);
     state.with_index(|ix| {
-        let committed = |owner: Option<&str>| {
-            owner
-                .filter(|o| *o != me && !is_staged(o))
-                .map(str::to_string)
-        };
+        // Probes allocate nothing: allocation scans addresses from the network's start.
+        let other = |owner: Option<&str>| owner.is_some_and(|o| o != me && !is_staged(o));
+        let committed = |owner: Option<&str>| other(owner).then(|| owner.map(str::to_string))?;
         let v4_owner = |a: Ipv4Addr| {
             staged_other(&|n| addresses(n).0 == Some(a)).or_else(|| committed(ix.ipv4_owner(a)))
         };
         let v6_owner = |p: Ipv6Net| {
             staged_other(&|n| addresses(n).1 == Some(p)).or_else(|| committed(ix.ipv6_owner(p)))
         };
+        let staged_holds = |f: &dyn Fn(&MeshNode) -> bool| {
+            staged
+                .iter()
+                .any(|(id, n)| *id != me && n.as_ref().is_some_and(f))
+        };
+        let v4_taken =
+            |a: Ipv4Addr| other(ix.ipv4_owner(a)) || staged_holds(&|n| addresses(n).0 == Some(a));
+        let v6_taken =
+            |p: Ipv6Net| other(ix.ipv6_owner(p)) || staged_holds(&|n| addresses(n).1 == Some(p));
         if existing.is_none() {
             let twin = staged_other(&|n| n.id.eq_ignore_ascii_case(&me))
                 .or_else(|| committed(ix.folded_owner(&me)));
@@ -196,13 +203,13 @@ pub fn register_node(
         }
         if let Some(net) = v4_net {
             let addr = ipam::ipv4_hosts(net)
-                .find(|a| v4_owner(*a).is_none())
+                .find(|a| !v4_taken(*a))
                 .ok_or_else(|| ipam::IpamError::V4Exhausted(net).to_string())?;
             node.private_ipv4 = format!("{addr}/32");
         }
         if let Some(net) = v6_net {
             node.private_ipv6 = ipam::ipv6_prefixes(net)
-                .find(|p| v6_owner(*p).is_none())
+                .find(|p| !v6_taken(*p))
                 .ok_or_else(|| ipam::IpamError::V6Exhausted(net).to_string())?
                 .to_string();
         }

@@ -191,8 +191,11 @@ impl Worker {
         }
         let iface = self.iface.clone();
         let ran = tokio::task::spawn_blocking(move || {
-            // Endpoints peers roamed to, for updates that must re-add a peer.
-            let roamed = if actions.iter().any(|a| matches!(a, Action::UpdatePeer(_))) {
+            // Endpoints peers roamed to, for updates that must re-add a peer (a device
+            // that cannot change a peer in place).
+            let roamed = if !iface.updates_in_place()
+                && actions.iter().any(|a| matches!(a, Action::UpdatePeer(_)))
+            {
                 iface.peer_stats().unwrap_or_default()
             } else {
                 Default::default()

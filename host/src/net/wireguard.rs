@@ -156,6 +156,16 @@ impl Interface {
         self.api.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether [`Interface::update_peer`] changes a peer in place (no endpoint to keep).
+    pub fn updates_in_place(&self) -> bool {
+        self.backend == Backend::Kernel
+            || self
+                .device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
     /// Changes an existing peer in place, keeping its session. The kernel does so through
     /// its API; our userspace device through its handle (its configuration socket would
     /// replace the peer); a device we do not own is told to remove and add it, keeping

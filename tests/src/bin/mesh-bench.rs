@@ -1122,7 +1122,7 @@ async fn scale_bench(n: usize) -> Result<()> {
         let keys = keys.clone();
         let targets = targets.clone();
         webmesh_e2e::in_netns(&sim_ns, move || async move {
-            sim_joins(0..n, keys, &targets, 32).await
+            sim_joins(0..n, keys, &targets, 8).await
         })?
     };
     let took = started.elapsed().as_secs_f64();
