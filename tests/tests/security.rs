@@ -433,94 +433,39 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
                     .await,
             ),
         ));
-        // Raft: a vote with a huge term, from a non-voter, to h1's raft port.
+        // Raft: a vote with a huge term, from a non-voter, to h1's raft port; as h2 (a
+        // member's name, m's key); unsigned.
         let data = vote_message(1 << 40, "m")?;
-        let mut req = tonic::Request::new(RaftMessage {
-            data: data.clone(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert(
-            PROOF_HEADER,
-            as_m.sign(Purpose::Raft, "raft/vote", &data, &[]).parse()?,
-        );
         let raft = plain_channel(&format!("{h1_mesh}:9443"))?;
-        out.push((
-            "raft vote from a non-voter",
-            code(&RaftTransportClient::new(raft.clone()).vote(req).await),
-        ));
-        // ... claiming to be h2 (a member's name, m's key).
-        let mut req = tonic::Request::new(RaftMessage {
-            data: data.clone(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert(
-            PROOF_HEADER,
-            signer("h2", &key)
-                .sign(Purpose::Raft, "raft/vote", &data, &[])
-                .parse()?,
-        );
-        out.push((
-            "raft vote as h2",
-            code(&RaftTransportClient::new(raft.clone()).vote(req).await),
-        ));
-        // ... unsigned.
-        let req = tonic::Request::new(RaftMessage {
-            data,
-            ..Default::default()
-        });
-        out.push((
-            "unsigned raft",
-            code(&RaftTransportClient::new(raft.clone()).vote(req).await),
-        ));
+        let as_h2 = signer("h2", &key);
+        for (what, by) in [
+            ("raft vote from a non-voter", Some(&as_m)),
+            ("raft vote as h2", Some(&as_h2)),
+            ("unsigned raft", None),
+        ] {
+            let req = raft_request(&data, by, "raft/vote")?;
+            out.push((
+                what,
+                code(&RaftTransportClient::new(raft.clone()).vote(req).await),
+            ));
+        }
         // The log stream (`Follow`, postcard of `{ next, stream }`): unsigned, as
         // another member, and past any real index are refused; m itself, a member, may
         // follow, and what comes back is signed by the voter for this stream only.
         let follow = postcard::to_stdvec(&(0u64, 7u64))?;
-        let req = tonic::Request::new(RaftMessage {
-            data: follow.clone(),
-            ..Default::default()
-        });
-        out.push((
-            "unsigned follow",
-            code(&RaftTransportClient::new(raft.clone()).follow(req).await),
-        ));
-        let mut req = tonic::Request::new(RaftMessage {
-            data: follow.clone(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert(
-            PROOF_HEADER,
-            signer("h2", &key)
-                .sign(Purpose::Raft, "raft/follow", &follow, &[])
-                .parse()?,
-        );
-        out.push((
-            "follow as h2",
-            code(&RaftTransportClient::new(raft.clone()).follow(req).await),
-        ));
         let huge = postcard::to_stdvec(&(u64::MAX - 1, 7u64))?;
-        let mut req = tonic::Request::new(RaftMessage {
-            data: huge.clone(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert(
-            PROOF_HEADER,
-            as_m.sign(Purpose::Raft, "raft/follow", &huge, &[])
-                .parse()?,
-        );
-        out.push((
-            "follow past any index",
-            code(&RaftTransportClient::new(raft.clone()).follow(req).await),
-        ));
-        let mut req = tonic::Request::new(RaftMessage {
-            data: follow.clone(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert(
-            PROOF_HEADER,
-            as_m.sign(Purpose::Raft, "raft/follow", &follow, &[])
-                .parse()?,
-        );
+        for (what, data, by) in [
+            ("unsigned follow", &follow, None),
+            ("follow as h2", &follow, Some(&as_h2)),
+            ("follow past any index", &huge, Some(&as_m)),
+        ] {
+            let req = raft_request(data, by, "raft/follow")?;
+            out.push((
+                what,
+                code(&RaftTransportClient::new(raft.clone()).follow(req).await),
+            ));
+        }
+        let req = raft_request(&follow, Some(&as_m), "raft/follow")?;
         let mut stream = RaftTransportClient::new(raft)
             .max_decoding_message_size(64 << 20)
             .follow(req)
@@ -585,16 +530,7 @@ async fn a_malicious_member_cannot_speak_for_others_or_disturb_raft() -> Result<
     let key = m_key.clone();
     let code_huge = in_netns(&ns, move || async move {
         let data = vote_message(u64::MAX - 1, "m")?;
-        let mut req = tonic::Request::new(RaftMessage {
-            data: data.clone(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert(
-            PROOF_HEADER,
-            signer("m", &key)
-                .sign(Purpose::Raft, "raft/vote", &data, &[])
-                .parse()?,
-        );
+        let req = raft_request(&data, Some(&signer("m", &key)), "raft/vote")?;
         Ok(code(
             &RaftTransportClient::new(plain_channel(&format!("{h1_mesh}:9443"))?)
                 .vote(req)
@@ -1238,4 +1174,23 @@ fn a_data_dir_that_belongs_to_something_else_is_refused() -> Result<()> {
         bail!("the file changed");
     }
     Ok(())
+}
+
+/// A Raft transport request carrying `data`, signed by `by` for `path` (or unsigned).
+fn raft_request(
+    data: &[u8],
+    by: Option<&std::sync::Arc<webmesh_client::proof::Signer>>,
+    path: &str,
+) -> Result<tonic::Request<RaftMessage>> {
+    let mut req = tonic::Request::new(RaftMessage {
+        data: data.to_vec(),
+        ..Default::default()
+    });
+    if let Some(s) = by {
+        req.metadata_mut().insert(
+            PROOF_HEADER,
+            s.sign(Purpose::Raft, path, data, &[]).parse()?,
+        );
+    }
+    Ok(req)
 }

@@ -17,17 +17,26 @@ pub struct Members {
     owners: HashMap<String, String>,
 }
 
+/// A state change as it bears on a node record: the node's ID and its record now
+/// (`None`: deleted, or a value that does not decode as a record of that ID). `None`
+/// for keys outside the node records.
+pub fn node_change(key: &str, value: Option<&str>) -> Option<(String, Option<MeshNode>)> {
+    let id = key.strip_prefix(keys::NODES)?;
+    let node = value
+        .and_then(|v| serde_json::from_str::<MeshNode>(v).ok())
+        .filter(|n| n.id == id);
+    Some((id.to_string(), node))
+}
+
 impl Members {
     /// Applies one state change (`None`: deleted). Keys outside the node records are
     /// ignored; a record that does not decode counts as gone.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
-        let Some(id) = key.strip_prefix(keys::NODES) else {
+        let Some((id, node)) = node_change(key, value) else {
             return;
         };
-        self.remove(id);
-        if let Some(node) = value.and_then(|v| serde_json::from_str::<MeshNode>(v).ok())
-            && node.id == id
-        {
+        self.remove(&id);
+        if let Some(node) = node {
             self.insert(&node);
         }
     }

@@ -34,13 +34,11 @@ impl NodeIndex {
     /// Applies one state change (`None`: deleted); keys outside the node records are
     /// ignored, and a record that does not decode counts as gone.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
-        let Some(id) = key.strip_prefix(keys::NODES) else {
+        let Some((id, node)) = super::members::node_change(key, value) else {
             return;
         };
-        self.remove(id);
-        if let Some(node) = value.and_then(|v| serde_json::from_str::<MeshNode>(v).ok())
-            && node.id == id
-        {
+        self.remove(&id);
+        if let Some(node) = node {
             self.insert(&node);
         }
     }

@@ -123,6 +123,20 @@ fn field(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// The Raft index of node `id`'s registration and when the leader committed it (its
+/// log's clock).
+async fn registered(net: &TestNet, leader: &str, id: &str) -> Result<(u64, i64)> {
+    wait_for("the registration", Duration::from_secs(30), || async {
+        net.hosts[leader]
+            .log_text()
+            .lines()
+            .rev()
+            .find(|l| l.contains("node registered") && l.contains(&format!("node={id}")))
+            .and_then(|l| Some((field(l, "index")?, log_time_us(l)?)))
+    })
+    .await
+}
+
 /// When each node first had an interface state at or past Raft index `index`.
 fn applied_times(net: &TestNet, index: u64, skip: &str) -> BTreeMap<String, Option<i64>> {
     net.hosts
@@ -173,16 +187,7 @@ async fn propagation_bench(n: usize) -> Result<()> {
         add_joiner(&mut net, &id, level)?;
         net.host(&id).start()?;
         let leader = net.hosts["h1"].status().await?.current_leader;
-        let index = wait_for("the registration", Duration::from_secs(30), || async {
-            net.hosts[&leader]
-                .log_text()
-                .lines()
-                .rev()
-                .find(|l| l.contains("node registered") && l.contains(&format!("node={id}")))
-                .and_then(|l| Some((field(l, "index")?, log_time_us(l)?)))
-        })
-        .await?;
-        let (idx, t0) = index;
+        let (idx, t0) = registered(&net, &leader, &id).await?;
         if std::env::var_os("MESH_BENCH_DIAG").is_some() {
             // While the joiner waits: what the leader's sockets and neighbours look like.
             let started = Instant::now();
@@ -1177,15 +1182,7 @@ async fn scale_bench(n: usize) -> Result<()> {
             sim_joins(i..i + 1, keys2, &targets2, 1).await
         })?;
         let id = format!("sim{i:05}");
-        let (idx, t0) = wait_for("the registration", Duration::from_secs(30), || async {
-            net.hosts[&leader]
-                .log_text()
-                .lines()
-                .rev()
-                .find(|l| l.contains("node registered") && l.contains(&format!("node={id}")))
-                .and_then(|l| Some((field(l, "index")?, log_time_us(l)?)))
-        })
-        .await?;
+        let (idx, t0) = registered(&net, &leader, &id).await?;
         let times = wait_for(
             "every real node to apply it",
             Duration::from_secs(60),
