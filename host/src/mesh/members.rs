@@ -17,28 +17,41 @@ pub struct Members {
     owners: HashMap<String, String>,
 }
 
-/// A state change as it bears on a node record: the node's ID and its record now
-/// (`None`: deleted, or a value that does not decode as a record of that ID). `None`
-/// for keys outside the node records.
-pub fn node_change(key: &str, value: Option<&str>) -> Option<(String, Option<MeshNode>)> {
-    let id = key.strip_prefix(keys::NODES)?;
-    let node = value
+/// An index over the node records, kept current from state changes.
+pub trait NodeTable {
+    fn insert(&mut self, n: &MeshNode);
+    fn remove(&mut self, id: &str);
+}
+
+/// Applies one state change to `table` (`None`: deleted). Keys outside the node
+/// records are ignored; a record that does not decode as one of that ID counts as gone.
+pub fn apply_change(table: &mut impl NodeTable, key: &str, value: Option<&str>) {
+    let Some(id) = key.strip_prefix(keys::NODES) else {
+        return;
+    };
+    table.remove(id);
+    if let Some(node) = value
         .and_then(|v| serde_json::from_str::<MeshNode>(v).ok())
-        .filter(|n| n.id == id);
-    Some((id.to_string(), node))
+        .filter(|n| n.id == id)
+    {
+        table.insert(&node);
+    }
+}
+
+impl NodeTable for Members {
+    fn insert(&mut self, n: &MeshNode) {
+        Members::insert(self, n)
+    }
+
+    fn remove(&mut self, id: &str) {
+        Members::remove(self, id)
+    }
 }
 
 impl Members {
-    /// Applies one state change (`None`: deleted). Keys outside the node records are
-    /// ignored; a record that does not decode counts as gone.
+    /// [`apply_change`] to the keys.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
-        let Some((id, node)) = node_change(key, value) else {
-            return;
-        };
-        self.remove(&id);
-        if let Some(node) = node {
-            self.insert(&node);
-        }
+        apply_change(self, key, value)
     }
 
     pub fn insert(&mut self, n: &MeshNode) {

@@ -10,8 +10,6 @@ use std::net::Ipv4Addr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use webmesh_api::v1::MeshNode;
 
-use super::keys;
-
 #[derive(Debug, Default, Clone)]
 pub struct NodeIndex {
     v4: HashMap<Ipv4Addr, String>,
@@ -30,17 +28,20 @@ pub fn addresses(n: &MeshNode) -> (Option<Ipv4Addr>, Option<Ipv6Net>) {
     )
 }
 
+impl super::members::NodeTable for NodeIndex {
+    fn insert(&mut self, n: &MeshNode) {
+        NodeIndex::insert(self, n)
+    }
+
+    fn remove(&mut self, id: &str) {
+        NodeIndex::remove(self, id)
+    }
+}
+
 impl NodeIndex {
-    /// Applies one state change (`None`: deleted); keys outside the node records are
-    /// ignored, and a record that does not decode counts as gone.
+    /// [`super::members::apply_change`] to the addresses and IDs.
     pub fn apply(&mut self, key: &str, value: Option<&str>) {
-        let Some((id, node)) = super::members::node_change(key, value) else {
-            return;
-        };
-        self.remove(&id);
-        if let Some(node) = node {
-            self.insert(&node);
-        }
+        super::members::apply_change(self, key, value)
     }
 
     pub fn insert(&mut self, n: &MeshNode) {
@@ -105,6 +106,7 @@ impl NodeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::keys;
 
     fn record(id: &str, v4: &str, v6: &str) -> String {
         serde_json::to_string(&MeshNode {

@@ -389,18 +389,15 @@ async fn try_join(
         .signed(addr, Duration::from_secs(30))
         .map_err(|e| tonic::Status::invalid_argument(format!("join address: {e}")))?;
     let resp = NodeClient::new(ch).join(creds.request(req.clone())).await?;
-    let voters = resp
-        .metadata()
-        .get(crate::services::node::VOTERS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(parse_voters)
-        .unwrap_or_default();
-    let voter_addrs = resp
-        .metadata()
-        .get(crate::services::node::VOTER_ADDRS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(parse_voters)
-        .unwrap_or_default();
+    let pairs = |header: &str| {
+        resp.metadata()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_voters)
+            .unwrap_or_default()
+    };
+    let voters = pairs(crate::services::node::VOTERS_HEADER);
+    let voter_addrs = pairs(crate::services::node::VOTER_ADDRS_HEADER);
     Ok(Joined {
         resp: resp.into_inner(),
         voters,
@@ -408,7 +405,8 @@ async fn try_join(
     })
 }
 
-/// `id=key,id=key` (keys are base64, so they hold '=' too: split at the first one).
+/// `id=key,id=key` (keys are base64, so they hold '=' too: split at the first one);
+/// `id=host:port,...` alike.
 fn parse_voters(v: &str) -> Vec<(String, String)> {
     v.split(',')
         .filter_map(|p| p.split_once('='))
