@@ -104,6 +104,15 @@ fn setting(state: &impl StateRead, key: &str) -> Result<String, String> {
         .ok_or_else(|| format!("mesh setting {key} is missing; was the mesh bootstrapped?"))
 }
 
+/// `owner` from the committed index, unless it is `me` or its record is staged anew.
+fn committed_other<'a>(
+    owner: Option<&'a str>,
+    me: &str,
+    staged: &[(String, Option<MeshNode>)],
+) -> Option<&'a str> {
+    owner.filter(|o| *o != me && !staged.iter().any(|(s, _)| s == o))
+}
+
 /// A node record to write: its key and JSON.
 pub fn register_node(
     state: &impl StateRead,
@@ -150,33 +159,22 @@ pub fn register_node(
     };
     let me = node.id.clone();
     // Who else holds something: the records staged in this entry first, then the index
-    // of what was committed before it (minus records staged since).
+    // of what was committed before it (minus records staged since). Lookups borrow and
+    // allocate nothing: allocation probes addresses from the network's start.
     let staged_other = |f: &dyn Fn(&MeshNode) -> bool| {
         staged
             .iter()
             .find(|(id, n)| *id != me && n.as_ref().is_some_and(f))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.as_str())
     };
-    let is_staged = |id: &str| staged.iter().any(|(s, _)| s == id);
     state.with_index(|ix| {
-        // Probes allocate nothing: allocation scans addresses from the network's start.
-        let other = |owner: Option<&str>| owner.is_some_and(|o| o != me && !is_staged(o));
-        let committed = |owner: Option<&str>| other(owner).then(|| owner.map(str::to_string))?;
+        let committed = |owner| committed_other(owner, &me, &staged);
         let v4_owner = |a: Ipv4Addr| {
             staged_other(&|n| addresses(n).0 == Some(a)).or_else(|| committed(ix.ipv4_owner(a)))
         };
         let v6_owner = |p: Ipv6Net| {
             staged_other(&|n| addresses(n).1 == Some(p)).or_else(|| committed(ix.ipv6_owner(p)))
         };
-        let staged_holds = |f: &dyn Fn(&MeshNode) -> bool| {
-            staged
-                .iter()
-                .any(|(id, n)| *id != me && n.as_ref().is_some_and(f))
-        };
-        let v4_taken =
-            |a: Ipv4Addr| other(ix.ipv4_owner(a)) || staged_holds(&|n| addresses(n).0 == Some(a));
-        let v6_taken =
-            |p: Ipv6Net| other(ix.ipv6_owner(p)) || staged_holds(&|n| addresses(n).1 == Some(p));
         if existing.is_none() {
             let twin = staged_other(&|n| n.id.eq_ignore_ascii_case(&me))
                 .or_else(|| committed(ix.folded_owner(&me)));
@@ -203,13 +201,13 @@ pub fn register_node(
         }
         if let Some(net) = v4_net {
             let addr = ipam::ipv4_hosts(net)
-                .find(|a| !v4_taken(*a))
+                .find(|a| v4_owner(*a).is_none())
                 .ok_or_else(|| ipam::IpamError::V4Exhausted(net).to_string())?;
             node.private_ipv4 = format!("{addr}/32");
         }
         if let Some(net) = v6_net {
             node.private_ipv6 = ipam::ipv6_prefixes(net)
-                .find(|p| !v6_taken(*p))
+                .find(|p| v6_owner(*p).is_none())
                 .ok_or_else(|| ipam::IpamError::V6Exhausted(net).to_string())?
                 .to_string();
         }

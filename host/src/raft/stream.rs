@@ -197,7 +197,12 @@ pub fn serve(
     tokio::spawn(async move {
         let _guard = guard;
         let mut applied = node.state_machine.watch_next();
-        let mut metrics = node.raft.metrics();
+        // Who leads: openraft's server metrics change with the vote, state, leader and
+        // membership only (its full metrics change at every entry: a wake-up per member).
+        let mut metrics = node.raft.server_metrics();
+        let said_now = |m: &openraft::metrics::RaftServerMetrics<NodeId, Member>| {
+            (m.vote.leader_id().term, m.current_leader)
+        };
         let mut next = req.next;
         let mut seq = 0u64;
         let mut said: Option<(u64, Option<NodeId>)> = None;
@@ -238,8 +243,7 @@ pub fn serve(
                     }
                     r = metrics.changed() => {
                         if r.is_err() { return }
-                        let m = metrics.borrow_and_update();
-                        if said == Some((m.current_term, m.current_leader)) {
+                        if said == Some(said_now(&metrics.borrow_and_update())) {
                             continue;
                         }
                         Body::Idle
@@ -248,10 +252,7 @@ pub fn serve(
                     () = tx.closed() => return,
                 }
             };
-            let (term, leader) = {
-                let m = metrics.borrow();
-                (m.current_term, m.current_leader)
-            };
+            let (term, leader) = said_now(&metrics.borrow());
             said = Some((term, leader));
             let msg = Followed {
                 seq,

@@ -144,13 +144,10 @@ fn applied_times(net: &TestNet, index: u64, skip: &str) -> BTreeMap<String, Opti
         // The standing mesh (joiners of earlier rounds have left).
         .filter(|h| h.id != skip && !h.id.starts_with('x'))
         .map(|h| {
-            let t = h
-                .log_text()
-                .lines()
-                .filter(|l| l.contains("peers applied"))
-                .find(|l| field(l, "index").is_some_and(|i| i >= index))
-                .and_then(log_time_us);
-            (h.id.clone(), t)
+            (
+                h.id.clone(),
+                applied_at(&h.log_text(), index).map(|(t, _)| t),
+            )
         })
         .collect()
 }
