@@ -248,9 +248,9 @@ fn render(
             && *h != v
             && let Some(&s) = slot.get(h)
             && Some(s) != summary
-            && let Some(n) = node(v)
+            && let Some(ips) = view.node_ips.get(graph.id(v))
         {
-            peers[s].allowed_ips.extend(view.allowed_ips_of(n));
+            peers[s].allowed_ips.extend(ips.iter().cloned());
         }
     }
     // Routes: towards the nearest node serving them (their next hop, if they name one).

@@ -95,6 +95,14 @@ fn remove_filter_script(iface: &str) -> String {
     format!("table inet {t}\ndelete table inet {t}\n")
 }
 
+/// Turning the state into this host's plan costs O(mesh) — tens of milliseconds at
+/// 10,000 nodes, paid by every node on a host — so after a render that computed for
+/// `t`, changes wait up to `RENDER_PACE × t` (at most `MAX_RENDER_PAUSE`) and are then
+/// rendered together: rendering takes at most a quarter of a node's time however fast
+/// changes come, and a small mesh (microseconds per render) never waits.
+const RENDER_PACE: u32 = 3;
+const MAX_RENDER_PAUSE: Duration = Duration::from_millis(500);
+
 struct Worker {
     iface: Arc<Interface>,
     me: String,
@@ -123,7 +131,7 @@ impl Worker {
                 peers: initial,
                 ..Default::default()
             };
-            self.reconcile(Desired::from_plan(&plan, &self.my_zone, None))
+            self.reconcile(Desired::from_plan(plan, &self.my_zone, None))
                 .await;
         }
         let mut dirty = true;
@@ -138,34 +146,47 @@ impl Worker {
         let mut resync = tokio::time::interval(Duration::from_secs(30));
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = tokio::time::interval(Duration::from_secs(1));
+        // Rendering waits until then (see `RENDER_PACE`).
+        let mut not_before = Instant::now();
         loop {
             let started = Instant::now();
             let changes = follower.take_changes();
             let view = &follower.view;
             planner.update(view, &changes);
-            if dirty && view.nodes.contains_key(&self.me) {
+            let mine = view.nodes.contains_key(&self.me);
+            if dirty && mine && started >= not_before {
                 if let Some(ice) = &self.ice {
                     ice.sync(view, planner.ice_peers()).await;
                 }
+                let computing = Instant::now();
                 let ice = self.ice.clone();
                 let plan = planner.plan(view, &|p| ice.as_ref().is_some_and(|i| i.is_up(p)));
                 let filter = crate::mesh::filter::ruleset(view, &self.me, &self.iface.name);
-                let mut want = Desired::from_plan(&plan, &self.my_zone, filter);
+                let ice_peers: Vec<(String, String)> = (plan.peers.iter())
+                    .filter(|p| p.ice)
+                    .map(|p| (p.id.clone(), p.public_key.clone()))
+                    .collect();
+                let peer_count = plan.peers.len();
+                let mut want = Desired::from_plan(plan, &self.my_zone, filter);
                 // An ICE peer's WireGuard endpoint is its proxy port on the ICE socket.
                 if let Some(ice) = &ice {
-                    for p in plan.peers.iter().filter(|p| p.ice) {
-                        if let Some(c) = want.peers.get_mut(&p.public_key) {
-                            c.endpoint = ice.proxy(&p.id);
+                    for (id, key) in &ice_peers {
+                        if let Some(c) = want.peers.get_mut(key) {
+                            c.endpoint = ice.proxy(id);
                         }
                     }
                 }
+                let computed = computing.elapsed();
                 self.reconcile(want).await;
                 let index = follower.index;
-                debug!(index, peers = plan.peers.len(), took = ?started.elapsed(), "peers applied");
+                debug!(index, peers = peer_count, took = ?started.elapsed(), ?computed, "peers applied");
                 self.applied_tx.send_replace(index);
                 dirty = false;
+                not_before = Instant::now() + (computed * RENDER_PACE).min(MAX_RENDER_PAUSE);
             }
+            let paced = dirty && mine;
             tokio::select! {
+                () = tokio::time::sleep_until(not_before.into()), if paced => {}
                 Ok(()) = ice_changed.changed() => dirty = true,
                 changed = follower.next() => match changed {
                     Some(c) => dirty |= c,

@@ -35,7 +35,7 @@ pub struct Desired {
 
 impl Desired {
     /// What a peer plan (and the packet filter the ACLs ask for) means on this host.
-    pub fn from_plan(plan: &PeerPlan, my_zone: &str, filter: Option<String>) -> Desired {
+    pub fn from_plan(plan: PeerPlan, my_zone: &str, filter: Option<String>) -> Desired {
         let all_routes: BTreeSet<String> = plan
             .peers
             .iter()
@@ -50,7 +50,7 @@ impl Desired {
                 .any(|r| peers::is_default_route(r) && r.contains(':')),
         );
         Desired {
-            peers: desired_peers(&plan.peers, my_zone),
+            peers: desired_peers(plan.peers, my_zone),
             routes: all_routes
                 .into_iter()
                 .filter(|r| !peers::is_default_route(r))
@@ -64,18 +64,22 @@ impl Desired {
 }
 
 /// What the interface should hold for `plan`, by public key.
-pub fn desired_peers(plan: &[WireGuardPeer], my_zone: &str) -> BTreeMap<String, PeerConfig> {
-    plan.iter()
+pub fn desired_peers(plan: Vec<WireGuardPeer>, my_zone: &str) -> BTreeMap<String, PeerConfig> {
+    plan.into_iter()
         .filter(|p| !p.public_key.is_empty())
-        .map(|p| {
-            let mut allowed_ips = p.allowed_ips.clone();
-            allowed_ips.sort();
+        .map(|mut p| {
+            let endpoint = peers::choose_endpoint(&p, my_zone);
+            let mut allowed_ips = std::mem::take(&mut p.allowed_ips);
+            // Plans come sorted; a join response's peers may not.
+            if !allowed_ips.is_sorted() {
+                allowed_ips.sort();
+            }
             allowed_ips.dedup();
             (
                 p.public_key.clone(),
                 PeerConfig {
-                    public_key: p.public_key.clone(),
-                    endpoint: peers::choose_endpoint(p, my_zone),
+                    public_key: p.public_key,
+                    endpoint,
                     allowed_ips,
                     keepalive: Some(KEEPALIVE_SECS),
                 },
@@ -267,7 +271,7 @@ mod tests {
 
     fn desired(peers: &[WireGuardPeer]) -> Desired {
         Desired {
-            peers: desired_peers(peers, ""),
+            peers: desired_peers(peers.to_vec(), ""),
             ..Default::default()
         }
     }
@@ -400,7 +404,7 @@ mod tests {
             peers: vec![p],
             ..Default::default()
         };
-        let d = Desired::from_plan(&plan, "", None);
+        let d = Desired::from_plan(plan, "", None);
         assert_eq!(d.exit, (true, false));
         assert_eq!(d.routes, ["192.168.5.0/24".to_string()].into());
     }

@@ -251,6 +251,8 @@ async fn propagation_bench(n: usize) -> Result<()> {
                     let now = net_counters(&net.hosts[h]);
                     let d: Vec<String> = now
                         .iter()
+                        // The backlog is the kernel's: said once, with h1.
+                        .filter(|(c, _)| h == "h1" || !c.starts_with("softnet:"))
                         .filter_map(|(c, v)| {
                             let d = v - was.get(c).copied().unwrap_or(0);
                             (d != 0).then(|| format!("{c}+{d}"))
@@ -320,6 +322,32 @@ fn net_counters(h: &webmesh_e2e::netns::Host) -> BTreeMap<String, i64> {
                 }
             }
         }
+    }
+    // Drops at the namespace's interfaces (the TUN device's queue, the veth).
+    if let Ok(o) = h.exec(&["ip", "-j", "-s", "link"])
+        && let Ok(links) = serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout)
+    {
+        for l in links {
+            let name = l["ifname"].as_str().unwrap_or("?");
+            for dir in ["rx", "tx"] {
+                let d = l["stats64"][dir]["dropped"].as_i64().unwrap_or(0);
+                out.insert(format!("{name}:{dir}_dropped"), d);
+            }
+        }
+    }
+    // The kernel's per-CPU backlog, shared by every namespace: packets dropped because
+    // it was full, and softirq runs cut short with work left.
+    if let Ok(text) = std::fs::read_to_string("/proc/net/softnet_stat") {
+        let (mut dropped, mut squeezed) = (0, 0);
+        for line in text.lines() {
+            let cols: Vec<i64> = (line.split_whitespace())
+                .map(|c| i64::from_str_radix(c, 16).unwrap_or(0))
+                .collect();
+            dropped += cols.get(1).copied().unwrap_or(0);
+            squeezed += cols.get(2).copied().unwrap_or(0);
+        }
+        out.insert("softnet:dropped".into(), dropped);
+        out.insert("softnet:time_squeeze".into(), squeezed);
     }
     out
 }
