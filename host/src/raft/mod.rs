@@ -208,11 +208,12 @@ impl RaftNode {
         let policy = Arc::new(crate::store::views::PolicyCache::new(
             state_machine.rbac_version(),
         ));
+        let net = network::Network::new(signer);
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(signer),
-            LogStore::new(engine.clone(), id),
+            net.clone(),
+            LogStore::new(engine.clone(), id).with_early_append(net),
             state_machine.clone(),
         )
         .await

@@ -93,6 +93,76 @@ async fn only_voters_fsync_their_log() {
     assert!(log.syncs(), "after a truncation, in doubt: sync");
 }
 
+/// A leader's own entries go to the other voters before its fsync, as the append
+/// openraft sends after it; anything else (a follower's entries, a vote not won, a gap
+/// before them) does not.
+#[tokio::test]
+async fn a_leader_sends_its_entries_early_and_only_its_own() {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, Vote};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let signer = webmesh_client::proof::Signer::new(
+        "me",
+        "eBAIZCV/idFvXEcPcD9yqrXOzqcNSGLgdtlrNjo+tkU=",
+        "XJWwAGPx6RCS9sbUT83DE418349AiNbWhBk/H90Tjlk=",
+    )
+    .unwrap();
+    let net = super::super::network::Network::new(std::sync::Arc::new(signer));
+    let mut log = LogStore::new(engine.clone(), 1).with_early_append(net);
+    let mut m = membership_entry(1, &[1, 2, 3], &[4]);
+    if let EntryPayload::Membership(mm) = &m.payload {
+        let nodes = mm
+            .nodes()
+            .map(|(id, _)| {
+                let addr = format!("10.0.0.{id}:9443");
+                (
+                    *id,
+                    Member {
+                        raft_addr: addr,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let configs = mm.get_joint_config().clone();
+        m.payload = EntryPayload::Membership(Membership::new(configs, nodes));
+    }
+    log.blocking_append([m]).await.unwrap();
+    let voters = log.early.as_ref().unwrap().voters.lock().unwrap().clone();
+    assert_eq!(
+        voters,
+        [
+            (1, "10.0.0.1:9443".to_string()),
+            (2, "10.0.0.2:9443".to_string()),
+            (3, "10.0.0.3:9443".to_string())
+        ],
+        "voters only, with their raft addresses"
+    );
+    let next = entry(2, now_ms(), vec![put("k", "v", 0)]);
+    // No vote yet, or one not won: nothing early.
+    assert!(log.early_request(std::slice::from_ref(&next)).is_none());
+    log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    assert!(log.early_request(std::slice::from_ref(&next)).is_none());
+    // Won: the append openraft would send, without a commit index.
+    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    let req = log.early_request(std::slice::from_ref(&next)).unwrap();
+    assert_eq!(req.vote, Vote::new_committed(1, 1));
+    assert_eq!(req.prev_log_id, Some(log_id(1, 1, 1)));
+    assert_eq!(req.entries.len(), 1);
+    assert_eq!(req.leader_commit, None);
+    // Another leader's entries (a follower's append) are not ours to send.
+    let mut theirs = next.clone();
+    theirs.log_id.leader_id = CommittedLeaderId::new(1, 2);
+    assert!(log.early_request(&[theirs]).is_none());
+    // A gap before the entries: no prev to name.
+    let far = entry(9, now_ms(), vec![put("k", "v", 0)]);
+    assert!(log.early_request(&[far]).is_none());
+    // Another node leads: nothing early.
+    log.save_vote(&Vote::new_committed(2, 2)).await.unwrap();
+    assert!(log.early_request(std::slice::from_ref(&next)).is_none());
+}
+
 #[tokio::test]
 async fn put_and_delete() {
     let (_d, mut sm, mut events) = machine();
