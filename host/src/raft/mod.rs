@@ -208,12 +208,11 @@ impl RaftNode {
         let policy = Arc::new(crate::store::views::PolicyCache::new(
             state_machine.rbac_version(),
         ));
-        let net = network::Network::new(signer);
         let raft = Raft::new(
             id,
             Arc::new(config),
-            net.clone(),
-            LogStore::new(engine.clone(), id).with_early_append(net),
+            network::Network::new(signer),
+            LogStore::new(engine.clone(), id),
             state_machine.clone(),
         )
         .await

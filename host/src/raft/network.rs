@@ -98,45 +98,6 @@ impl Network {
     }
 }
 
-impl Network {
-    /// Sends `rpc` to each of `to` (ID, raft address) on its pooled connection without
-    /// waiting for or reading the answer: a leader's entries sent before its own fsync
-    /// (`LogStore`), which openraft sends again once they are flushed.
-    pub fn send_early(&self, to: &[(NodeId, String)], rpc: &AppendEntriesRequest<TypeConfig>) {
-        if to.is_empty() {
-            return;
-        }
-        let Ok(data) = postcard::to_stdvec(rpc) else {
-            return;
-        };
-        let proof = self
-            .signer
-            .sign(Purpose::Raft, Kind::Append.path(), &data, &[]);
-        for (target, addr) in to {
-            let conn = self.conn(*target, addr);
-            let Ok(mut client) = conn.state().client.clone() else {
-                continue;
-            };
-            let mut request = tonic::Request::new(RaftMessage {
-                data: data.clone(),
-                proof: String::new(),
-            });
-            request.set_timeout(EARLY_TIMEOUT);
-            if let Ok(v) = proof.parse() {
-                request.metadata_mut().insert(PROOF_HEADER, v);
-            }
-            tokio::spawn(async move {
-                let _conn = conn;
-                let _ = client.append_entries(request).await;
-            });
-        }
-    }
-}
-
-/// How long an early append may take before it is given up (openraft's own append
-/// follows anyway).
-const EARLY_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How long an unused pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 

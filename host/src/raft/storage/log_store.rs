@@ -3,18 +3,16 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
-use openraft::raft::AppendEntriesRequest;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership, OptionalSend, RaftLogReader,
-    StoredMembership, Vote,
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StoredMembership,
+    Vote,
 };
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::super::network::Network;
 use super::super::types::{Member, NodeId, TypeConfig};
 use super::*;
 use crate::store::engine::{CF_LOG, CF_META, Engine};
@@ -22,14 +20,6 @@ use crate::store::engine::{CF_LOG, CF_META, Engine};
 /// The Raft log and vote. openraft 0.9 waits for each append to be flushed before it
 /// takes the next, so an append is one synced write; group commit happens above Raft
 /// (see `RaftNode::propose`).
-///
-/// openraft 0.9 also replicates a leader's entries only once its own fsync is done, so
-/// a lone write paid two fsyncs in a row (the leader's, then a follower's). With an
-/// [`EarlyAppend`], the leader sends its new entries to the other voters before its
-/// fsync (as etcd does, Raft thesis §10.2.1): the followers' fsyncs run alongside its
-/// own, and openraft's own append that follows finds them stored. Safety is unchanged:
-/// it is the append openraft would send, only sooner, and openraft still counts the
-/// leader only after its fsync.
 ///
 /// Only a voter's log counts towards a quorum, so a non-voter (most nodes of a mesh)
 /// appends without fsync: if it loses the tail on a power cut the leader sends it
@@ -40,104 +30,35 @@ pub struct LogStore {
     pub(super) engine: Engine,
     id: NodeId,
     sync: Arc<AtomicBool>,
-    pub(super) early: Option<Arc<EarlyAppend>>,
-}
-
-/// Where a leader sends its entries before its own fsync (see [`LogStore`]): the
-/// transport, and the voters of the last membership in the log.
-pub struct EarlyAppend {
-    pub net: Network,
-    pub(super) voters: Mutex<Vec<(NodeId, String)>>,
-}
-
-/// Entries above this size (encoded) wait for openraft: a bulk append is not latency
-/// bound, and sending it twice would cost bandwidth.
-const EARLY_MAX_BYTES: usize = 256 << 10;
-
-/// The last membership in the log, else the state machine's.
-fn last_membership(engine: &Engine) -> Option<Membership<NodeId, Member>> {
-    for item in engine
-        .db()
-        .iterator_cf(engine.cf(CF_LOG), IteratorMode::End)
-    {
-        let Ok((_, v)) = item else { break };
-        if let Ok(e) = dec::<Entry>(&v)
-            && let EntryPayload::Membership(m) = e.payload
-        {
-            return Some(m);
-        }
-    }
-    meta::<StoredMembership<NodeId, Member>>(engine, MEMBERSHIP)
-        .ok()
-        .flatten()
-        .filter(|sm| sm.log_id().is_some())
-        .map(|sm| sm.membership().clone())
-}
-
-fn voters_of(m: &Membership<NodeId, Member>) -> Vec<(NodeId, String)> {
-    m.voter_ids()
-        .filter_map(|v| m.get_node(&v).map(|n| (v, n.raft_addr.clone())))
-        .collect()
 }
 
 impl LogStore {
     pub fn new(engine: Engine, id: NodeId) -> LogStore {
-        let voter = last_membership(&engine).map(|m| m.voter_ids().any(|v| v == id));
+        // The last membership this node knows of: in its log, else its state machine.
+        let mut voter = None;
+        for item in engine
+            .db()
+            .iterator_cf(engine.cf(CF_LOG), IteratorMode::End)
+        {
+            let Ok((_, v)) = item else { break };
+            if let Ok(e) = dec::<Entry>(&v)
+                && let EntryPayload::Membership(m) = &e.payload
+            {
+                voter = Some(m.voter_ids().any(|v| v == id));
+                break;
+            }
+        }
+        if voter.is_none()
+            && let Ok(Some(sm)) = meta::<StoredMembership<NodeId, Member>>(&engine, MEMBERSHIP)
+            && sm.log_id().is_some()
+        {
+            voter = Some(sm.membership().voter_ids().any(|v| v == id));
+        }
         LogStore {
             engine,
             id,
             sync: Arc::new(AtomicBool::new(voter.unwrap_or(true))),
-            early: None,
         }
-    }
-
-    /// Sends a leader's entries to the other voters before its own fsync.
-    pub fn with_early_append(mut self, net: Network) -> LogStore {
-        let voters = last_membership(&self.engine)
-            .map(|m| voters_of(&m))
-            .unwrap_or_default();
-        self.early = Some(Arc::new(EarlyAppend {
-            net,
-            voters: Mutex::new(voters),
-        }));
-        self
-    }
-
-    /// When this node leads the term of every one of `entries`: the append openraft
-    /// will send the other voters once they are flushed here (no commit index: theirs
-    /// stays as the leader last said).
-    pub(super) fn early_request(
-        &self,
-        entries: &[Entry],
-    ) -> Option<AppendEntriesRequest<TypeConfig>> {
-        let first = entries.first()?;
-        let vote: Vote<NodeId> = meta(&self.engine, VOTE).ok()??;
-        let leader = vote.leader_id();
-        if !vote.is_committed() || leader.voted_for() != Some(self.id) {
-            return None;
-        }
-        if entries.iter().any(|e| e.log_id.leader_id != *leader) {
-            return None;
-        }
-        let prev_index = first.log_id.index.checked_sub(1)?;
-        let prev = match self
-            .engine
-            .db()
-            .get_cf(self.engine.cf(CF_LOG), prev_index.to_be_bytes())
-        {
-            Ok(Some(v)) => dec::<Entry>(&v).ok()?.log_id,
-            Ok(None) => meta::<LogId<NodeId>>(&self.engine, PURGED).ok()??.clone(),
-            Err(_) => return None,
-        };
-        if prev.index != prev_index {
-            return None;
-        }
-        Some(AppendEntriesRequest {
-            vote,
-            prev_log_id: Some(prev),
-            entries: entries.to_vec(),
-            leader_commit: None,
-        })
     }
 
     /// Whether appends are fsynced (this node votes, or may).
@@ -259,36 +180,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
         let mut b = WriteBatch::default();
         let mut sync = self.syncs();
-        let mut bytes = 0usize;
-        for e in &entries {
+        for e in entries {
             if let EntryPayload::Membership(m) = &e.payload {
                 let voter = m.voter_ids().any(|v| v == self.id);
                 self.sync.store(voter, Ordering::SeqCst);
                 // The entry that makes us a voter is itself synced.
                 sync |= voter;
-                if let Some(early) = &self.early {
-                    *early.voters.lock().unwrap_or_else(|p| p.into_inner()) = voters_of(m);
-                }
             }
-            let v = enc(e)?;
-            bytes = bytes.saturating_add(v.len());
-            b.put_cf(self.engine.cf(CF_LOG), e.log_id.index.to_be_bytes(), v);
-        }
-        if let Some(early) = &self.early
-            && sync
-            && bytes <= EARLY_MAX_BYTES
-            && let Some(req) = self.early_request(&entries)
-        {
-            let to: Vec<(NodeId, String)> = (early.voters.lock())
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .filter(|(v, _)| *v != self.id)
-                .cloned()
-                .collect();
-            early.net.send_early(&to, &req);
+            b.put_cf(
+                self.engine.cf(CF_LOG),
+                e.log_id.index.to_be_bytes(),
+                enc(&e)?,
+            );
         }
         // A voter syncs before the callback: an acknowledged entry survives a power cut.
         let res = self.engine.write(b, sync);
@@ -309,13 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         b.delete_cf(cf, u64::MAX.to_be_bytes());
         self.engine
             .write(b, true)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        if let Some(early) = &self.early {
-            *early.voters.lock().unwrap_or_else(|p| p.into_inner()) = last_membership(&self.engine)
-                .map(|m| voters_of(&m))
-                .unwrap_or_default();
-        }
-        Ok(())
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
