@@ -255,7 +255,9 @@ async fn main() -> Result<()> {
         .into_inner()
         .current_leader;
     let leader = nodes.iter().find(|n| n.id == leader_id).context("leader")?;
-    let webmesh = webmesh_put(channel(&leader.grpc.to_string()).await?);
+    // Apply is for voters: the client acts as the leader through its admin socket (a
+    // unix socket; etcd's clients use loopback TCP).
+    let webmesh = webmesh_put(webmesh_e2e::admin_channel(&leader.socket)?);
 
     let (_etcd, etcd_leader) = start_etcd(dir.path()).await?;
     let etcd = etcd_put(channel(&etcd_leader).await?);
