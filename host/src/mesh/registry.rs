@@ -4,7 +4,7 @@
 //! registration in a mesh of 10,000 nodes would otherwise decode 10,000 records on
 //! every replica. Kept current from state changes, like `members::Members`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -12,8 +12,10 @@ use webmesh_api::v1::MeshNode;
 
 #[derive(Debug, Default, Clone)]
 pub struct NodeIndex {
-    v4: HashMap<Ipv4Addr, String>,
-    v6: HashMap<Ipv6Net, String>,
+    /// In address order: the lowest free address is found by walking the held ones
+    /// (see [`lowest_free`]), not by probing every address from the network's start.
+    v4: BTreeMap<Ipv4Addr, String>,
+    v6: BTreeMap<Ipv6Net, String>,
     /// Lowercased ID → ID.
     folded: HashMap<String, String>,
     /// ID → what it holds in the maps above.
@@ -85,6 +87,21 @@ impl NodeIndex {
         self.v6.get(&p).map(String::as_str)
     }
 
+    /// The IPv4 addresses held, ascending from `from`.
+    pub fn ipv4_held_from(&self, from: Ipv4Addr) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.v4.range(from..).map(|(a, _)| *a)
+    }
+
+    /// The IPv6 prefixes held, ascending from `from`.
+    pub fn ipv6_held_from(&self, from: Ipv6Net) -> impl Iterator<Item = Ipv6Net> + '_ {
+        self.v6.range(from..).map(|(p, _)| *p)
+    }
+
+    /// What `id`'s record holds.
+    pub fn held_by(&self, id: &str) -> (Option<Ipv4Addr>, Option<Ipv6Net>) {
+        self.held.get(id).copied().unwrap_or_default()
+    }
+
     /// A recorded ID equal to `id` ignoring case.
     pub fn folded_owner(&self, id: &str) -> Option<&str> {
         self.folded.get(&id.to_lowercase()).map(String::as_str)
@@ -103,10 +120,59 @@ impl NodeIndex {
     }
 }
 
+/// The first of `candidates` (ascending) that is free: not in `held` (ascending, what
+/// the index holds from the first candidate on) unless in `released` (held by records
+/// this registration replaces), and not in `staged` (taken earlier in the same entry).
+/// One merge walk with integer compares: at 10,000 nodes a registration on every replica
+/// cost a hash probe, string compares and a parse of each staged record per address.
+pub fn lowest_free<T: Ord + Copy>(
+    candidates: impl Iterator<Item = T>,
+    held: impl Iterator<Item = T>,
+    released: &[T],
+    staged: &[T],
+) -> Option<T> {
+    let mut held = held.peekable();
+    for c in candidates {
+        while held.next_if(|h| *h < c).is_some() {}
+        let taken = held.peek() == Some(&c) && !released.contains(&c);
+        if !taken && !staged.contains(&c) {
+            return Some(c);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mesh::keys;
+
+    /// The walk finds what probing every candidate finds.
+    #[test]
+    fn lowest_free_is_the_first_free_candidate() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let n = 1 + next() % 40;
+            let held: std::collections::BTreeSet<u64> =
+                (0..next() % 40).map(|_| next() % (n + 5)).collect();
+            let released: Vec<u64> = (0..next() % 3).map(|_| next() % (n + 5)).collect();
+            let staged: Vec<u64> = (0..next() % 4).map(|_| next() % (n + 5)).collect();
+            let start = next() % 3;
+            let probe = (start..n)
+                .find(|c| (!held.contains(c) || released.contains(c)) && !staged.contains(c));
+            let walk = lowest_free(start..n, held.range(start..).copied(), &released, &staged);
+            assert_eq!(
+                walk, probe,
+                "held {held:?} released {released:?} staged {staged:?}"
+            );
+        }
+    }
 
     fn record(id: &str, v4: &str, v6: &str) -> String {
         serde_json::to_string(&MeshNode {

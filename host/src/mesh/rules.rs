@@ -16,7 +16,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use webmesh_api::v1::MeshNode;
 
 use super::ops::Op;
-use super::registry::{NodeIndex, addresses};
+use super::registry::{NodeIndex, addresses, lowest_free};
 use super::{ipam, keys};
 
 /// The state as a proposal sees it (earlier writes of the same log entry included).
@@ -160,7 +160,7 @@ pub fn register_node(
     let me = node.id.clone();
     // Who else holds something: the records staged in this entry first, then the index
     // of what was committed before it (minus records staged since). Lookups borrow and
-    // allocate nothing: allocation probes addresses from the network's start.
+    // allocate nothing; allocation walks the held addresses in order.
     let staged_other = |f: &dyn Fn(&MeshNode) -> bool| {
         staged
             .iter()
@@ -199,15 +199,50 @@ pub fn register_node(
                 node.private_ipv6
             ));
         }
+        // The lowest address no one else holds. The records this one replaces (its
+        // own, and those staged anew earlier in this entry) release what the index says
+        // they hold; what the staged records hold now is taken.
+        let replaced = std::iter::once(me.as_str()).chain(staged.iter().map(|(id, _)| id.as_str()));
+        let released: Vec<_> = replaced
+            .map(|id| {
+                let (v4, v6) = ix.held_by(id);
+                (
+                    v4.filter(|a| ix.ipv4_owner(*a) == Some(id)),
+                    v6.filter(|p| ix.ipv6_owner(*p) == Some(id)),
+                )
+            })
+            .collect();
+        let staged_now: Vec<_> = (staged.iter())
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(_, n)| n.as_ref().map(addresses))
+            .collect();
         if let Some(net) = v4_net {
-            let addr = ipam::ipv4_hosts(net)
-                .find(|a| v4_owner(*a).is_none())
+            let mut hosts = ipam::ipv4_hosts(net).peekable();
+            let first = hosts.peek().copied();
+            let addr = first
+                .and_then(|f| {
+                    lowest_free(
+                        hosts,
+                        ix.ipv4_held_from(f),
+                        &released.iter().filter_map(|h| h.0).collect::<Vec<_>>(),
+                        &staged_now.iter().filter_map(|h| h.0).collect::<Vec<_>>(),
+                    )
+                })
                 .ok_or_else(|| ipam::IpamError::V4Exhausted(net).to_string())?;
             node.private_ipv4 = format!("{addr}/32");
         }
         if let Some(net) = v6_net {
-            node.private_ipv6 = ipam::ipv6_prefixes(net)
-                .find(|p| v6_owner(*p).is_none())
+            let mut prefixes = ipam::ipv6_prefixes(net).peekable();
+            let first = prefixes.peek().copied();
+            node.private_ipv6 = first
+                .and_then(|f| {
+                    lowest_free(
+                        prefixes,
+                        ix.ipv6_held_from(f),
+                        &released.iter().filter_map(|h| h.1).collect::<Vec<_>>(),
+                        &staged_now.iter().filter_map(|h| h.1).collect::<Vec<_>>(),
+                    )
+                })
                 .ok_or_else(|| ipam::IpamError::V6Exhausted(net).to_string())?
                 .to_string();
         }
