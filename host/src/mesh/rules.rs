@@ -113,6 +113,20 @@ fn committed_other<'a>(
     owner.filter(|o| *o != me && !staged.iter().any(|(s, _)| s == o))
 }
 
+/// [`lowest_free`] of `candidates`, with what the index holds from the first of them on.
+fn first_free<T: Ord + Copy, H: Iterator<Item = T>>(
+    candidates: impl Iterator<Item = T>,
+    held_from: impl FnOnce(T) -> H,
+    released: impl Iterator<Item = Option<T>>,
+    staged: impl Iterator<Item = Option<T>>,
+) -> Option<T> {
+    let mut candidates = candidates.peekable();
+    let first = *candidates.peek()?;
+    let released: Vec<T> = released.flatten().collect();
+    let staged: Vec<T> = staged.flatten().collect();
+    lowest_free(candidates, held_from(first), &released, &staged)
+}
+
 /// A node record to write: its key and JSON.
 pub fn register_node(
     state: &impl StateRead,
@@ -217,34 +231,24 @@ pub fn register_node(
             .filter_map(|(_, n)| n.as_ref().map(addresses))
             .collect();
         if let Some(net) = v4_net {
-            let mut hosts = ipam::ipv4_hosts(net).peekable();
-            let first = hosts.peek().copied();
-            let addr = first
-                .and_then(|f| {
-                    lowest_free(
-                        hosts,
-                        ix.ipv4_held_from(f),
-                        &released.iter().filter_map(|h| h.0).collect::<Vec<_>>(),
-                        &staged_now.iter().filter_map(|h| h.0).collect::<Vec<_>>(),
-                    )
-                })
-                .ok_or_else(|| ipam::IpamError::V4Exhausted(net).to_string())?;
+            let addr = first_free(
+                ipam::ipv4_hosts(net),
+                |f| ix.ipv4_held_from(f),
+                released.iter().map(|h| h.0),
+                staged_now.iter().map(|h| h.0),
+            )
+            .ok_or_else(|| ipam::IpamError::V4Exhausted(net).to_string())?;
             node.private_ipv4 = format!("{addr}/32");
         }
         if let Some(net) = v6_net {
-            let mut prefixes = ipam::ipv6_prefixes(net).peekable();
-            let first = prefixes.peek().copied();
-            node.private_ipv6 = first
-                .and_then(|f| {
-                    lowest_free(
-                        prefixes,
-                        ix.ipv6_held_from(f),
-                        &released.iter().filter_map(|h| h.1).collect::<Vec<_>>(),
-                        &staged_now.iter().filter_map(|h| h.1).collect::<Vec<_>>(),
-                    )
-                })
-                .ok_or_else(|| ipam::IpamError::V6Exhausted(net).to_string())?
-                .to_string();
+            node.private_ipv6 = first_free(
+                ipam::ipv6_prefixes(net),
+                |f| ix.ipv6_held_from(f),
+                released.iter().map(|h| h.1),
+                staged_now.iter().map(|h| h.1),
+            )
+            .ok_or_else(|| ipam::IpamError::V6Exhausted(net).to_string())?
+            .to_string();
         }
         Ok(())
     })?;
