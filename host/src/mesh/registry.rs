@@ -1,6 +1,7 @@
 //! The node records' addresses and IDs, indexed: what registering a node must check (a
 //! taken IPv4 address or IPv6 prefix, an ID that differs only in case) and where the
-//! next free address is, as hash probes rather than a decode of every record — a
+//! next free address is, as index lookups (addresses in order, so the lowest free one
+//! is one walk over those held) rather than a decode of every record — a
 //! registration in a mesh of 10,000 nodes would otherwise decode 10,000 records on
 //! every replica. Kept current from state changes, like `members::Members`.
 
