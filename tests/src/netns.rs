@@ -85,6 +85,40 @@ pub struct Host {
     child: Option<Child>,
 }
 
+/// The kernel's neighbour (ARP / NDP) tables are one per machine, shared by every
+/// network namespace, and by default hold at most 1,024 entries, with forced garbage
+/// collection from 512. A test mesh of 25 hosts — each resolving the other hosts' and
+/// every past joiner's underlay address — fills that: the kernel then cannot create the
+/// entry a datagram needs and drops it ("neighbor table overflow!" in the kernel log,
+/// `table_fulls` in /proc/net/stat/arp_cache, no counter in the namespace). In
+/// `mesh-bench propagation 25` those drops were the seconds-long tail: every member cut
+/// off from the leader at once, WireGuard and the kernel's queues dropping nothing.
+/// A real host runs one node and resolves its own neighbours only. The limits are
+/// raised, never lowered (other work on the machine may need more).
+const NEIGHBOUR_LIMITS: [(&str, u64); 3] = [
+    ("gc_thresh1", 4_096),
+    ("gc_thresh2", 16_384),
+    ("gc_thresh3", 32_768),
+];
+
+fn raise_neighbour_limits() -> Result<()> {
+    for family in ["ipv4", "ipv6"] {
+        for (name, want) in NEIGHBOUR_LIMITS {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{name}");
+            let now: u64 = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {path}"))?
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing {path}"))?;
+            if now < want {
+                std::fs::write(&path, want.to_string())
+                    .with_context(|| format!("raising {path} from {now} to {want}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl TestNet {
     /// Takes a free slot and creates its bridge. Needs root.
     pub fn new() -> Result<TestNet> {
@@ -98,6 +132,7 @@ impl TestNet {
             }
         }
         let (slot, lock) = taken.context("no free test network slot")?;
+        raise_neighbour_limits()?;
         let prefix = format!("wm{slot}");
         cleanup_prefix(&prefix);
         let bridge = format!("{prefix}br");

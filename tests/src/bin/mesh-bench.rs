@@ -252,7 +252,9 @@ async fn propagation_bench(n: usize) -> Result<()> {
                     let d: Vec<String> = now
                         .iter()
                         // The backlog is the kernel's: said once, with h1.
-                        .filter(|(c, _)| h == "h1" || !c.starts_with("softnet:"))
+                        .filter(|(c, _)| {
+                            h == "h1" || !(c.starts_with("softnet:") || c.starts_with("neigh:"))
+                        })
                         .filter_map(|(c, v)| {
                             let d = v - was.get(c).copied().unwrap_or(0);
                             (d != 0).then(|| format!("{c}+{d}"))
@@ -301,7 +303,16 @@ fn net_counters(h: &webmesh_e2e::netns::Host) -> BTreeMap<String, i64> {
         "TcpExt:TCPLossProbes",
         "TcpExt:ListenDrops",
     ];
+    // `MESH_BENCH_NSTAT=all`: every counter the kernel keeps, for a loss not in the list.
+    let all = std::env::var("MESH_BENCH_NSTAT").is_ok_and(|v| v == "all");
     let mut out = BTreeMap::new();
+    if all && let Ok(o) = h.exec(&["cat", "/proc/net/snmp6"]) {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some((n, v)) = line.split_once(char::is_whitespace) {
+                out.insert(format!("Ip6:{n}"), v.trim().parse().unwrap_or(0));
+            }
+        }
+    }
     for file in ["/proc/net/snmp", "/proc/net/netstat"] {
         let Ok(o) = h.exec(&["cat", file]) else {
             continue;
@@ -317,7 +328,7 @@ fn net_counters(h: &webmesh_e2e::netns::Host) -> BTreeMap<String, i64> {
             };
             for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
                 let key = format!("{p}:{n}");
-                if WANT.contains(&key.as_str()) {
+                if all || WANT.contains(&key.as_str()) {
                     out.insert(key, v.parse().unwrap_or(0));
                 }
             }
@@ -348,6 +359,26 @@ fn net_counters(h: &webmesh_e2e::netns::Host) -> BTreeMap<String, i64> {
         }
         out.insert("softnet:dropped".into(), dropped);
         out.insert("softnet:time_squeeze".into(), squeezed);
+    }
+    // The neighbour tables, also one per machine: a datagram whose ARP / NDP entry
+    // could not be created (table full) or resolved is dropped before any interface.
+    for (table, file) in [
+        ("arp", "/proc/net/stat/arp_cache"),
+        ("ndisc", "/proc/net/stat/ndisc_cache"),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let mut lines = text.lines();
+        let names: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        for line in lines {
+            for (n, v) in names.iter().zip(line.split_whitespace()) {
+                if matches!(*n, "table_fulls" | "unresolved_discards" | "forced_gc_runs") {
+                    *out.entry(format!("neigh:{table}_{n}")).or_default() +=
+                        i64::from_str_radix(v, 16).unwrap_or(0);
+                }
+            }
+        }
     }
     out
 }
