@@ -152,6 +152,20 @@ impl LocalNode {
         if !self.extra_args.iter().any(|a| a == "--metrics-listen") {
             a.extend(["--metrics-listen".into(), "off".into()]);
         }
+        // And one interface namespace: tests running side by side each with a node
+        // and its WireGuard device in the root namespace would all take `webmesh0` and
+        // UDP port 51820. The raft port is this node's alone (TCP): its number serves
+        // for both.
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a == "--interface" || a == "--no-wireguard")
+        {
+            a.extend(["--interface".into(), format!("wml{}", self.raft_port)]);
+            if !self.extra_args.iter().any(|a| a == "--wireguard-port") {
+                a.extend(["--wireguard-port".into(), self.raft_port.to_string()]);
+            }
+        }
         a.extend(self.extra_args.iter().cloned());
         a
     }

@@ -208,11 +208,12 @@ impl RaftNode {
         let policy = Arc::new(crate::store::views::PolicyCache::new(
             state_machine.rbac_version(),
         ));
+        let log = LogStore::new(engine.clone(), id);
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(signer),
-            LogStore::new(engine.clone(), id),
+            network::Network::new(signer, log.durability()),
+            log,
             state_machine.clone(),
         )
         .await

@@ -20,6 +20,7 @@ use webmesh_api::internal::RaftMessage;
 use webmesh_api::internal::raft_transport_client::RaftTransportClient;
 use webmesh_client::proof::{PROOF_HEADER, Purpose, Signer};
 
+use super::storage::Durability;
 use super::types::{Member, NodeId, TypeConfig};
 
 /// Largest Raft message either side accepts (entries carry values up to 1 MiB).
@@ -60,13 +61,17 @@ pub fn fitting<T: Serialize>(entries: &[T], budget: usize) -> usize {
 pub struct Network {
     signer: Arc<Signer>,
     pool: Arc<Mutex<HashMap<NodeId, Arc<Conn>>>>,
+    durable: Durability,
 }
 
 impl Network {
-    pub fn new(signer: Arc<Signer>) -> Network {
+    /// `durable`: the log store's, to hold back commits the leader's log does not yet
+    /// hold durably (`storage::durable`).
+    pub fn new(signer: Arc<Signer>, durable: Durability) -> Network {
         Network {
             signer,
             pool: Arc::default(),
+            durable,
         }
     }
 
@@ -130,6 +135,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             conn: self.conn(target, &node.raft_addr),
             in_flight: false,
             signer: self.signer.clone(),
+            durable: self.durable.clone(),
             budget: START_APPEND_BYTES,
             sent_entries: 0,
         }
@@ -165,6 +171,7 @@ pub struct Peer {
     /// the previous one at its deadline.
     in_flight: bool,
     signer: Arc<Signer>,
+    durable: Durability,
     /// Bytes of entries the next append may carry.
     budget: usize,
     /// Entries the call in flight carried.
@@ -292,7 +299,7 @@ mod tests {
             "XJWwAGPx6RCS9sbUT83DE418349AiNbWhBk/H90Tjlk=",
         )
         .unwrap();
-        let net = Network::new(Arc::new(signer));
+        let net = Network::new(Arc::new(signer), Durability::new().0);
         let a = net.conn(1, "10.0.0.1:9443");
         let again = net.conn(1, "10.0.0.1:9443");
         assert!(Arc::ptr_eq(&a, &again), "same member, same address");
@@ -347,6 +354,23 @@ impl RaftNetwork<TypeConfig> for Peer {
         // too much for this follower now.
         if self.in_flight && self.sent_entries > 1 {
             self.budget = (self.budget / 4).max(MIN_APPEND_BYTES);
+        }
+        // Followers learn a commit only once the leader's own copy is durable: a
+        // heartbeat waits for it (a sync is under way), entries go now and carry the
+        // last commit that is.
+        if let Some(c) = rpc.leader_commit
+            && !self.durable.may_announce(c.index)
+        {
+            if rpc.entries.is_empty() {
+                self.durable
+                    .wait(c.index)
+                    .await
+                    .map_err(|e| RPCError::Network(NetworkError::new(&StrErr(e))))?;
+            } else {
+                rpc.leader_commit = rpc
+                    .prev_log_id
+                    .filter(|p| *p <= c && self.durable.may_announce(p.index));
+            }
         }
         let keep = fitting(&rpc.entries, self.budget);
         let partial = keep < rpc.entries.len();

@@ -201,21 +201,23 @@ async fn main() -> Result<()> {
 
     // webmesh: n1 bootstraps; n2, n3 join and n1 (the admin) makes them voters.
     let mut nodes = Vec::new();
-    const QUIET: &[&str] = &[
+    // RAFT_BENCH_LOG: the nodes' log filter (e.g. `warn,webmesh::raft=trace`).
+    let level = std::env::var("RAFT_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let quiet: &[&str] = &[
         "--no-wireguard",
         "--endpoint",
         "127.0.0.1",
         "--log-level",
-        "warn",
+        &level,
     ];
-    let n1 = LocalNode::start("n1", dir.path(), &[&["--bootstrap"], QUIET].concat()).await?;
+    let n1 = LocalNode::start("n1", dir.path(), &[&["--bootstrap"], quiet].concat()).await?;
     let join = n1.grpc.to_string();
     nodes.push(n1);
     for id in ["n2", "n3"] {
         let n = LocalNode::start(
             id,
             dir.path(),
-            &[&["--join", join.as_str()], QUIET].concat(),
+            &[&["--join", join.as_str()], quiet].concat(),
         )
         .await?;
         nodes[0]
@@ -287,6 +289,13 @@ async fn main() -> Result<()> {
             e.2,
             w.0 / e.0
         );
+    }
+    // RAFT_BENCH_KEEP_LOGS=DIR: the nodes' logs, for a look at where the time goes.
+    if let Ok(keep) = std::env::var("RAFT_BENCH_KEEP_LOGS") {
+        std::fs::create_dir_all(&keep)?;
+        for n in &nodes {
+            std::fs::write(format!("{keep}/{}.log", n.id), n.log_text())?;
+        }
     }
     if nodes.iter_mut().any(|n| n.exited().is_some()) {
         bail!("a webmesh node exited during the run");

@@ -18,8 +18,10 @@ use super::*;
 use crate::store::engine::{CF_LOG, CF_META, Engine};
 
 /// The Raft log and vote. openraft 0.9 waits for each append to be flushed before it
-/// takes the next, so an append is one synced write; group commit happens above Raft
-/// (see `RaftNode::propose`).
+/// takes the next (and, on the leader, before it replicates), so an append is one synced
+/// write, group commit happens above Raft (see `RaftNode::propose`), and the leader's
+/// own new entries are written unsynced and synced alongside replication
+/// (`storage::durable`: nothing acts on a commit before the leader's copy is durable).
 ///
 /// Only a voter's log counts towards a quorum, so a non-voter (most nodes of a mesh)
 /// appends without fsync: if it loses the tail on a power cut the leader sends it
@@ -30,6 +32,12 @@ pub struct LogStore {
     pub(super) engine: Engine,
     id: NodeId,
     sync: Arc<AtomicBool>,
+    /// The vote last saved: appends of our own entries under our own committed vote are
+    /// the leader's.
+    vote: Arc<std::sync::Mutex<Option<Vote<NodeId>>>>,
+    durable: Durability,
+    /// Whether a syncer runs (a runtime existed at start); without one every append syncs.
+    early: bool,
 }
 
 impl LogStore {
@@ -54,11 +62,42 @@ impl LogStore {
         {
             voter = Some(sm.membership().voter_ids().any(|v| v == id));
         }
+        // Whatever an earlier process wrote unsynced is made durable before anything
+        // counts on it.
+        if let Err(e) = engine.sync() {
+            tracing::warn!(error = %e, "cannot sync the Raft log at start");
+        }
+        let vote = meta::<Vote<NodeId>>(&engine, VOTE).ok().flatten();
+        let (durable, kicks) = Durability::new();
+        let early = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(durable.clone().run_syncer(kicks));
+                true
+            }
+            Err(_) => false,
+        };
         LogStore {
             engine,
             id,
             sync: Arc::new(AtomicBool::new(voter.unwrap_or(true))),
+            vote: Arc::new(std::sync::Mutex::new(vote)),
+            durable,
+            early,
         }
+    }
+
+    /// What the transport needs to hold back commits the leader's log does not yet
+    /// hold durably.
+    pub fn durability(&self) -> Durability {
+        self.durable.clone()
+    }
+
+    /// The leader id of our own leadership, if we lead (by the vote last saved).
+    fn leading(&self) -> Option<openraft::LeaderId<NodeId>> {
+        let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        vote.as_ref()
+            .filter(|v| v.is_committed() && v.leader_id().node_id == self.id)
+            .map(|v| *v.leader_id())
     }
 
     /// Whether appends are fsynced (this node votes, or may).
@@ -156,9 +195,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         let mut b = WriteBatch::default();
         b.put_cf(self.engine.cf(CF_META), VOTE, enc(vote)?);
+        let before = self.durable.unsynced();
         self.engine
             .write(b, true)
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        // A synced write makes every earlier one durable too.
+        self.durable.synced(before);
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
@@ -166,6 +210,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        // openraft applies what is committed after this returns: not before the
+        // leader's own copy is durable (`storage::durable`).
+        if let Some(c) = &committed {
+            self.durable.wait(c.index).await.map_err(write_err)?;
+        }
         let mut b = WriteBatch::default();
         b.put_cf(self.engine.cf(CF_META), COMMITTED, enc(&committed)?);
         self.engine.write(b, false).map_err(write_err)
@@ -182,7 +231,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = WriteBatch::default();
         let mut sync = self.syncs();
+        let leading = self.leading();
+        let (mut own, mut last) = (true, 0);
         for e in entries {
+            own &= leading.is_some_and(|l| e.log_id.leader_id == l);
+            last = e.log_id.index;
             if let EntryPayload::Membership(m) = &e.payload {
                 let voter = m.voter_ids().any(|v| v == self.id);
                 self.sync.store(voter, Ordering::SeqCst);
@@ -195,8 +248,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 enc(&e)?,
             );
         }
+        // The leader's own entries: reported at once (openraft replicates them now) and
+        // synced alongside; commits wait for that sync (`storage::durable`).
+        if sync && own && last > 0 && self.early {
+            let res = self.engine.write(b, false);
+            if res.is_ok() {
+                self.durable.written_unsynced(last, &self.engine);
+            }
+            let report = res
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::other(e.to_string()));
+            callback.log_io_completed(report);
+            return res.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e));
+        }
         // A voter syncs before the callback: an acknowledged entry survives a power cut.
+        let before = self.durable.unsynced();
         let res = self.engine.write(b, sync);
+        if sync && res.is_ok() {
+            self.durable.synced(last.max(before));
+        }
         let report = res
             .as_ref()
             .map(|_| ())
@@ -208,6 +279,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         // The truncated tail may have held the membership we went by.
         self.sync.store(true, Ordering::SeqCst);
+        self.durable.truncated(log_id.index);
         let mut b = WriteBatch::default();
         let cf = self.engine.cf(CF_LOG);
         b.delete_range_cf(cf, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());

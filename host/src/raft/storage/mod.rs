@@ -7,10 +7,12 @@
 // helpers would only move the allocation.
 #![allow(clippy::result_large_err)]
 
+mod durable;
 mod events;
 mod log_store;
 mod state_machine;
 
+pub use durable::Durability;
 pub use events::StateEvent;
 pub use log_store::{LogStore, read_log};
 pub use state_machine::StateMachine;

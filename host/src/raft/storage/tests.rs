@@ -93,6 +93,63 @@ async fn only_voters_fsync_their_log() {
     assert!(log.syncs(), "after a truncation, in doubt: sync");
 }
 
+/// The leader's own entries are reported at once and synced alongside replication;
+/// a commit of them never passes `save_committed` (after which openraft applies) before
+/// they are durable, and the transport may then announce it. A follower's entries are
+/// synced before the callback, as ever.
+#[tokio::test]
+async fn a_leaders_commit_waits_for_its_own_copy_to_be_durable() {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{RaftLogReader, Vote};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let mut log = LogStore::new(engine.clone(), 1);
+    let durable = log.durability();
+    // Node 1 follows node 2 (term 1): entries of leader 2 are synced in the append.
+    log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+    let of = |leader: u64, term: u64, index: u64| Entry {
+        log_id: log_id(term, leader, index),
+        payload: EntryPayload::Blank,
+    };
+    log.blocking_append([membership_entry(1, &[1, 2, 3], &[])])
+        .await
+        .unwrap();
+    log.blocking_append([of(2, 1, 2)]).await.unwrap();
+    assert_eq!(
+        durable.unsynced(),
+        0,
+        "a follower's append is synced in place"
+    );
+    // Node 1 leads term 2: its own entries are written unsynced.
+    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    log.blocking_append([of(1, 2, 3), of(1, 2, 4)])
+        .await
+        .unwrap();
+    assert_eq!(
+        durable.unsynced(),
+        4,
+        "the leader's own entries are synced alongside"
+    );
+    log.save_committed(Some(log_id(2, 1, 4))).await.unwrap();
+    assert!(
+        durable.may_announce(4),
+        "a commit passes save_committed only once the leader's copy is durable"
+    );
+    // Entries of our own earlier term, sent back by another leader, are a follower's.
+    log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+    log.truncate(log_id(2, 1, 4)).await.unwrap();
+    log.blocking_append([of(1, 2, 4), of(2, 3, 5)])
+        .await
+        .unwrap();
+    assert_eq!(durable.unsynced(), 3, "cut back with the log, not raised");
+    assert!(durable.may_announce(5));
+    assert_eq!(
+        log.try_get_log_entries(1..6).await.unwrap().len(),
+        5,
+        "every entry readable"
+    );
+}
+
 #[tokio::test]
 async fn put_and_delete() {
     let (_d, mut sm, mut events) = machine();
