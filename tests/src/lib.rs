@@ -287,6 +287,11 @@ impl LocalNode {
 impl Drop for LocalNode {
     fn drop(&mut self) {
         self.kill9();
+        // A killed node leaves its device's configuration socket behind; the name is
+        // this node's (`args`), so nothing else serves it.
+        if self.args().contains(&format!("wml{}", self.raft_port)) {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/wml{}.sock", self.raft_port));
+        }
     }
 }
 
