@@ -135,6 +135,15 @@ impl LocalNode {
         Ok(node)
     }
 
+    /// The WireGuard interface the harness names for this node, unless the test names
+    /// one or runs without WireGuard. Nodes on loopback share one interface namespace:
+    /// tests running side by side would all take `webmesh0` and UDP port 51820. The raft
+    /// port is this node's alone (TCP): its number serves for both.
+    fn own_interface(&self) -> Option<String> {
+        let named = (self.extra_args.iter()).any(|a| a == "--interface" || a == "--no-wireguard");
+        (!named).then(|| format!("wml{}", self.raft_port))
+    }
+
     pub fn args(&self) -> Vec<String> {
         let mut a = vec![
             "--node-id".into(),
@@ -152,16 +161,8 @@ impl LocalNode {
         if !self.extra_args.iter().any(|a| a == "--metrics-listen") {
             a.extend(["--metrics-listen".into(), "off".into()]);
         }
-        // And one interface namespace: tests running side by side each with a node
-        // and its WireGuard device in the root namespace would all take `webmesh0` and
-        // UDP port 51820. The raft port is this node's alone (TCP): its number serves
-        // for both.
-        if !self
-            .extra_args
-            .iter()
-            .any(|a| a == "--interface" || a == "--no-wireguard")
-        {
-            a.extend(["--interface".into(), format!("wml{}", self.raft_port)]);
+        if let Some(interface) = self.own_interface() {
+            a.extend(["--interface".into(), interface]);
             if !self.extra_args.iter().any(|a| a == "--wireguard-port") {
                 a.extend(["--wireguard-port".into(), self.raft_port.to_string()]);
             }
@@ -288,9 +289,9 @@ impl Drop for LocalNode {
     fn drop(&mut self) {
         self.kill9();
         // A killed node leaves its device's configuration socket behind; the name is
-        // this node's (`args`), so nothing else serves it.
-        if self.args().contains(&format!("wml{}", self.raft_port)) {
-            let _ = std::fs::remove_file(format!("/var/run/wireguard/wml{}.sock", self.raft_port));
+        // this node's alone, so nothing else serves it.
+        if let Some(interface) = self.own_interface() {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{interface}.sock"));
         }
     }
 }

@@ -248,25 +248,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 enc(&e)?,
             );
         }
-        // The leader's own entries: reported at once (openraft replicates them now) and
-        // synced alongside; commits wait for that sync (`storage::durable`).
-        if sync && own && last > 0 && self.early {
-            let res = self.engine.write(b, false);
-            if res.is_ok() {
-                self.durable.written_unsynced(last, &self.engine);
-            }
-            let report = res
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| io::Error::other(e.to_string()));
-            callback.log_io_completed(report);
-            return res.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e));
-        }
-        // A voter syncs before the callback: an acknowledged entry survives a power cut.
+        // The leader's own entries are reported at once (openraft replicates them now)
+        // and synced alongside; commits wait for that sync (`storage::durable`). Any
+        // other voter's append syncs before the callback: an acknowledged entry survives
+        // a power cut.
+        let alongside = sync && own && last > 0 && self.early;
         let before = self.durable.unsynced();
-        let res = self.engine.write(b, sync);
-        if sync && res.is_ok() {
-            self.durable.synced(last.max(before));
+        let res = self.engine.write(b, sync && !alongside);
+        if res.is_ok() {
+            if alongside {
+                self.durable.written_unsynced(last, &self.engine);
+            } else if sync {
+                self.durable.synced(last.max(before));
+            }
         }
         let report = res
             .as_ref()
